@@ -1,0 +1,236 @@
+"""Small helpers shared by every script: seeding, devices, mixed precision, YAML configs, checkpoints, grade names.
+
+Kept in one place so that the training, evaluation, inference, attention and legacy scripts never import each
+other's internals (as DeiT keeps ``utils.py`` beside ``main.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+# House-Brackmann grades I-VI are stored as labels 0-5.
+HB_GRADES = ('I', 'II', 'III', 'IV', 'V', 'VI')
+HB_DESCRIPTIONS = ('normal', 'mild dysfunction', 'moderate dysfunction', 'moderately severe dysfunction',
+                   'severe dysfunction', 'total paralysis')
+# Simplified 3-class scale: I normal; II-III mild / moderate; IV-VI severe.
+SIMPLIFIED_GRADES = ('normal (I)', 'mild-moderate (II-III)', 'severe (IV-VI)')
+GRADE_6_TO_3 = (0, 1, 1, 2, 2, 2)
+# 3 -> 6 is lossy: each simplified class maps to its lowest House-Brackmann grade.
+GRADE_3_TO_6 = (0, 1, 3)
+SIDES = ('left', 'right', 'none')
+
+
+def grade_names(num_classes: int) -> list[str]:
+    """Display names of the class indices: HB I-VI for 6 classes, the simplified scale for 3."""
+    if num_classes == 6:
+        return [f'HB {g}' for g in HB_GRADES]
+    if num_classes == 3:
+        return list(SIMPLIFIED_GRADES)
+    return [f'class {i}' for i in range(num_classes)]
+
+
+class UserError(Exception):
+    """A problem with the user's input (file, CSV, checkpoint, flag) described in one line; scripts print it and
+    exit with status 2 instead of a traceback."""
+
+
+def run_cli(main, argv: Sequence[str] | None = None) -> None:
+    """Run a script's ``main(argv)``: a ``UserError`` prints one line on stderr and exits 2; Ctrl-C exits 130."""
+    try:
+        code = main(argv)
+    except UserError as err:
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+# seeding and devices
+
+def seed_everything(seed: int) -> None:
+    """Seed ``random``, numpy and torch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = 'auto') -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; asking for an absent CUDA device is a ``UserError``."""
+    name = (name or 'auto').lower()
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(name)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UserError(f'--device {name}: no CUDA device is available here (use --device auto or cpu)')
+    return device
+
+
+def amp_context(device: torch.device, amp: str | None):
+    """One autocast context, built once and reused (nanoGPT): ``nullcontext()`` on CPU or without ``amp``,
+    ``torch.autocast('cuda', dtype)`` on CUDA. Returns ``(context, scaler)``; the GradScaler is only enabled for
+    float16. ``amp`` is ``None``/``'none'``, ``'bf16'`` or ``'fp16'``."""
+    amp = None if amp in (None, False, 'none', 'off') else ('bf16' if amp is True else amp)
+    if amp is not None and amp not in ('bf16', 'fp16'):
+        raise UserError(f'--amp {amp}: choose bf16 or fp16')
+    if amp is not None and device.type != 'cuda':
+        print(f'note: --amp {amp} is ignored on {device.type}; running in float32')
+        amp = None
+    scaler = torch.amp.GradScaler('cuda', enabled=(amp == 'fp16'))
+    if amp is None:
+        return nullcontext(), scaler
+    dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype), scaler
+
+
+# configuration files
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('configuration file')
+    group.add_argument('--config', default=None, metavar='FILE',
+                       help='YAML file of defaults, e.g. config_examples.yaml; flags given on the command line win')
+    group.add_argument('--profile', default=None, metavar='NAME',
+                       help='profile (top-level section) of --config to use; needed when the file holds several')
+
+
+def load_config(path: str | os.PathLike, profile: str | None = None) -> dict[str, Any]:
+    """Read one profile of a YAML config. A file whose top level is a mapping of mappings holds profiles; any
+    other mapping is a single flat profile. Keys in ``defaults:`` apply to every profile; ``description:`` is
+    documentation only."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f'--config {path}: file not found')
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f'--config {path}: not valid YAML ({err})') from err
+    if not isinstance(data, dict):
+        raise UserError(f'--config {path}: expected a mapping of options or of profiles')
+    profiles = {k: v for k, v in data.items() if isinstance(v, dict) and k != 'defaults'}
+    is_profiled = bool(profiles) and len(profiles) == len([k for k in data if k != 'defaults'])
+    if not is_profiled:
+        if profile:
+            raise UserError(f'--config {path} has no profiles, so --profile {profile} cannot be chosen')
+        config = dict(data)
+    else:
+        if profile is None:
+            if len(profiles) > 1:
+                raise UserError(f'--config {path} holds several profiles; choose one with --profile '
+                                f'({", ".join(profiles)})')
+            profile = next(iter(profiles))
+        if profile not in profiles:
+            raise UserError(f'--profile {profile}: not in {path} (profiles: {", ".join(profiles)})')
+        config = {**(data.get('defaults') or {}), **profiles[profile]}
+    config.pop('description', None)
+    return config
+
+
+def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
+                           quiet: bool = False) -> argparse.Namespace:
+    """Parse ``argv`` with ``--config FILE --profile NAME`` supplying defaults (timm ``train.py``): a YAML key
+    sets the default of the flag with the same destination, and flags given on the command line win. Keys this
+    script does not take (another script's options in a shared profile) are listed once and ignored."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('--config', default=None)
+    pre.add_argument('--profile', default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        config = load_config(known.config, known.profile)
+        dests = {action.dest: action for action in parser._actions}
+        used = {k: v for k, v in config.items() if k in dests and k not in ('config', 'profile', 'help')}
+        unused = sorted(k for k in config if k not in used)
+        for key, value in used.items():
+            action = dests[key]
+            if action.type is not None and value is not None and not isinstance(value, (list, bool)):
+                value = action.type(value)
+            if action.nargs in ('+', '*') and value is not None and not isinstance(value, list):
+                value = [value]
+            used[key] = value
+        parser.set_defaults(**used)
+        if unused and not quiet:
+            print(f'note: {known.config}: keys not used by this script: {", ".join(unused)}')
+    elif known.profile:
+        parser.error('--profile needs --config FILE')
+    return parser.parse_args(argv)
+
+
+def to_plain(value: Any) -> Any:
+    """Make a value YAML/JSON/``weights_only`` friendly: tuples -> lists, paths -> str, numpy -> python."""
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.device):
+        return str(value)
+    return value
+
+
+def save_args(args: argparse.Namespace | dict, path: str | os.PathLike) -> None:
+    """Write the resolved arguments as YAML beside the outputs, so a run can be repeated with ``--config``."""
+    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    atomic_write_text(path, yaml.safe_dump(to_plain(values), sort_keys=True))
+
+
+# files and checkpoints
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w') as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Save a plain-dict checkpoint atomically (temporary file + ``os.replace``): a crash never leaves half a
+    file, and ``torch.load(path, weights_only=True)`` opens it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 'cpu') -> dict[str, Any]:
+    """Open a checkpoint with ``weights_only=True``; a missing, corrupt or foreign file is a one-line
+    ``UserError`` naming it. A bare state_dict is returned as ``{'model': state_dict}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f'{path}: checkpoint not found')
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle, zip and unpickler errors all mean "not a checkpoint we can open"
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f'{path}: not a readable PyTorch checkpoint ({first_line})') from err
+    if not isinstance(obj, dict):
+        raise UserError(f'{path}: expected a checkpoint dict or state_dict, found {type(obj).__name__}')
+    if 'model' not in obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        obj = {'model': obj}
+    return obj
