@@ -234,3 +234,39 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if 'model' not in obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         obj = {'model': obj}
     return obj
+
+
+def load_trained_model(path: str | os.PathLike, device: str | torch.device = 'cpu',
+                       model_overrides: dict[str, Any] | None = None):
+    """Rebuild the network stored in a checkpoint from its ``model_args`` and load its weights.
+
+    Returns ``(model in eval mode on device, checkpoint dict)``. ``model_overrides`` (e.g. flags a user gave)
+    replace stored ``model_args`` entries. A checkpoint whose weights do not fit the rebuilt network is a one-line
+    ``UserError`` listing the first mismatches, never a half-loaded model.
+    """
+    from Model import build_model, extract_state_dict  # local import: utils stays light for scripts without torch models
+
+    checkpoint = load_checkpoint(path, map_location='cpu')
+    model_args = dict(checkpoint.get('model_args') or {})
+    model_args.update({k: v for k, v in (model_overrides or {}).items() if v is not None})
+    if not model_args:
+        raise UserError(f'{path}: the checkpoint stores no model_args; it was not written by this toolkit '
+                        f'(load it with Model.load_pretrained into a model you build)')
+    try:
+        model = build_model(model_args)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise UserError(f'{path}: cannot build HTNet from model_args {model_args}: {err}') from err
+    state = extract_state_dict(checkpoint)
+    target = model.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    wrong = [f'{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}'
+             for k in target if k in state and state[k].shape != target[k].shape]
+    if missing or unexpected or wrong:
+        details = '; '.join(filter(None, [
+            f'shape differs: {", ".join(wrong[:3])}' if wrong else '',
+            f'missing: {", ".join(missing[:3])}' if missing else '',
+            f'unexpected: {", ".join(unexpected[:3])}' if unexpected else '']))
+        raise UserError(f'{path}: weights do not match the network described by its model_args ({details})')
+    model.load_state_dict(state)
+    return model.to(device).eval(), checkpoint
