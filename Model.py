@@ -37,7 +37,7 @@ __all__ = [
 
 # arguments of HTNet that decide the network's shape; checkpoints store them as ``model_args``
 MODEL_ARG_NAMES = ('image_size', 'patch_size', 'num_classes', 'dim', 'heads', 'num_hierarchies',
-                   'block_repeats', 'mlp_mult', 'channels', 'dim_head', 'dropout')
+                   'block_repeats', 'mlp_mult', 'channels', 'dim_head', 'dropout', 'num_side_classes')
 
 
 # helpers
@@ -203,6 +203,7 @@ class HTNet(nn.Module):
         channels: int = 3,
         dim_head: int = 64,  # accepted and unused, as in the original (dim_head = dim // heads)
         dropout: float = 0.,
+        num_side_classes: int = 0,
     ):
         super().__init__()
         assert (image_size % patch_size) == 0, 'Image dimensions must be divisible by the patch size.'
@@ -249,6 +250,10 @@ class HTNet(nn.Module):
             Reduce('b c h w -> b c', 'mean'),
             nn.Linear(last_dim, num_classes),
         )
+        # Optional second head on the same pooled features: the affected side (left / right / none) for
+        # multi-task palsy grading. Created last, so the original initialisation order is untouched.
+        self.num_side_classes = num_side_classes
+        self.side_head = nn.Linear(last_dim, num_side_classes) if num_side_classes else None
 
     def forward_features(self, img: torch.Tensor) -> torch.Tensor:
         """``img (B, C, S, S)`` -> last-level feature map ``(B, num_features, h, w)``."""
@@ -272,6 +277,12 @@ class HTNet(nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(img))
+
+    def forward_multitask(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Grade logits and, when the model has a side head, side logits from one pass over the features."""
+        pooled = self.forward_head(self.forward_features(img), pre_logits=True)
+        grade_logits = self.mlp_head[2](pooled)
+        return grade_logits, (self.side_head(pooled) if self.side_head is not None else None)
 
 
 # This function is to fuse three models (kept from the original code, with its layer names).

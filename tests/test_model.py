@@ -201,3 +201,16 @@ def test_extract_state_dict_strips_wrapper_prefixes():
 def test_fusionmodel_keeps_original_layer_names():
     names = set(Fusionmodel().state_dict())
     assert {'fc1.weight', 'fc1.bias', 'bn1.weight', 'fc_2.weight', 'fc_2.bias'} <= names
+
+
+def test_side_head_is_optional_and_shares_features():
+    torch.manual_seed(0)
+    plain = HTNet(**TINY[56], num_classes=6)
+    torch.manual_seed(0)
+    multitask = HTNet(**TINY[56], num_classes=6, num_side_classes=3)
+    assert set(multitask.state_dict()) - set(plain.state_dict()) == {'side_head.weight', 'side_head.bias'}
+    x = _input(TINY[56], batch=2)
+    grade, side = multitask.forward_multitask(x)
+    assert grade.shape == (2, 6) and side.shape == (2, 3)
+    torch.testing.assert_close(grade, plain(x))  # same initialisation for the shared network
+    assert plain.forward_multitask(x)[1] is None
