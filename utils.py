@@ -45,7 +45,8 @@ class UserError(Exception):
 
 
 def run_cli(main, argv: Sequence[str] | None = None) -> None:
-    """Run a script's ``main(argv)``: a ``UserError`` prints one line on stderr and exits 2; Ctrl-C exits 130."""
+    """Run a script's ``main(argv)``: a ``UserError`` prints one line on stderr and exits 2; Ctrl-C exits 130.
+    ``main`` may return an exit code or any result (a dict for tests), which counts as success."""
     try:
         code = main(argv)
     except UserError as err:
@@ -54,7 +55,7 @@ def run_cli(main, argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         sys.exit(130)
-    sys.exit(code or 0)
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
 
 
 # seeding and devices

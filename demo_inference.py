@@ -1,0 +1,506 @@
+"""Grade facial palsy on new photos with a trained HTNet checkpoint.
+
+``FacialPalsyPredictor`` rebuilds the network from a checkpoint's ``model_args`` and turns photos into network
+inputs with the checkpoint's ``preprocess`` through ``facial_palsy_dataset`` (MTCNN landmarks, face square, 2x2
+region mosaic), so a photo is read exactly as it was in training. Many photos are detected and classified in
+batches. A photo without a detectable face is still graded on the template landmarks of the original code
+(status ``no_face_fallback``); a file that cannot be read gets status ``unreadable`` and never stops a batch.
+
+Usage::
+
+    python demo_inference.py --model_path ./checkpoints/fnp/best_model.pth --image_path ./test_image.jpg
+    python demo_inference.py --model_path ./checkpoints/fnp/best_model.pth --image_dir ./test_images/ \\
+        --output_csv ./predictions.csv
+
+This is a research tool, not a clinical diagnosis.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+import utils
+from facial_palsy_dataset import (REGION_NAMES, ImageReadError, LandmarkDetector, default_preprocess, load_image,
+                                  make_input, model_input_size, network_image, region_boxes, template_landmarks)
+
+STATUSES = ('ok', 'no_face_fallback', 'unreadable')
+OVERLAY_SUFFIX = '_prediction.png'
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+# helpers
+
+def grade_labels(num_classes: int, class_names: Sequence[str] | None = None) -> list[str]:
+    """Short names of the predicted classes: HB roman numerals I-VI for 6 classes, the simplified scale's names
+    for 3, else the checkpoint's class names."""
+    if num_classes == len(utils.HB_GRADES):
+        return list(utils.HB_GRADES)
+    if num_classes == len(utils.SIMPLIFIED_GRADES):
+        return list(utils.SIMPLIFIED_GRADES)
+    return list(class_names or utils.grade_names(num_classes))
+
+
+def probability_column(name: str) -> str:
+    """CSV column of one class probability: ``p_`` + the class name with spaces and brackets made safe
+    (``p_III``, ``p_mild-moderate_II-III``), so the columns read well in pandas and spreadsheets."""
+    return 'p_' + re.sub(r'[^0-9A-Za-z-]+', '_', name).strip('_')
+
+
+def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """An in-memory photo as HxWx3 uint8 RGB. PIL images follow their EXIF orientation like files do; numpy
+    arrays are taken as RGB (grayscale and RGBA are converted, floats in [0, 1] scaled to 0-255)."""
+    if isinstance(image, Image.Image):
+        return np.asarray(ImageOps.exif_transpose(image).convert('RGB'), dtype=np.uint8)
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[2] not in (3, 4) or min(array.shape[:2]) < 1:
+        raise ValueError(f'expected an HxWx3 RGB array, got shape {tuple(array.shape)}')
+    array = array[..., :3]
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if array.dtype == np.uint16:
+        return (array >> 8).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError('the image array holds NaN or infinite values')
+        scale = 255.0 if array.max() <= 1.0 else 1.0
+        return np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        return np.clip(array, 0, 255).astype(np.uint8)
+    raise ValueError(f'unsupported image array dtype {array.dtype}')
+
+
+def empty_result(path: str | None = None) -> dict[str, Any]:
+    """The result of a photo before it is read: every key present, so an ``unreadable`` row has the same shape."""
+    return {'path': path, 'status': 'unreadable', 'error': None, 'grade_index': None, 'grade': None,
+            'confidence': None, 'probabilities': None, 'face_box': None, 'landmarks': None,
+            'face_detected': False, 'landmark_source': None}
+
+
+def describe_input(item: ImageInput) -> str | None:
+    return str(item) if isinstance(item, (str, os.PathLike)) else None
+
+
+# classes
+
+class FacialPalsyPredictor:
+    """Grade photos with a trained checkpoint.
+
+    ``predict(image_or_path)`` takes a file path, a PIL image or an RGB numpy array and returns a dict:
+    ``grade_index``, ``grade`` (HB roman numeral, or the simplified name for 3 classes), ``confidence``,
+    ``probabilities`` (grade name -> p), ``face_box`` (x1, y1, x2, y2 or None), ``landmarks`` (five (x, y) points
+    in image pixels), ``face_detected``, ``landmark_source``, ``status`` (``ok`` / ``no_face_fallback`` /
+    ``unreadable``), ``error`` (message or None) and ``path``. ``predict_batch(items)`` does the same for a list,
+    running face detection and the network on batches.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, device: str = 'auto', batch_size: int = 32,
+                 detector: LandmarkDetector | None = None):
+        self.device = utils.resolve_device(device)
+        self.model_path = Path(model_path)
+        self.model, checkpoint = utils.load_trained_model(self.model_path, self.device)
+        self.num_classes = int(self.model.num_classes)
+        self.class_names = list(checkpoint.get('class_names') or utils.grade_names(self.num_classes))
+        self.grades = grade_labels(self.num_classes, self.class_names)
+        self.preprocess = self._checked_preprocess(checkpoint.get('preprocess'))
+        self.batch_size = max(1, int(batch_size))
+        # the MTCNN settings training used; no landmark cache, since new photos are seen once
+        self.detector = detector if detector is not None else LandmarkDetector(
+            device=self.device, cache_dir=False, batch_size=self.batch_size, progress=False,
+            **detector_settings(self.preprocess))
+
+    def _checked_preprocess(self, preprocess: dict | None) -> dict:
+        """The checkpoint's preprocessing, checked against the network's input size. Older checkpoints without
+        one fall back to the defaults, with a note, since a mismatch would silently change the inputs."""
+        if not preprocess:
+            preprocess = default_preprocess()
+            print(f'note: {self.model_path} stores no preprocess settings; using the defaults {preprocess}')
+        size = model_input_size(preprocess)
+        if size != self.model.image_size:
+            raise utils.UserError(f'{self.model_path}: its preprocess makes {size}x{size} inputs but the network '
+                                  f'takes {self.model.image_size}x{self.model.image_size}')
+        return dict(preprocess)
+
+    # reading and preparing photos
+
+    def read(self, item: ImageInput) -> np.ndarray:
+        """A path, PIL image or array as HxWx3 uint8 RGB; unreadable input raises ``ImageReadError``."""
+        if isinstance(item, (str, os.PathLike)):
+            return load_image(item)
+        try:
+            return to_rgb_array(item)
+        except (ValueError, TypeError, OSError) as err:
+            raise ImageReadError(f'<{type(item).__name__}>: {err}') from err
+
+    def prepare(self, images: Sequence[np.ndarray]) -> tuple[list[dict], torch.Tensor]:
+        """Find landmarks on a batch of photos and build their network inputs.
+
+        Returns one dict per photo (``landmarks``, ``face_box``, ``face_detected``, ``landmark_source``,
+        ``status``) and the stacked inputs ``(N, 3, S, S)``. A photo without a face is graded on the template
+        landmarks scaled to it, as the training data was.
+        """
+        faces = self.detector.detect_images(list(images)) if images else []
+        infos, inputs = [], []
+        for image, face in zip(images, faces):
+            if face is None:
+                height, width = image.shape[:2]
+                points = np.asarray(template_landmarks(width, height), dtype=np.float32)
+                box, source, status = None, 'template', 'no_face_fallback'
+            else:
+                points = np.asarray(face.points, dtype=np.float32)
+                box = None if face.box is None else np.asarray(face.box, dtype=np.float32)
+                source, status = face.source, 'ok'
+            inputs.append(make_input(image, points, self.preprocess, box=box))
+            # full precision: save_overlay rebuilds the network input from these points
+            infos.append({'landmarks': points.astype(np.float64).tolist(),
+                          'face_box': None if box is None else box.astype(np.float64).tolist(),
+                          'face_detected': face is not None, 'landmark_source': source, 'status': status})
+        size = model_input_size(self.preprocess)
+        batch = torch.stack(inputs) if inputs else torch.zeros(0, 3, size, size)
+        return infos, batch
+
+    @torch.inference_mode()
+    def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Softmax class probabilities ``(N, num_classes)`` of network inputs, ``batch_size`` at a time."""
+        chunks = [torch.softmax(self.model(chunk.to(self.device)).float(), dim=1).cpu()
+                  for chunk in inputs.split(self.batch_size)]
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.num_classes)
+
+    # prediction
+
+    def predict(self, image_or_path: ImageInput) -> dict[str, Any]:
+        """Grade one photo (path, PIL image or RGB array); see the class docstring for the result."""
+        return self.predict_batch([image_or_path])[0]
+
+    def predict_batch(self, items: Sequence[ImageInput]) -> list[dict[str, Any]]:
+        """Grade many photos: read each, detect faces and run the network in batches. A photo that cannot be read
+        gets an ``unreadable`` result with the reason in ``error``; the others are graded."""
+        results = [empty_result(describe_input(item)) for item in items]
+        images: dict[int, np.ndarray] = {}
+        for index, item in enumerate(items):
+            try:
+                images[index] = self.read(item)
+            except ImageReadError as err:
+                results[index]['error'] = str(err)
+        order = list(images)
+        infos, inputs = self.prepare([images[i] for i in order])
+        probabilities = self.probabilities(inputs).numpy()
+        for index, info, probs in zip(order, infos, probabilities):
+            grade_index = int(probs.argmax())
+            results[index].update(info)
+            results[index].update({
+                'grade_index': grade_index, 'grade': self.grades[grade_index],
+                'confidence': float(probs[grade_index]),
+                'probabilities': {name: float(p) for name, p in zip(self.grades, probs)}})
+        return results
+
+    # pictures
+
+    def save_overlay(self, image_or_path: ImageInput, result: dict[str, Any], output_path: str | os.PathLike) -> Path:
+        """Draw a prediction over its photo and save it as PNG: face box, landmarks, the four regions the network
+        reads, the regions mosaic it saw, the predicted grade and a bar chart of the class probabilities."""
+        if result.get('probabilities') is None:
+            raise ValueError(f'{result.get("path") or "photo"}: nothing to draw for an unreadable photo')
+        image = self.read(image_or_path)
+        points = np.asarray(result['landmarks'], dtype=np.float32)
+        box = None if result['face_box'] is None else np.asarray(result['face_box'], dtype=np.float32)
+        network_view = network_image(image, points, self.preprocess, box=box)
+        boxes = region_boxes(image, points, self.preprocess, box=box)
+        figure = overlay_figure(image, result, self.grades, boxes, network_view)
+        output_path = Path(output_path)
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format='png', dpi=110)
+        tmp = output_path.with_name(f'.{output_path.name}.tmp')
+        tmp.write_bytes(buffer.getvalue())
+        os.replace(tmp, output_path)
+        return output_path
+
+
+def detector_settings(preprocess: dict) -> dict[str, Any]:
+    """MTCNN settings stored in ``preprocess`` (the ones training used), as keyword arguments of
+    ``LandmarkDetector``."""
+    settings = preprocess.get('detector') or {}
+    return dict(settings) if isinstance(settings, dict) else {}
+
+
+def display_grade(grade: str) -> str:
+    return f'HB {grade}' if grade in utils.HB_GRADES else grade
+
+
+def overlay_figure(image: np.ndarray, result: dict[str, Any], grades: Sequence[str],
+                   boxes: np.ndarray, network_view: np.ndarray):
+    """The overlay as a matplotlib Figure (no pyplot state, so it is safe in loops and tests). ``boxes``: the
+    four region crops in photo pixels (one face box in the ``face`` input mode); ``network_view``: the
+    un-normalised network input."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.6), layout='constrained')
+    grid = figure.add_gridspec(2, 3, width_ratios=[2.2, 1.0, 1.4], height_ratios=[1, 1])
+    draw_photo(figure.add_subplot(grid[:, 0]), image, result, boxes)
+    draw_network_view(figure.add_subplot(grid[0, 1]), figure.add_subplot(grid[1, 1]), network_view, result,
+                      regions=len(boxes) == len(REGION_NAMES))
+    draw_probabilities(figure.add_subplot(grid[:, 2]), result, grades)
+    return figure
+
+
+def draw_photo(ax, image: np.ndarray, result: dict[str, Any], boxes: np.ndarray) -> None:
+    """The photo with the face box, the five landmarks and the labelled crops the network reads."""
+    from matplotlib.patches import Rectangle
+
+    ax.imshow(image)
+    ax.set_axis_off()
+    if result['face_box'] is not None:
+        x1, y1, x2, y2 = result['face_box']
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=2, ec='lime'))
+    colours = ('tab:cyan', 'tab:orange', 'tab:blue', 'tab:red')
+    names = [n.replace('_', ' ') for n in REGION_NAMES] if len(boxes) == len(REGION_NAMES) else ['network input']
+    for name, (x1, y1, x2, y2), colour in zip(names, boxes, colours):
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, ec=colour))
+        ax.text(x1, y1, name, color='white', fontsize=7, va='bottom',
+                bbox=dict(facecolor=colour, alpha=0.7, pad=1, lw=0))
+    points = np.asarray(result['landmarks'])
+    ax.scatter(points[:, 0], points[:, 1], s=12, c='yellow', edgecolors='black', linewidths=0.5)
+    source = 'face detected' if result['face_detected'] else 'no face found: template landmarks'
+    ax.set_title(f'{Path(result["path"]).name if result.get("path") else "photo"} ({source})', fontsize=9)
+
+
+def draw_network_view(ax_view, ax_notes, network_view: np.ndarray, result: dict[str, Any], regions: bool) -> None:
+    """What the network saw, with how to read it: the mosaic keeps image sides, so its left column is the
+    patient's right side."""
+    ax_view.imshow(network_view)
+    ax_view.set_title('network input', fontsize=9)
+    ax_view.set_axis_off()
+    ax_notes.set_axis_off()
+    layout = ('mosaic: left eye | left mouth\n        right eye | right mouth\n'
+              "(left = image left = the patient's right)" if regions else 'whole face, eyes levelled')
+    ax_notes.text(0.0, 1.0, f'status: {result["status"]}\nlandmarks: {result["landmark_source"]}\n\n{layout}\n\n'
+                  'research tool, not a diagnosis', va='top', ha='left', fontsize=7.5, family='monospace',
+                  transform=ax_notes.transAxes)
+
+
+def draw_probabilities(ax, result: dict[str, Any], grades: Sequence[str]) -> None:
+    """One bar per grade, the predicted one highlighted."""
+    probabilities = [result['probabilities'][g] for g in grades]
+    positions = np.arange(len(grades))
+    colours = ['tab:red' if i == result['grade_index'] else 'tab:gray' for i in positions]
+    ax.barh(positions, probabilities, color=colours)
+    ax.set_yticks(positions, [display_grade(g) for g in grades], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel('probability')
+    for position, p in zip(positions, probabilities):
+        ax.text(min(p + 0.02, 0.85), position, f'{p:.2f}', va='center', fontsize=8)
+    ax.set_title(f'predicted {display_grade(result["grade"])} ({result["confidence"]:.0%})', fontsize=10)
+
+
+# command line
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each flag's default, except where there is none to show (the help says what leaving the
+    flag out means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help or ''
+        return super()._get_help_string(action)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description='Grade facial palsy (House-Brackmann) on one photo or a folder of photos with a trained HTNet '
+                    'checkpoint. A research tool, not a clinical diagnosis.',
+        formatter_class=HelpFormatter)
+    parser.add_argument('--model_path', required=True,
+                        help='checkpoint written by train_facial_palsy.py (best_model.pth); the network and its '
+                             'preprocessing are rebuilt from it')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--image_path', default=None,
+                        help='one photo: prints the grade and writes an overlay PNG')
+    source.add_argument('--image_dir', default=None,
+                        help='a folder: every file in it (not sub-folders) gets one row in --output_csv; files '
+                             'that are not readable images get status "unreadable"')
+    parser.add_argument('--output_path', default=None,
+                        help=f'overlay PNG for --image_path (default: <photo name>{OVERLAY_SUFFIX} beside the '
+                             f'photo); never the photo itself')
+    parser.add_argument('--output_csv', default='./predictions.csv',
+                        help='CSV for --image_dir: path, status, grade_index, grade, confidence, one p_<grade> '
+                             'column per class, face_detected, error')
+    parser.add_argument('--overlay_dir', default=None,
+                        help=f'with --image_dir, also write an overlay PNG per readable photo here '
+                             f'(<photo name>{OVERLAY_SUFFIX})')
+    parser.add_argument('--no_overlay', action='store_true', help='with --image_path, only print the result')
+    parser.add_argument('--batch_size', type=int, default=32,
+                        help='photos read, detected and classified together')
+    parser.add_argument('--device', default='auto', help='auto (CUDA when available), cpu, cuda or cuda:N')
+    utils.add_config_args(parser)
+    return parser
+
+
+def list_folder(image_dir: Path, exclude: Sequence[Path] = ()) -> tuple[list[Path], list[Path]]:
+    """Every file directly inside ``image_dir``, sorted; hidden files and earlier overlays are left out (returned
+    separately so they can be reported). Non-image files stay in: they get an ``unreadable`` row rather than
+    vanishing from the results."""
+    excluded = {p.resolve() for p in exclude}
+    files, overlays = [], []
+    for path in sorted(image_dir.iterdir()):
+        if path.name.startswith('.') or not path.is_file() or path.resolve() in excluded:
+            continue
+        (overlays if path.name.endswith(OVERLAY_SUFFIX) else files).append(path)
+    return files, overlays
+
+
+def default_overlay_path(image_path: Path) -> Path:
+    return image_path.with_name(image_path.stem + OVERLAY_SUFFIX)
+
+
+def csv_row(result: dict[str, Any], grades: Sequence[str]) -> dict[str, Any]:
+    row = {'path': result['path'], 'status': result['status'], 'grade_index': result['grade_index'],
+           'grade': result['grade'],
+           'confidence': None if result['confidence'] is None else round(result['confidence'], 6)}
+    for name in grades:
+        p = (result['probabilities'] or {}).get(name)
+        row[probability_column(name)] = None if p is None else round(p, 6)
+    row.update({'face_detected': result['face_detected'], 'error': result['error']})
+    return row
+
+
+def write_csv(rows: list[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
+    """Write the rows atomically, so an interrupted run never leaves half a CSV in place of an earlier one."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows({k: ('' if v is None else v) for k, v in row.items()} for row in rows)
+    utils.atomic_write_text(path, buffer.getvalue())
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """A few readable lines for the terminal."""
+    if result['status'] == 'unreadable':
+        return f'{result["path"]}: unreadable ({result["error"]})'
+    lines = [f'{result["path"] or "photo"}: {display_grade(result["grade"])} (class {result["grade_index"]}), '
+             f'confidence {result["confidence"]:.3f}']
+    if result['status'] == 'no_face_fallback':
+        lines.append('  no face detected: graded on template landmarks, treat with caution')
+    else:
+        box = ', '.join(f'{v:.1f}' for v in result['face_box']) if result['face_box'] else 'none'
+        lines.append(f'  face box ({box}), {result["landmark_source"]} landmarks')
+    lines.append('  probabilities: ' + ', '.join(f'{g} {p:.3f}' for g, p in result['probabilities'].items()))
+    return '\n'.join(lines)
+
+
+def predict_one(predictor: FacialPalsyPredictor, args: argparse.Namespace) -> dict[str, Any]:
+    """``--image_path``: print the grade and write the overlay."""
+    image_path = Path(args.image_path)
+    if not image_path.is_file():
+        raise utils.UserError(f'--image_path {image_path}: file not found')
+    output_path = Path(args.output_path) if args.output_path else default_overlay_path(image_path)
+    if not args.no_overlay and output_path.resolve() == image_path.resolve():
+        raise utils.UserError(f'--output_path {output_path} is the input photo; choose another file')
+    result = predictor.predict(image_path)
+    if result['status'] == 'unreadable':
+        raise utils.UserError(result['error'])
+    print(format_result(result))
+    if not args.no_overlay:
+        if output_path.exists():
+            print(f'note: replacing {output_path}')
+        predictor.save_overlay(image_path, result, output_path)
+        print(f'overlay written to {output_path}')
+    return {'results': [result], 'overlay': None if args.no_overlay else str(output_path)}
+
+
+def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) -> dict[str, Any]:
+    """``--image_dir``: one CSV row per file, a progress bar, and a count per status at the end."""
+    image_dir = Path(args.image_dir)
+    if not image_dir.is_dir():
+        raise utils.UserError(f'--image_dir {image_dir}: not a folder')
+    output_csv = Path(args.output_csv)
+    if output_csv.is_dir():
+        raise utils.UserError(f'--output_csv {output_csv} is a folder; give a file name')
+    files, overlays = list_folder(image_dir, exclude=[output_csv])
+    folders = [p for p in image_dir.iterdir() if p.is_dir() and not p.name.startswith('.')]
+    if folders:
+        print(f'note: {len(folders)} sub-folder(s) of {image_dir} are not searched')
+    if overlays:
+        print(f'note: {len(overlays)} earlier overlay file(s) (*{OVERLAY_SUFFIX}) in {image_dir} are not graded')
+    if not files:
+        raise utils.UserError(f'--image_dir {image_dir}: no files to grade')
+    overlay_dir = Path(args.overlay_dir) if args.overlay_dir else None
+    overlay_names = folder_overlay_names(files)
+
+    results: list[dict[str, Any]] = []
+    with tqdm(total=len(files), desc='grading', unit='photo') as bar:
+        for start in range(0, len(files), predictor.batch_size):
+            chunk = files[start:start + predictor.batch_size]
+            chunk_results = predictor.predict_batch(chunk)
+            if overlay_dir is not None:
+                for path, result in zip(chunk, chunk_results):
+                    write_folder_overlay(predictor, path, result, overlay_dir / overlay_names[path])
+            results.extend(chunk_results)
+            bar.update(len(chunk))
+
+    columns = ['path', 'status', 'grade_index', 'grade', 'confidence',
+               *[probability_column(g) for g in predictor.grades], 'face_detected', 'error']
+    if output_csv.exists():
+        print(f'note: replacing {output_csv}')
+    write_csv([csv_row(r, predictor.grades) for r in results], columns, output_csv)
+    counts = Counter(r['status'] for r in results)
+    for result in results:
+        if result['status'] == 'unreadable':
+            print(f'unreadable: {result["error"]}')
+    print(f'{len(results)} files -> {output_csv}: ' + ', '.join(f'{s} {counts.get(s, 0)}' for s in STATUSES))
+    return {'results': results, 'csv': str(output_csv), 'counts': dict(counts)}
+
+
+def folder_overlay_names(files: Sequence[Path]) -> dict[Path, str]:
+    """``<stem>_prediction.png`` per photo; photos sharing a stem (``a.jpg``, ``a.png``) keep their extension in
+    the name so that one overlay never replaces another."""
+    stems = Counter(path.stem for path in files)
+    return {path: (path.stem if stems[path.stem] == 1 else f'{path.stem}_{path.suffix.lstrip(".")}') + OVERLAY_SUFFIX
+            for path in files}
+
+
+def write_folder_overlay(predictor: FacialPalsyPredictor, path: Path, result: dict[str, Any],
+                         overlay_path: Path) -> None:
+    """One overlay per graded photo; a drawing failure is noted in the row's ``error`` rather than stopping."""
+    if result['status'] == 'unreadable':
+        return
+    try:
+        predictor.save_overlay(path, result, overlay_path)
+    except (ImageReadError, OSError, ValueError) as err:
+        result['error'] = f'overlay not written: {err}'
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = utils.parse_args_with_config(get_args_parser(), argv)
+    if args.batch_size < 1:
+        raise utils.UserError(f'--batch_size {args.batch_size}: must be at least 1')
+    predictor = FacialPalsyPredictor(args.model_path, device=args.device, batch_size=args.batch_size)
+    if args.image_path:
+        return predict_one(predictor, args)
+    return predict_folder(predictor, args)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Shell entry point: ``main`` returns its results for Python callers, the shell only needs an exit status."""
+    main(argv)
+    return 0
+
+
+if __name__ == '__main__':
+    utils.run_cli(cli)

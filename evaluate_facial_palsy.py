@@ -1,0 +1,483 @@
+"""Score a trained HTNet checkpoint on the held-out photos of an annotation CSV (House-Brackmann grades).
+
+The network is rebuilt from the checkpoint's ``model_args`` and photos are read with its ``preprocess`` (the same
+landmarks, face square and region mosaic as in training; flags given only override). Everything lands in
+``--output_dir``:
+
+- ``metrics.json``: accuracy, macro / weighted F1, per-class accuracy, mean class accuracy, quadratic weighted
+  kappa, mean absolute grade error and accuracy within one grade, each with a 95% bootstrap interval. Photos of
+  one patient are not independent, so whole subjects are resampled when the CSV names them.
+- ``confusion_matrix.png`` (counts and row-normalised), ``per_class_accuracy.png``,
+- ``classification_report.txt``, ``predictions.csv`` (one row per photo with its class probabilities and where
+  its landmarks came from), ``predictions.npz`` (labels, predictions, probabilities), ``args.yaml``, and
+  ``skipped.csv`` when photos could not be used.
+
+Usage::
+
+    python evaluate_facial_palsy.py --model_path ./checkpoints/fnp/best_model.pth \\
+        --data_root ./datasets/facial_palsy/FNP --test_csv ./datasets/facial_palsy/fnp_annotation.csv \\
+        --dataset_type FNP --num_classes 6
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import metrics as M
+import utils
+from demo_inference import HelpFormatter, grade_labels, probability_column
+from facial_palsy_dataset import (CKPlusFacialPalsyDataset, FacialPalsyDataset, ImageReadError, LandmarkDetector,
+                                  default_preprocess, model_input_size)
+
+CONFIDENCE = 0.95
+OUTPUT_FILES = ('metrics.json', 'confusion_matrix.png', 'per_class_accuracy.png', 'classification_report.txt',
+                'predictions.csv', 'predictions.npz', 'args.yaml', 'skipped.csv')
+# preprocess entries a flag may override (the face crop size and the regions; the network must still fit)
+PREPROCESS_FLAGS = ('image_size', 'region_size', 'input_mode')
+
+
+# command line
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description='Evaluate a trained HTNet facial palsy checkpoint: metrics with 95% bootstrap intervals, '
+                    'confusion matrix, classification report and per-photo predictions.',
+        formatter_class=HelpFormatter)
+    utils.add_config_args(parser)
+    parser.add_argument('--model_path', required=True,
+                        help='checkpoint written by train_facial_palsy.py (best_model.pth); the network and its '
+                             'preprocessing are rebuilt from it')
+
+    data = parser.add_argument_group('data')
+    data.add_argument('--data_root', default=None,
+                      help='folder the CSV image paths are relative to, or of grade_0..grade_5 folders when no '
+                           'CSV is given (default: the folder of --test_csv)')
+    data.add_argument('--test_csv', default=None,
+                      help='annotation CSV (image_path, grade, side, split[, subject]); its --split rows are '
+                           'scored. For CK+: the grade mapping CSV')
+    data.add_argument('--split', default='test', choices=['test', 'val', 'train', 'all'],
+                      help='rows of the CSV to score; all = every row')
+    data.add_argument('--dataset_type', default='FNP', choices=['FNP', 'CK+'],
+                      help='FNP: annotation CSV or grade_N folders; CK+: the CK+ layout with a grade mapping CSV')
+    data.add_argument('--num_classes', type=int, default=None, choices=[6, 3],
+                      help="the checkpoint's number of classes (6 = HB I-VI, 3 = simplified); only checked, "
+                           'since a network scores the classes it was trained for (default: the checkpoint\'s)')
+    data.add_argument('--cache_dir', default=None,
+                      help='landmark cache shared with training (default: ./.cache/landmarks)')
+
+    override = parser.add_argument_group("preprocessing overrides (default: the checkpoint's; change only to "
+                                         'study their effect)')
+    override.add_argument('--image_size', type=int, default=None,
+                          help='side of the square face crop before the regions are cut from it')
+    override.add_argument('--region_size', type=int, default=None,
+                          help='side of each region crop (the network input is twice this and must fit it)')
+    override.add_argument('--input_mode', default=None, choices=['regions', 'face'],
+                          help='regions: 2x2 eye / mouth-corner mosaic; face: the whole face')
+
+    run = parser.add_argument_group('run')
+    run.add_argument('--output_dir', default='./evaluation_results',
+                     help='folder of the metrics, plots, report and predictions (files of an earlier evaluation '
+                          'there are replaced, and listed when they are)')
+    run.add_argument('--batch_size', type=int, default=64, help='photos per forward pass')
+    run.add_argument('--num_workers', type=int, default=0, help='DataLoader worker processes')
+    run.add_argument('--n_boot', type=int, default=1000,
+                     help='bootstrap resamples for the 95%% intervals (resampling subjects when known)')
+    run.add_argument('--seed', type=int, default=0, help='seed of the bootstrap resampling')
+    run.add_argument('--device', default='auto', help='auto (CUDA when available), cpu, cuda or cuda:N')
+    run.add_argument('--amp', nargs='?', const='bf16', default='none', choices=['none', 'bf16', 'fp16'],
+                     help='mixed precision on CUDA (--amp alone = bf16); ignored on CPU')
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse impossible settings with one line before anything slow runs."""
+    if args.batch_size < 1:
+        raise utils.UserError(f'--batch_size {args.batch_size}: must be at least 1')
+    if args.n_boot < 1:
+        raise utils.UserError(f'--n_boot {args.n_boot}: must be at least 1')
+    if args.data_root is None:
+        if args.test_csv is None:
+            raise utils.UserError('give --data_root (and usually --test_csv)')
+        args.data_root = str(Path(args.test_csv).parent)
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise utils.UserError(f'--output_dir {output_dir} is a file, not a folder')
+
+
+# checkpoint and data
+
+def resolve_preprocess(checkpoint: dict[str, Any], args: argparse.Namespace, model_path: str) -> dict[str, Any]:
+    """The checkpoint's preprocessing with the override flags applied (each one announced)."""
+    stored = checkpoint.get('preprocess')
+    if not stored:
+        stored = default_preprocess()
+        print(f'note: {model_path} stores no preprocess settings; using the defaults')
+    preprocess = dict(stored)
+    for name in PREPROCESS_FLAGS:
+        value = getattr(args, name)
+        if value is not None and value != preprocess.get(name):
+            print(f'note: --{name} {value} overrides the checkpoint\'s {name} {preprocess.get(name)}')
+            preprocess[name] = value
+    if args.region_size is not None:
+        preprocess['input_size'] = 2 * int(preprocess['region_size'])
+    return preprocess
+
+
+def check_model_fits(model: torch.nn.Module, checkpoint: dict[str, Any], preprocess: dict[str, Any],
+                     args: argparse.Namespace) -> int:
+    """The number of classes to score, after checking ``--num_classes`` and the input size against the network."""
+    num_classes = int(checkpoint.get('num_classes') or model.num_classes)
+    if num_classes != model.num_classes:
+        raise utils.UserError(f'{args.model_path}: says num_classes {num_classes} but its network has '
+                              f'{model.num_classes} outputs')
+    if args.num_classes is not None and args.num_classes != num_classes:
+        raise utils.UserError(f'--num_classes {args.num_classes}: {args.model_path} was trained for {num_classes} '
+                              f'classes ({", ".join(utils.grade_names(num_classes))}); drop the flag or evaluate a '
+                              f'{args.num_classes}-class checkpoint')
+    size = model_input_size(preprocess)
+    if size != model.image_size:
+        raise utils.UserError(f'the preprocessing makes {size}x{size} inputs but the network in {args.model_path} '
+                              f'takes {model.image_size}x{model.image_size}; drop --region_size / --input_mode')
+    return num_classes
+
+
+def build_dataset(args: argparse.Namespace, preprocess: dict[str, Any], num_classes: int,
+                  device: torch.device) -> FacialPalsyDataset:
+    """The rows to score, read exactly as in training: the checkpoint's detector settings and preprocessing."""
+    detector = LandmarkDetector(device=device, cache_dir=args.cache_dir, progress=True,
+                                **dict(preprocess.get('detector') or {}))
+    common = dict(image_size=int(preprocess['image_size']), region_size=int(preprocess['region_size']),
+                  input_mode=preprocess.get('input_mode', 'regions'), num_classes=num_classes, split=args.split,
+                  detector=detector, verbose=True)
+    if args.dataset_type == 'CK+':
+        dataset = CKPlusFacialPalsyDataset(args.data_root, grade_mapping_csv=args.test_csv, **common)
+    else:
+        dataset = FacialPalsyDataset(args.data_root, csv_file=args.test_csv, dataset_type=args.dataset_type,
+                                     **common)
+    dataset.preprocess = dict(preprocess)  # mean, std and crop margins exactly as the checkpoint recorded them
+    return dataset
+
+
+class IndexedSamples(Dataset):
+    """A dataset's items with their index; a photo that fails to load now (changed since the dataset was built)
+    comes back as its error instead of stopping the evaluation."""
+
+    def __init__(self, dataset: FacialPalsyDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            image, label = self.dataset[index]
+        except ImageReadError as err:
+            return {'index': index, 'error': str(err)}
+        return {'index': index, 'image': image, 'label': int(label)}
+
+
+def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [item for item in items if 'error' not in item]
+    return {'images': torch.stack([item['image'] for item in good]) if good else None,
+            'labels': torch.tensor([item['label'] for item in good], dtype=torch.long),
+            'indices': [item['index'] for item in good],
+            'failed': [(item['index'], item['error']) for item in items if 'error' in item]}
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, dataset: FacialPalsyDataset, args: argparse.Namespace,
+            device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """``(indices, labels, probabilities (N, C), failed [(index, reason)])`` over the dataset."""
+    autocast, _ = utils.amp_context(device, args.amp)
+    loader = DataLoader(IndexedSamples(dataset), batch_size=args.batch_size, shuffle=False,
+                        num_workers=args.num_workers, collate_fn=collate_samples,
+                        pin_memory=device.type == 'cuda')
+    indices, labels, probabilities, failed = [], [], [], []
+    for batch in tqdm(loader, desc='evaluating', unit='batch', dynamic_ncols=True):
+        failed.extend(batch['failed'])
+        if batch['images'] is None:
+            continue
+        with autocast:
+            logits = model(batch['images'].to(device, non_blocking=True))
+        probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
+        labels.append(batch['labels'])
+        indices.extend(batch['indices'])
+    if not indices:
+        raise utils.UserError(f'no photo of split "{args.split}" could be read; see the skipped list')
+    return (np.asarray(indices), torch.cat(labels).numpy(), torch.cat(probabilities).numpy().astype(np.float64),
+            failed)
+
+
+# scoring
+
+def bootstrap_groups(subjects: Sequence[str]) -> tuple[list[str] | None, str]:
+    """Subjects to resample, or None (photos) when the data names no subjects or every photo is its own."""
+    named = [str(s).strip() for s in subjects]
+    if not named or any(not s or s.lower() == 'nan' for s in named) or len(set(named)) == len(named):
+        return None, 'image'
+    return named, 'subject'
+
+
+def score(labels: np.ndarray, predictions: np.ndarray, groups: list[str] | None, num_classes: int,
+          args: argparse.Namespace) -> dict[str, Any]:
+    """Point estimates and 95% bootstrap intervals of every metric.
+
+    Per-class accuracy is the accuracy among the photos of that true class, so its interval is the accuracy
+    interval of that subset, resampling its subjects."""
+    alpha = 1.0 - CONFIDENCE
+    point = M.compute_metrics(labels, predictions, num_classes)
+    intervals = M.bootstrap_metrics(labels, predictions, num_classes, groups=groups, n_boot=args.n_boot,
+                                    seed=args.seed, alpha=alpha)
+    per_class = []
+    for k in range(num_classes):
+        mask = labels == k
+        if not mask.any():
+            per_class.append({'value': None, 'ci_low': None, 'ci_high': None, 'n': 0})
+            continue
+        subset_groups = None if groups is None else [g for g, m in zip(groups, mask) if m]
+        interval = M.bootstrap_metrics(labels[mask], predictions[mask], num_classes, groups=subset_groups,
+                                       n_boot=args.n_boot, seed=args.seed, alpha=alpha)['accuracy']
+        per_class.append({**interval, 'n': int(mask.sum())})
+    return {'point': point, 'intervals': intervals, 'per_class': per_class}
+
+
+def predictions_table(dataset: FacialPalsyDataset, indices: np.ndarray, labels: np.ndarray,
+                      probabilities: np.ndarray, grades: Sequence[str]) -> pd.DataFrame:
+    """One row per scored photo: who, the true and predicted grade, every class probability and where its
+    landmarks came from (a template fallback is worth a look)."""
+    predictions = probabilities.argmax(axis=1)
+    table = pd.DataFrame({
+        'path': [dataset.paths[i] for i in indices],
+        'subject': [dataset.subjects[i] for i in indices],
+        'side': [dataset.sides[i] for i in indices],
+        'true_label': labels, 'true_grade': [grades[k] for k in labels],
+        'pred_label': predictions, 'pred_grade': [grades[k] for k in predictions],
+        'correct': labels == predictions,
+        'confidence': probabilities.max(axis=1).round(6)})
+    for k, name in enumerate(grades):
+        table[probability_column(name)] = probabilities[:, k].round(6)
+    table['landmark_source'] = [dataset.landmarks[i].source for i in indices]
+    return table
+
+
+def metrics_payload(scores: dict[str, Any], class_names: Sequence[str], args: argparse.Namespace,
+                    checkpoint: dict[str, Any], resampled_by: str, groups: list[str] | None,
+                    dataset: FacialPalsyDataset, skipped: list[tuple[str, str]]) -> dict[str, Any]:
+    point = scores['point']
+    return {
+        'model_path': str(args.model_path), 'epoch': checkpoint.get('epoch'),
+        'data_root': str(args.data_root), 'test_csv': args.test_csv, 'dataset_type': args.dataset_type,
+        'split': args.split, 'num_classes': len(class_names), 'class_names': list(class_names),
+        'n': point['n'], 'skipped': len(skipped),
+        'landmark_counts': dict(dataset.landmark_counts),
+        'bootstrap': {'n_boot': args.n_boot, 'seed': args.seed, 'confidence': CONFIDENCE, 'method': 'percentile',
+                      'resampled_by': resampled_by,
+                      'n_groups': len(set(groups)) if groups is not None else point['n']},
+        'metrics': {name: scores['intervals'][name] for name in M.METRIC_NAMES},
+        'per_class_accuracy': {name: entry for name, entry in zip(class_names, scores['per_class'])},
+        'confusion_matrix': point['confusion_matrix'],
+    }
+
+
+# reports and plots
+
+def metrics_table(payload: dict[str, Any]) -> str:
+    """The metrics with their intervals as an aligned text table."""
+    level = f'{payload["bootstrap"]["confidence"]:.0%}'
+    lines = [f'{"metric":<22}{"value":>8}   {level} interval',
+             '-' * 46]
+    for name, entry in payload['metrics'].items():
+        lines.append(f'{name:<22}{entry["value"]:>8.4f}   [{entry["ci_low"]:.4f}, {entry["ci_high"]:.4f}]')
+    for name, entry in payload['per_class_accuracy'].items():
+        label = f'  acc {name} (n={entry["n"]})'
+        if entry['value'] is None:
+            lines.append(f'{label:<22}{"-":>8}   (no photos of this grade)')
+        else:
+            lines.append(f'{label:<22}{entry["value"]:>8.4f}   [{entry["ci_low"]:.4f}, {entry["ci_high"]:.4f}]')
+    boot = payload['bootstrap']
+    lines.append(f'({boot["n_boot"]} bootstrap resamples of {boot["n_groups"]} {boot["resampled_by"]}s)')
+    return '\n'.join(lines)
+
+
+def classification_report_text(labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str],
+                               payload: dict[str, Any]) -> str:
+    from sklearn.metrics import classification_report
+
+    # the grades seen in the truth or the predictions, so the macro average matches metrics.json's macro_f1
+    present = sorted(set(labels.tolist()) | set(predictions.tolist()))
+    report = classification_report(labels, predictions, labels=present,
+                                   target_names=[class_names[k] for k in present], digits=4, zero_division=0)
+    absent = [name for k, name in enumerate(class_names) if k not in present]
+    if absent:
+        report += f'\nnot in the truth nor the predictions: {", ".join(absent)}\n'
+    matrix = np.asarray(payload['confusion_matrix'])
+    width = max(len(n) for n in class_names) + 2
+    rows = [' ' * width + ''.join(f'{n:>{width}}' for n in class_names)]
+    rows += [f'{name:<{width}}' + ''.join(f'{v:>{width}d}' for v in row) for name, row in zip(class_names, matrix)]
+    return '\n'.join([
+        f'model: {payload["model_path"]} (epoch {payload["epoch"]})',
+        f'data: {payload["test_csv"] or payload["data_root"]} ({payload["dataset_type"]}, split {payload["split"]}, '
+        f'{payload["n"]} photos, {payload["skipped"]} skipped)',
+        f'landmarks: {", ".join(f"{k} {v}" for k, v in payload["landmark_counts"].items())}',
+        '', report, 'confusion matrix (rows = true grade, columns = predicted grade)', *rows, '',
+        metrics_table(payload), ''])
+
+
+def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str) -> None:
+    """Counts beside row-normalised rates (each true grade's row sums to 1; a grade without photos stays blank)."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(matrix, dtype=np.int64)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        rates = matrix / matrix.sum(axis=1, keepdims=True)
+    size = 3.2 + 0.55 * len(class_names)
+    figure = Figure(figsize=(2 * size + 1.0, size), layout='constrained')
+    ax_counts, ax_rates = figure.subplots(1, 2)
+    sns.heatmap(matrix, annot=True, fmt='d', cmap='Blues', cbar=False, square=True, ax=ax_counts,
+                xticklabels=class_names, yticklabels=class_names)
+    sns.heatmap(rates, annot=True, fmt='.2f', cmap='Blues', vmin=0, vmax=1, square=True, ax=ax_rates,
+                mask=np.isnan(rates), xticklabels=class_names, yticklabels=class_names,
+                cbar_kws={'label': 'share of the true grade'})
+    for row in np.flatnonzero(matrix.sum(axis=1) == 0):
+        ax_rates.text(len(class_names) / 2, row + 0.5, 'no photos of this grade', ha='center', va='center',
+                      fontsize=8, color='gray')
+    for ax, name in ((ax_counts, 'counts'), (ax_rates, 'row-normalised')):
+        ax.set_xlabel('predicted grade')
+        ax.set_ylabel('true grade')
+        ax.set_title(name)
+        ax.tick_params(axis='x', labelrotation=45)
+        ax.tick_params(axis='y', labelrotation=0)
+    figure.suptitle(title)
+    figure.savefig(path, dpi=120)
+
+
+def plot_per_class(per_class: Sequence[dict[str, Any]], class_names: Sequence[str], path: Path, title: str) -> None:
+    """Accuracy of each true grade with its bootstrap interval; grades without photos are marked."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(1.2 + 0.9 * len(class_names), 3.8), layout='constrained')
+    ax = figure.subplots()
+    positions = np.arange(len(class_names))
+    values = np.array([np.nan if e['value'] is None else e['value'] for e in per_class], dtype=float)
+    low = np.array([np.nan if e['ci_low'] is None else e['ci_low'] for e in per_class], dtype=float)
+    high = np.array([np.nan if e['ci_high'] is None else e['ci_high'] for e in per_class], dtype=float)
+    errors = np.nan_to_num(np.stack([values - low, high - values]).clip(min=0))
+    ax.bar(positions, np.nan_to_num(values), color='tab:blue', yerr=errors, capsize=4)
+    for position, entry in zip(positions, per_class):
+        text = 'no photos' if entry['value'] is None else f'{entry["value"]:.2f}'
+        ax.text(position, 1.02, text, ha='center', va='bottom', fontsize=8)
+    ax.set_xticks(positions, [f'{n}\n(n={e["n"]})' for n, e in zip(class_names, per_class)], fontsize=8)
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel('accuracy (recall) with 95% interval')
+    ax.set_title(title, fontsize=10)
+    figure.savefig(path, dpi=120)
+
+
+def write_csv_table(table: pd.DataFrame, path: Path) -> None:
+    utils.atomic_write_text(path, table.to_csv(index=False))
+
+
+def write_skipped(skipped: list[tuple[str, str]], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(['path', 'reason'])
+    writer.writerows(skipped)
+    utils.atomic_write_text(path, buffer.getvalue())
+
+
+def announce_replacements(output_dir: Path) -> list[str]:
+    """Name the files of an earlier evaluation that this one replaces, so nothing disappears unnoticed."""
+    existing = [name for name in OUTPUT_FILES if (output_dir / name).exists()]
+    if existing:
+        print(f'note: replacing {len(existing)} existing file(s) in {output_dir}: {", ".join(existing)}')
+    stale = output_dir / 'skipped.csv'
+    if stale.exists():
+        stale.unlink()  # would otherwise describe an earlier run
+    return existing
+
+
+def write_outputs(output_dir: Path, args: argparse.Namespace, payload: dict[str, Any], table: pd.DataFrame,
+                  labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str],
+                  skipped: list[tuple[str, str]]) -> dict[str, str]:
+    """Every output file; returns name -> path."""
+    predictions = probabilities.argmax(axis=1)
+    title = f'{Path(args.model_path).name} on {payload["split"]} ({payload["n"]} photos)'
+    written = {}
+
+    def target(name: str) -> Path:
+        written[name] = str(output_dir / name)
+        return output_dir / name
+
+    utils.atomic_write_text(target('metrics.json'), json.dumps(utils.to_plain(payload), indent=2) + '\n')
+    utils.atomic_write_text(target('classification_report.txt'),
+                            classification_report_text(labels, predictions, class_names, payload))
+    write_csv_table(table, target('predictions.csv'))
+    np.savez_compressed(target('predictions.npz'), labels=labels.astype(np.int64),
+                        predictions=predictions.astype(np.int64), probabilities=probabilities.astype(np.float32),
+                        paths=np.asarray(table['path'].astype(str).tolist(), dtype=str),
+                        subjects=np.asarray(table['subject'].astype(str).tolist(), dtype=str),
+                        class_names=np.asarray(list(class_names), dtype=str))
+    plot_confusion(np.asarray(payload['confusion_matrix']), class_names, target('confusion_matrix.png'), title)
+    plot_per_class(list(payload['per_class_accuracy'].values()), class_names, target('per_class_accuracy.png'),
+                   title)
+    utils.save_args(args, target('args.yaml'))
+    if skipped:
+        write_skipped(skipped, target('skipped.csv'))
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = utils.parse_args_with_config(get_args_parser(), argv)
+    check_args(args)
+    device = utils.resolve_device(args.device)
+    model, checkpoint = utils.load_trained_model(args.model_path, device)
+    preprocess = resolve_preprocess(checkpoint, args, args.model_path)
+    num_classes = check_model_fits(model, checkpoint, preprocess, args)
+    class_names = list(checkpoint.get('class_names') or utils.grade_names(num_classes))
+    grades = grade_labels(num_classes, class_names)
+
+    dataset = build_dataset(args, preprocess, num_classes, device)
+    indices, labels, probabilities, failed = predict(model, dataset, args, device)
+    skipped = list(dataset.skipped) + [(dataset.paths[i], reason) for i, reason in failed]
+    predictions = probabilities.argmax(axis=1)
+    groups, resampled_by = bootstrap_groups([dataset.subjects[i] for i in indices])
+    scores = score(labels, predictions, groups, num_classes, args)
+    payload = metrics_payload(scores, class_names, args, checkpoint, resampled_by, groups, dataset, skipped)
+    table = predictions_table(dataset, indices, labels, probabilities, grades)
+
+    output_dir = Path(args.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise utils.UserError(f'--output_dir {output_dir}: cannot be created ({err.strerror or err})') from err
+    replaced = announce_replacements(output_dir)
+    written = write_outputs(output_dir, args, payload, table, labels, probabilities, class_names, skipped)
+
+    print()
+    print(metrics_table(payload))
+    if skipped:
+        print(f'{len(skipped)} photo(s) skipped, listed in {output_dir / "skipped.csv"}')
+    print(f'results written to {output_dir}: {", ".join(written)}')
+    return {'metrics': payload, 'files': written, 'replaced': replaced, 'predictions': table,
+            'skipped': skipped}
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Shell entry point: ``main`` returns its results for Python callers, the shell only needs an exit status."""
+    main(argv)
+    return 0
+
+
+if __name__ == '__main__':
+    utils.run_cli(cli)

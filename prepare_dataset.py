@@ -1,0 +1,733 @@
+"""Prepare facial palsy datasets: annotation CSVs with subject-disjoint splits, CK+ conversion, 6 <-> 3 classes,
+and the built-in synthetic demo faces.
+
+The annotation CSV this writes is what every other script reads (``facial_palsy_dataset.py``): ``image_path``
+(relative to the data root), ``grade`` (0-5 = House-Brackmann I-VI), ``side`` (the patient's affected side:
+left / right / none / unknown), ``split`` (train / val / test), ``subject`` and, where known, ``neutral_path`` and
+the landmark columns ``eye_l_x ... mouth_r_y``.
+
+Splits are subject-disjoint (no person in two splits, or a model would be graded on faces it has seen) and
+stratified by grade (each split gets its share of every grade).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+import synthetic_faces
+from utils import (GRADE_3_TO_6, GRADE_6_TO_3, HB_GRADES, SIMPLIFIED_GRADES, UserError, add_config_args,
+                   atomic_write_text, parse_args_with_config, run_cli)
+
+LANDMARK_COLUMNS = synthetic_faces.LANDMARK_COLUMNS
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+SPLITS = ('train', 'val', 'test')
+SIDE_VALUES = ('left', 'right', 'none', 'unknown')
+SIDE_ALIASES = {'l': 'left', 'r': 'right', 'n': 'none', 'no': 'none', 'normal': 'none', '': 'unknown'}
+DEFAULT_SUBJECT_REGEX = r'^([^_]+)'
+# columns taken over from a generator's <data_root>/annotation.csv
+MERGED_COLUMNS = ('subject', 'side', 'neutral_path', *LANDMARK_COLUMNS)
+FIRST_COLUMNS = ['image_path', 'grade', 'side', 'split', 'subject', 'neutral_path', *LANDMARK_COLUMNS]
+
+EPILOG = """\
+examples:
+  # the built-in synthetic demo set, then its subject-disjoint annotation CSV
+  python prepare_dataset.py --dataset_type synthetic --output_root ./datasets/facial_palsy/FNP
+  python prepare_dataset.py --dataset_type FNP --data_root ./datasets/facial_palsy/FNP \\
+      --output_csv ./datasets/facial_palsy/fnp_annotation.csv --split_ratio 0.7 0.15 0.15
+
+  # your own photos in grade_0 .. grade_5 folders (subject = file name before the first _)
+  python prepare_dataset.py --dataset_type FNP --data_root ./my_photos --output_csv ./my_photos.csv
+  # subjects named like 'patient12-left-3.jpg'
+  python prepare_dataset.py --dataset_type FNP --data_root ./my_photos --output_csv ./my_photos.csv \\
+      --subject_regex '^(patient\\d+)'
+
+  # CK+ with a grade mapping (columns subject or sequence, grade, side): copies of the peak frames ...
+  python prepare_dataset.py --dataset_type CK+ --data_root ./CK+ --grade_mapping ./ck_grades.csv \\
+      --output_root ./datasets/facial_palsy/CK_graded
+  # ... or a CSV pointing at the original frames (neutral_path = first frame, image_path = peak frame)
+  python prepare_dataset.py --dataset_type CK+ --data_root ./CK+ --grade_mapping ./ck_grades.csv \\
+      --output_csv ./ck_annotation.csv
+
+  # 6 <-> 3 classes on an annotation CSV
+  python prepare_dataset.py --convert_classes 6to3 --input_csv fnp_annotation.csv --output_csv fnp_3class.csv
+
+6 <-> 3 classes: 6 -> 3 maps HB I -> normal (0), HB II-III -> mild/moderate (1), HB IV-VI -> severe (2).
+3 -> 6 is lossy: each simplified class becomes its lowest grade (0 -> HB I, 1 -> HB II, 2 -> HB IV).
+"""
+
+
+# helpers
+
+def read_csv(path: Path, what: str) -> pd.DataFrame:
+    """A CSV as strings with stripped, lower-case column names; unreadable or empty is a one-line error."""
+    if not path.is_file():
+        raise UserError(f'{path}: {what} not found')
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise UserError(f'{path}: {what} is empty') from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f'{path}: {what} is not a readable CSV ({first})') from None
+    table.columns = [str(c).strip().lower() for c in table.columns]
+    table = table[[any(str(v).strip() for v in row) for row in table.itertuples(index=False)]]
+    if table.empty:
+        raise UserError(f'{path}: {what} has no rows')
+    return table.reset_index(drop=True)
+
+
+def require_columns(table: pd.DataFrame, columns: Sequence[str], path: Path, what: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise UserError(f'{path}: {what} lacks the column(s) {", ".join(missing)} '
+                        f'(it has: {", ".join(table.columns) or "none"})')
+
+
+def parse_grades(values: pd.Series, path: Path, valid: range = range(6), scale: str = 'House-Brackmann 0-5'
+                 ) -> pd.Series:
+    """Integer grades, or one error naming the CSV, the first bad rows (spreadsheet numbering) and their values."""
+    numbers = pd.to_numeric(values.astype(str).str.strip(), errors='coerce')
+    bad = numbers.isna() | ~numbers.isin(list(valid))
+    if bad.any():
+        rows = [f'row {i + 2} ({values.iloc[i]!r})' for i in np.flatnonzero(bad.to_numpy())[:5]]
+        more = f' and {int(bad.sum()) - 5} more' if bad.sum() > 5 else ''
+        raise UserError(f'{path}: grade must be an integer {scale}; bad: {", ".join(rows)}{more}')
+    return numbers.astype(int)
+
+
+def normalise_sides(sides: pd.Series, grades: pd.Series) -> tuple[pd.Series, int]:
+    """left / right / none / unknown (l, r, normal ... accepted); an empty side is none for grade 0 and unknown
+    otherwise. Returns the sides and how many unrecognised values became unknown."""
+    text = sides.astype(str).str.strip().str.lower()
+    mapped = text.map(lambda s: SIDE_ALIASES.get(s, s))
+    unknown = ~mapped.isin(SIDE_VALUES)
+    mapped = mapped.where(~unknown, 'unknown')
+    mapped = mapped.where(~((text == '') & (grades == 0)), 'none')
+    return mapped, int((unknown & (text != '')).sum())
+
+
+def subject_from_name(name: str, pattern: re.Pattern) -> str | None:
+    """The subject of a file: the regex's first group (or whole match) on the file name without extension."""
+    match = pattern.search(Path(name).stem)
+    if match is None:
+        return None
+    subject = match.group(1) if pattern.groups else match.group(0)
+    return subject or None
+
+
+def compile_subject_regex(text: str) -> re.Pattern:
+    try:
+        return re.compile(text)
+    except re.error as err:
+        raise UserError(f'--subject_regex {text!r}: not a valid regular expression ({err})') from None
+
+
+def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
+    if len(ratios) != 3:
+        raise UserError(f'--split_ratio needs three numbers (train val test), got {len(ratios)}')
+    if any(r < 0 for r in ratios) or ratios[0] <= 0:
+        raise UserError(f'--split_ratio {" ".join(map(str, ratios))}: ratios must be >= 0 and train > 0')
+    if abs(sum(ratios) - 1.0) > 1e-6:
+        raise UserError(f'--split_ratio {" ".join(map(str, ratios))}: the ratios sum to {sum(ratios):g}, not 1')
+    return tuple(float(r) for r in ratios)
+
+
+def image_problem(path: Path) -> str | None:
+    """Why a photo cannot be used (missing, empty, not an image), from its header only: fast on large sets."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        return 'file not found'
+    if path.stat().st_size == 0:
+        return 'empty file'
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        return f'not a readable image ({type(err).__name__})'
+    if width < 1 or height < 1:
+        return 'image has no pixels'
+    return None
+
+
+def write_table_safely(table: pd.DataFrame, path: Path, overwrite: bool, what: str = 'annotation CSV') -> str:
+    """Write ``table`` as CSV unless a different file is already there (then ``--overwrite`` is needed).
+    Returns 'written', 'replaced' or 'unchanged'."""
+    text = table.to_csv(index=False)
+    if path.exists():
+        if path.is_dir():
+            raise UserError(f'{path}: is a folder; --output_csv needs a file name')
+        try:
+            unchanged = path.read_text() == text
+        except (OSError, UnicodeDecodeError):
+            unchanged = False
+        if unchanged:
+            return 'unchanged'
+        if not overwrite:
+            raise UserError(f'{path} exists and differs from the new {what}; pass --overwrite to replace it '
+                            f'or choose another --output_csv')
+    status = 'replaced' if path.exists() else 'written'
+    atomic_write_text(path, text)
+    return status
+
+
+def write_skipped(skipped: list[tuple[str, str]], output: Path) -> Path | None:
+    """List the photos left out (path, reason) beside the output, and say so: nothing disappears silently."""
+    if not skipped:
+        return None
+    target = output.with_name(f'{output.stem}_skipped.csv') if output.suffix else output / 'skipped.csv'
+    atomic_write_text(target, pd.DataFrame(skipped, columns=['path', 'reason']).to_csv(index=False))
+    print(f'warning: {len(skipped)} image(s) left out, listed in {target}; first: {skipped[0][0]} '
+          f'({skipped[0][1]})')
+    return target
+
+
+# splitting
+
+def allocate(count: int, ratios: Sequence[float]) -> list[int]:
+    """Split ``count`` subjects by ``ratios`` (largest remainders); every split with a ratio > 0 gets at least one
+    subject when there are enough, so that each grade appears in validation and test (with fewer subjects than
+    such splits: one each to train, then val)."""
+    wanted = [i for i, r in enumerate(ratios) if r > 0]
+    if count < len(wanted):
+        return [1 if i in wanted[:count] else 0 for i in range(len(ratios))]
+    exact = [count * r for r in ratios]
+    sizes = [int(np.floor(e)) for e in exact]
+    order = sorted(range(len(ratios)), key=lambda i: (-(exact[i] - sizes[i]), i))
+    for i in order[:count - sum(sizes)]:
+        sizes[i] += 1
+    for i in wanted:
+        if sizes[i] == 0:
+            donor = max(range(len(sizes)), key=lambda j: sizes[j])
+            sizes[donor] -= 1
+            sizes[i] += 1
+    return sizes
+
+
+def subject_grades(table: pd.DataFrame) -> tuple[dict[str, int], list[str]]:
+    """The grade each subject is stratified by (its most frequent; ties -> the higher grade) and the subjects
+    whose photos carry more than one grade."""
+    grades, mixed = {}, []
+    for subject, group in table.groupby('subject', sort=True):
+        counts = group['grade'].value_counts()
+        top = counts.max()
+        grades[subject] = int(max(g for g, c in counts.items() if c == top))
+        if len(counts) > 1:
+            mixed.append(f'{subject} (grades {", ".join(str(g) for g in sorted(counts.index))})')
+    return grades, mixed
+
+
+def assign_splits(table: pd.DataFrame, ratios: Sequence[float], seed: int) -> pd.Series:
+    """A split per row: subject-disjoint, stratified by each subject's grade, reproducible for ``seed``."""
+    grades, mixed = subject_grades(table)
+    if mixed:
+        print(f'note: {len(mixed)} subject(s) have photos of different grades; each is stratified by its most '
+              f'frequent grade (ties: the higher): {", ".join(mixed[:5])}{" ..." if len(mixed) > 5 else ""}')
+    rng = np.random.default_rng(seed)
+    split_of: dict[str, str] = {}
+    for grade in sorted(set(grades.values())):
+        subjects = sorted(s for s, g in grades.items() if g == grade)
+        subjects = [subjects[i] for i in rng.permutation(len(subjects))]
+        start = 0
+        for name, size in zip(SPLITS, allocate(len(subjects), ratios)):
+            split_of.update({s: name for s in subjects[start:start + size]})
+            start += size
+    splits = table['subject'].map(split_of)
+    empty = [name for name, ratio in zip(SPLITS, ratios) if ratio > 0 and not (splits == name).any()]
+    if empty:
+        print(f'warning: {" and ".join(empty)} received no subject ({len(grades)} subjects are too few for '
+              f'--split_ratio {" ".join(f"{r:g}" for r in ratios)})')
+    return splits
+
+
+def split_summary(table: pd.DataFrame) -> str:
+    """Images/subjects per grade (rows) and split (columns), as a small text table."""
+    header = ['grade'] + [s for s in SPLITS if s in set(table['split'])] + ['total']
+    rows = []
+    for grade in sorted(table['grade'].unique()):
+        part = table[table['grade'] == grade]
+        rows.append(_summary_row(f'{grade} (HB {HB_GRADES[grade]})', part, header[1:-1]))
+    rows.append(_summary_row('total', table, header[1:-1]))
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = ['  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [header] + rows]
+    return 'images / subjects per grade and split:\n' + '\n'.join('  ' + line for line in lines)
+
+
+def _summary_row(label: str, part: pd.DataFrame, splits: Sequence[str]) -> list[str]:
+    cells = [label]
+    for name in splits:
+        chunk = part[part['split'] == name]
+        cells.append(f'{len(chunk)} / {chunk["subject"].nunique()}')
+    cells.append(f'{len(part)} / {part["subject"].nunique()}')
+    return cells
+
+
+def order_columns(table: pd.DataFrame) -> pd.DataFrame:
+    first = [c for c in FIRST_COLUMNS if c in table.columns]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+# FNP (grade folders or a CSV)
+
+def scan_grade_folders(data_root: Path) -> pd.DataFrame:
+    """``image_path`` (relative, posix) and ``grade`` of every photo in ``data_root/grade_0 .. grade_5``."""
+    if not data_root.is_dir():
+        raise UserError(f'--data_root {data_root}: folder not found')
+    rows, outside = [], []
+    for folder in sorted(data_root.iterdir()):
+        match = re.fullmatch(r'grade[_\- ]?(\d+)', folder.name.lower())
+        if not (match and folder.is_dir()):
+            continue
+        grade = int(match.group(1))
+        images = sorted(p for p in folder.iterdir()
+                        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith('.'))
+        if grade > 5:
+            outside.append(folder.name)
+            continue
+        rows += [{'image_path': p.relative_to(data_root).as_posix(), 'grade': grade} for p in images]
+    if outside:
+        raise UserError(f'{data_root}: folder(s) {", ".join(outside)} are outside House-Brackmann grades 0-5 '
+                        f'(grade_0 = HB I .. grade_5 = HB VI); rename or move them')
+    if not rows:
+        has_folders = any(re.fullmatch(r'grade[_\- ]?\d+', p.name.lower()) for p in data_root.iterdir())
+        raise UserError(f'{data_root}: ' + ('the grade_N folders hold no images' if has_folders else
+                                            'no grade_0 .. grade_5 folders inside (or give --input_csv)'))
+    return pd.DataFrame(rows)
+
+
+def read_input_csv(path: Path) -> pd.DataFrame:
+    table = read_csv(path, 'input CSV')
+    require_columns(table, ['image_path', 'grade'], path, 'input CSV')
+    table['grade'] = parse_grades(table['grade'], path)
+    table['image_path'] = table['image_path'].astype(str).str.strip()
+    if (table['image_path'] == '').any():
+        row = int(np.flatnonzero((table['image_path'] == '').to_numpy())[0]) + 2
+        raise UserError(f'{path}: image_path is empty in row {row}')
+    return table
+
+
+def merge_generator_annotation(table: pd.DataFrame, data_root: Path) -> pd.DataFrame:
+    """Take subject, side, neutral_path and landmark columns from ``<data_root>/annotation.csv`` (which the synthetic
+    generator and the CK+ conversion write) for the photos it lists; values already in ``table`` win."""
+    path = data_root / 'annotation.csv'
+    if not path.is_file():
+        return table
+    try:
+        extra = read_csv(path, 'annotation CSV')
+    except UserError as err:  # an extra, not the input: the split can still be made without it
+        print(f'warning: {err}; its columns are not merged')
+        return table
+    if 'image_path' not in extra.columns:
+        print(f'note: {path} has no image_path column; not merged')
+        return table
+    columns = [c for c in MERGED_COLUMNS if c in extra.columns]
+    extra = extra.assign(image_path=extra['image_path'].map(lambda p: Path(p).as_posix()))
+    extra = extra.drop_duplicates('image_path').set_index('image_path')[columns]
+    keys = table['image_path'].map(lambda p: Path(p).as_posix())
+    matched = int(keys.isin(extra.index).sum())
+    for column in columns:
+        values = keys.map(extra[column]).fillna('')
+        if column in table.columns:
+            current = table[column].astype(str).str.strip()
+            table[column] = current.where(current != '', values)
+        else:
+            table[column] = values
+    names = [c for c in columns if c not in LANDMARK_COLUMNS]
+    names += ['landmark'] if any(c in LANDMARK_COLUMNS for c in columns) else []
+    print(f'merged {", ".join(names) or "no"} columns from {path} ({matched} of {len(table)} photos listed there)')
+    return table
+
+
+def fill_subjects(table: pd.DataFrame, pattern: re.Pattern) -> pd.DataFrame:
+    """A subject for every row: the ``subject`` column where given, else ``--subject_regex`` on the file name,
+    else the whole file name (each photo its own subject, which keeps splits disjoint but says so)."""
+    given = table['subject'].astype(str).str.strip() if 'subject' in table.columns else pd.Series('', index=table.index)
+    from_names = table['image_path'].map(lambda p: subject_from_name(p, pattern))
+    unmatched = given.eq('') & from_names.isna()
+    if unmatched.any():
+        print(f'warning: --subject_regex {pattern.pattern!r} found no subject in {int(unmatched.sum())} file name(s) '
+              f'(e.g. {table.loc[unmatched, "image_path"].iloc[0]}); each of those photos counts as its own subject')
+    fallback = table['image_path'].map(lambda p: Path(p).stem)
+    table['subject'] = given.where(given != '', from_names.where(~unmatched, fallback))
+    return table
+
+
+def drop_unusable(table: pd.DataFrame, data_root: Path, progress: bool = True
+                  ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Rows whose photo is missing or not an image are left out and listed."""
+    problems = []
+    for rel in tqdm(table['image_path'], desc='checking images', unit='img', disable=not progress or len(table) < 200):
+        path = Path(rel)
+        problems.append(image_problem(path if path.is_absolute() else data_root / path))
+    bad = pd.Series([p is not None for p in problems], index=table.index)
+    skipped = [(str(rel), reason) for rel, reason in zip(table['image_path'], problems) if reason is not None]
+    kept = table[~bad].reset_index(drop=True)
+    if kept.empty:
+        raise UserError(f'{data_root}: none of the {len(table)} listed images can be read '
+                        f'(first: {skipped[0][0]}: {skipped[0][1]})')
+    return kept, skipped
+
+
+def build_fnp_table(data_root: Path | None, input_csv: Path | None, subject_regex: str, ratios: Sequence[float],
+                    seed: int, progress: bool = True) -> tuple[pd.DataFrame, list[tuple[str, str]], Path]:
+    """The annotation table of an FNP-style dataset (grade folders or an input CSV) with subject-disjoint,
+    grade-stratified splits. Returns ``(table, skipped photos, data_root)``."""
+    ratios = check_ratios(ratios)
+    pattern = compile_subject_regex(subject_regex)
+    if input_csv is not None:
+        table = read_input_csv(input_csv)
+        if data_root is None:
+            data_root = input_csv.parent
+            print(f'note: image paths in {input_csv} are read relative to its folder {data_root} '
+                  f'(pass the same --data_root to training)')
+        elif not data_root.is_dir():
+            raise UserError(f'--data_root {data_root}: folder not found')
+    else:
+        if data_root is None:
+            raise UserError('--dataset_type FNP needs --data_root (grade_0 .. grade_5 folders) or --input_csv')
+        table = scan_grade_folders(data_root)
+    table = merge_generator_annotation(table, data_root)
+    if 'split' in table.columns:
+        print('note: the input split column is kept as original_split; split is recomputed subject-disjointly')
+        table = table.rename(columns={'split': 'original_split'})
+    table = fill_subjects(table, pattern)
+    sides = table['side'] if 'side' in table.columns else pd.Series('', index=table.index)
+    table['side'], odd = normalise_sides(sides, table['grade'])
+    if odd:
+        print(f'note: {odd} side value(s) were not left / right / none and are written as unknown')
+    table, skipped = drop_unusable(table, data_root, progress)
+    table['split'] = assign_splits(table, ratios, seed)
+    return order_columns(table), skipped, data_root
+
+
+def run_fnp(args: argparse.Namespace) -> pd.DataFrame:
+    if args.output_csv is None:
+        raise UserError('--dataset_type FNP needs --output_csv (where to write the annotation CSV)')
+    table, skipped, data_root = build_fnp_table(args.data_root, args.input_csv, args.subject_regex,
+                                                args.split_ratio, args.seed, progress=not args.quiet)
+    table = apply_class_conversion(table, args.convert_classes, args.output_csv)
+    status = write_table_safely(table, args.output_csv, args.overwrite)
+    write_skipped(skipped, args.output_csv)
+    print(split_summary(table))
+    print(f'{args.output_csv}: {status} ({len(table)} images of {table["subject"].nunique()} subjects; paths '
+          f'relative to {data_root}; split seed {args.seed})')
+    return table
+
+
+# 6 <-> 3 classes
+
+def convert_classes(table: pd.DataFrame, direction: str, path: Path) -> pd.DataFrame:
+    """6to3: add ``grade_3`` (0 normal: HB I; 1 mild/moderate: HB II-III; 2 severe: HB IV-VI) and keep ``grade``
+    on the House-Brackmann scale, which every script reads (train with ``--num_classes 3`` to use 3 classes).
+    3to6: a 3-class ``grade`` (0-2; or ``grade_3`` where present) becomes HB grade 0 / 1 / 3, the lowest grade
+    of each class; the mapping is lossy and the 3-class value is kept in ``grade_3``."""
+    table = table.copy()
+    if direction == '6to3':
+        grades = parse_grades(table['grade'], path)
+        table['grade'] = grades
+        table['grade_3'] = grades.map(lambda g: GRADE_6_TO_3[g])
+        table['grade_3_name'] = table['grade_3'].map(lambda c: SIMPLIFIED_GRADES[c])
+        print('6 -> 3 classes: HB I -> 0 normal; HB II-III -> 1 mild/moderate; HB IV-VI -> 2 severe '
+              '(written to grade_3; grade keeps the House-Brackmann value)')
+    elif direction == '3to6':
+        source = 'grade_3' if 'grade_3' in table.columns else 'grade'
+        classes = parse_grades(table[source], path, range(3), 'class 0-2 of the simplified scale '
+                               '(this CSV looks like it is already on the 6-grade scale)')
+        table['grade_3'] = classes
+        table['grade'] = classes.map(lambda c: GRADE_3_TO_6[c])
+        table = table.drop(columns=['grade_3_name'], errors='ignore')
+        print('3 -> 6 classes is lossy: each class becomes its lowest grade (0 -> HB I, 1 -> HB II, 2 -> HB IV); '
+              'the simplified class is kept in grade_3')
+    else:
+        raise UserError(f'--convert_classes {direction}: choose 6to3 or 3to6')
+    counts = table['grade_3'].value_counts().sort_index()
+    print('  ' + ', '.join(f'{SIMPLIFIED_GRADES[c]}: {n}' for c, n in counts.items()))
+    return order_columns(table)
+
+
+def apply_class_conversion(table: pd.DataFrame, direction: str | None, path: Path) -> pd.DataFrame:
+    return table if direction is None else convert_classes(table, direction, path)
+
+
+def run_convert(args: argparse.Namespace) -> pd.DataFrame:
+    if args.input_csv is None or args.output_csv is None:
+        raise UserError('--convert_classes needs --input_csv (an annotation CSV) and --output_csv')
+    if args.input_csv.resolve() == args.output_csv.resolve():
+        raise UserError(f'--output_csv {args.output_csv} is the input CSV; write the converted table to a new file')
+    table = read_csv(args.input_csv, 'annotation CSV')
+    require_columns(table, ['image_path', 'grade'], args.input_csv, 'annotation CSV')
+    table = convert_classes(table, args.convert_classes, args.input_csv)
+    status = write_table_safely(table, args.output_csv, args.overwrite)
+    print(f'{args.output_csv}: {status} ({len(table)} rows)')
+    return table
+
+
+# CK+
+
+def ckplus_records(data_root: Path, grade_mapping: Path | None):
+    """Peak-frame records of the graded CK+ sequences (``facial_palsy_dataset.scan_ckplus``, which also reads the
+    dataset for training, so the layout and mapping rules live in one place)."""
+    if not data_root.is_dir():
+        raise UserError(f'--data_root {data_root}: folder not found')
+    if grade_mapping is None:
+        raise UserError(f'{data_root}: CK+ has no palsy grades; give --grade_mapping CSV with columns subject '
+                        f'(e.g. S005) or sequence (e.g. S005/001), grade (0-5) and optionally side')
+    from facial_palsy_dataset import scan_ckplus
+
+    records, skipped = scan_ckplus(data_root, grade_mapping, split=None, verbose=True)
+    if not records:
+        raise UserError(f'{grade_mapping}: no CK+ sequence under {data_root} received a grade '
+                        f'(first problem: {skipped[0][1] if skipped else "none listed"})')
+    return records, [(path, reason) for path, reason in skipped]
+
+
+def _copy_unique(source: Path, target: Path, overwrite: bool) -> str:
+    """Copy (never move) a frame; an existing different file is only replaced with ``--overwrite``."""
+    if target.exists():
+        if target.read_bytes() == source.read_bytes():
+            return 'same'
+        if not overwrite:
+            raise UserError(f'{target} exists and differs from {source}; pass --overwrite to replace it')
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, target)
+    return 'copied'
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def run_ckplus(args: argparse.Namespace) -> pd.DataFrame:
+    if args.output_root is None and args.output_csv is None:
+        raise UserError('--dataset_type CK+ needs --output_root (grade folders of copied peak frames) '
+                        'and/or --output_csv (an annotation CSV)')
+    data_root = args.data_root
+    if data_root is None:
+        raise UserError('--dataset_type CK+ needs --data_root (the CK+ folder)')
+    records, skipped = ckplus_records(data_root, args.grade_mapping)
+    rows = []
+    for record in records:
+        row = {'peak': Path(record.path), 'neutral': Path(record.neutral_path or record.path), 'grade': record.grade,
+               'side': record.side, 'subject': record.subject}
+        if record.annotation is not None:
+            row.update(dict(zip(LANDMARK_COLUMNS, np.asarray(record.annotation, dtype=float).reshape(-1))))
+        rows.append(row)
+    frames = pd.DataFrame(rows)
+    root = data_root
+    if args.output_root is not None:
+        root = args.output_root
+        if root.resolve() == data_root.resolve():
+            raise UserError('--output_root must differ from --data_root: the CK+ originals are never changed')
+        copied = same = 0
+        image_paths, neutral_paths = [], []
+        for row in tqdm(frames.itertuples(index=False), total=len(frames), desc='copying peak frames',
+                        disable=args.quiet):
+            peak_target = root / f'grade_{row.grade}' / row.peak.name
+            neutral_target = root / 'neutral' / row.neutral.name
+            for source, target in ((row.peak, peak_target), (row.neutral, neutral_target)):
+                outcome = _copy_unique(source, target, args.overwrite)
+                copied += outcome == 'copied'
+                same += outcome == 'same'
+            image_paths.append(_relative(peak_target, root))
+            neutral_paths.append(_relative(neutral_target, root))
+        frames['image_path'], frames['neutral_path'] = image_paths, neutral_paths
+        annotation = order_columns(frames.drop(columns=['peak', 'neutral']))
+        status = write_table_safely(annotation, root / 'annotation.csv', args.overwrite, 'CK+ annotation')
+        print(f'{root}: {copied} frame(s) copied, {same} already there; annotation.csv {status} '
+              f'(peak frames in grade_N/, first frames in neutral/)')
+    else:
+        frames['image_path'] = [_relative(p, root) for p in frames['peak']]
+        frames['neutral_path'] = [_relative(p, root) for p in frames['neutral']]
+    table = order_columns(frames.drop(columns=['peak', 'neutral']))
+    if args.output_csv is not None:
+        table['split'] = assign_splits(table, check_ratios(args.split_ratio), args.seed)
+        table = apply_class_conversion(order_columns(table), args.convert_classes, args.output_csv)
+        status = write_table_safely(table, args.output_csv, args.overwrite)
+        print(split_summary(table))
+        print(f'{args.output_csv}: {status} ({len(table)} sequences; paths relative to {root})')
+    write_skipped(skipped, args.output_csv or (args.output_root / 'annotation.csv'))
+    return table
+
+
+# synthetic
+
+def synthetic_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {'generator': 'synthetic_faces.py', 'version': synthetic_faces.GENERATOR_VERSION, 'seed': args.seed,
+            'num_subjects': args.num_subjects, 'images_per_subject': args.images_per_subject,
+            'image_size': args.image_size, 'expressions': args.expressions}
+
+
+def _synthetic_is_current(root: Path, settings: dict[str, Any]) -> bool:
+    manifest = synthetic_faces.read_manifest(root)
+    if manifest is None or any(manifest.get(k) != v for k, v in settings.items()):
+        return False
+    return (root / 'annotation.csv').is_file() and all((root / f).is_file() for f in manifest.get('files', []))
+
+
+def parse_detection_check(text: str) -> int | None:
+    """``all`` -> None (every photo), else a count (0 = skip)."""
+    if str(text).lower() == 'all':
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number of photos or "all", got {text!r}') from None
+    if count < 0:
+        raise argparse.ArgumentTypeError('must be >= 0')
+    return count
+
+
+def run_synthetic(args: argparse.Namespace) -> pd.DataFrame:
+    root = args.output_root
+    if root is None:
+        raise UserError('--dataset_type synthetic needs --output_root (the folder to draw the faces into)')
+    if root.exists() and not root.is_dir():
+        raise UserError(f'--output_root {root}: is a file, not a folder')
+    settings = synthetic_settings(args)
+    previous = synthetic_faces.read_manifest(root) if root.is_dir() else None
+    if previous is not None and not args.overwrite and _synthetic_is_current(root, settings):
+        print(f'{root}: already holds this synthetic set (seed {args.seed}, {args.num_subjects} subjects x '
+              f'{args.images_per_subject} photos); nothing to do (--overwrite draws it again)')
+        table = pd.read_csv(root / 'annotation.csv')
+    else:
+        if previous is not None:
+            removed = synthetic_faces.remove_generated_files(root)
+            print(f'{root}: replacing a previous synthetic set (seed {previous.get("seed")}, '
+                  f'{previous.get("num_subjects")} subjects; {removed} photos removed)')
+        elif root.is_dir() and any(root.iterdir()):
+            if not args.overwrite:
+                raise UserError(f'--output_root {root} is not empty and holds no synthetic dataset; choose an empty '
+                                f'or new folder (or pass --overwrite to write into it anyway)')
+            print(f'note: writing into the non-empty folder {root} (--overwrite); files with the same names are '
+                  f'replaced')
+        table = synthetic_faces.generate_dataset(root, args.num_subjects, args.images_per_subject, args.image_size,
+                                                 args.seed, progress=not args.quiet, expressions=args.expressions)
+        print(f'{root}: {len(table)} synthetic photos of {args.num_subjects} subjects written '
+              f'(grade_N/, annotation.csv, preview.jpg, README.md)')
+        check_synthetic_detection(root, table, args)
+    if args.output_csv is not None:
+        run_fnp(argparse.Namespace(**{**vars(args), 'data_root': root, 'input_csv': None}))
+    else:
+        print(f'next: python prepare_dataset.py --dataset_type FNP --data_root {root} '
+              f'--output_csv {root.parent / "fnp_annotation.csv"}')
+    return table
+
+
+def check_synthetic_detection(root: Path, table: pd.DataFrame, args: argparse.Namespace) -> dict | None:
+    """MTCNN on (a spread sample of) the new photos: the rate goes on screen and into README.md. With
+    facial_palsy_dataset's detector the landmarks land in its cache, so training does not detect them again."""
+    if args.detection_check == 0:
+        return None
+    result = synthetic_faces.check_detection(root, table, max_images=args.detection_check, device=args.device,
+                                             cache_dir=args.cache_dir, progress=not args.quiet)
+    synthetic_faces.record_detection(root, {k: v for k, v in result.items() if k != 'missed'})
+    print(synthetic_faces.format_detection(result))
+    if result['rate'] < 0.9:
+        print(f'warning: the detection rate is below 90%; photos without a detected face fall back to the true '
+              f'landmarks in annotation.csv. Missed: {", ".join(result["missed"][:5])}')
+    return result
+
+
+# command line
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description='Prepare facial palsy datasets: annotation CSVs with subject-disjoint, grade-stratified\n'
+                    'train/val/test splits (FNP-style grade folders or a CSV), CK+ conversion, 6 <-> 3 class\n'
+                    'conversion, and the built-in synthetic demo faces.',
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--dataset_type', choices=['FNP', 'CK+', 'synthetic'], default=None,
+                        help='FNP: grade_0 .. grade_5 folders under --data_root (or --input_csv) -> --output_csv. '
+                             'CK+: CK+ sequences + --grade_mapping -> --output_root and/or --output_csv. '
+                             'synthetic: draw the demo faces into --output_root')
+    io = parser.add_argument_group('inputs and outputs')
+    io.add_argument('--data_root', type=Path, default=None,
+                    help='dataset folder: grade_N folders (FNP) or the CK+ folder (with cohn-kanade-images/ or '
+                         'the subject folders S005/ ... directly inside)')
+    io.add_argument('--input_csv', type=Path, default=None,
+                    help='FNP: a CSV with image_path (relative to --data_root, default its own folder) and grade '
+                         '(0-5), optional subject, side; --convert_classes: the annotation CSV to convert')
+    io.add_argument('--output_csv', type=Path, default=None,
+                    help='annotation CSV to write (image_path, grade, side, split, subject, ...)')
+    io.add_argument('--output_root', type=Path, default=None,
+                    help='folder to write: the synthetic faces, or CK+ peak frames as grade_N/ folders')
+    io.add_argument('--overwrite', action='store_true',
+                    help='replace an existing output CSV or copied frame that differs, or write the synthetic set '
+                         'into a non-empty folder that does not hold one; without it such outputs are refused')
+    io.add_argument('--quiet', action='store_true', help='no progress bars')
+    splits = parser.add_argument_group('splits')
+    splits.add_argument('--split_ratio', type=float, nargs=3, default=[0.7, 0.15, 0.15],
+                       metavar=('TRAIN', 'VAL', 'TEST'),
+                       help='fractions of subjects per grade for train, val and test; must sum to 1 '
+                            '(default: 0.7 0.15 0.15)')
+    splits.add_argument('--seed', type=int, default=42,
+                       help='random seed of the split and of the synthetic faces (default: 42)')
+    splits.add_argument('--subject_regex', default=DEFAULT_SUBJECT_REGEX,
+                       help='regular expression whose first group (or whole match) on the file name without '
+                            'extension is the subject, used where there is no subject column '
+                            f'(default: {DEFAULT_SUBJECT_REGEX!r}, the part before the first _)')
+    ck = parser.add_argument_group('CK+')
+    ck.add_argument('--grade_mapping', type=Path, default=None,
+                    help='CSV mapping CK+ subjects or sequences to palsy grades: columns subject (S005) and/or '
+                         'sequence (S005/001; wins over its subject), grade (0-5), optional side')
+    conv = parser.add_argument_group('classes')
+    conv.add_argument('--convert_classes', choices=['6to3', '3to6'], default=None,
+                      help='6to3: add grade_3 (HB I -> 0 normal, II-III -> 1 mild/moderate, IV-VI -> 2 severe) '
+                           'and keep grade on the House-Brackmann scale that training reads (use --num_classes 3 '
+                           'there); 3to6: a 3-class grade 0-2 becomes HB I / II / IV - lossy, each class maps to '
+                           'its lowest grade. Alone it converts --input_csv to --output_csv; with --dataset_type it '
+                           'applies to the CSV being written')
+    synth = parser.add_argument_group('synthetic faces')
+    synth.add_argument('--num_subjects', type=int, default=120,
+                       help='synthetic subjects, spread evenly over the six grades (default: 120)')
+    synth.add_argument('--images_per_subject', type=int, default=5, help='photos per subject (default: 5)')
+    synth.add_argument('--image_size', type=int, default=256, help='photo size in pixels (default: 256)')
+    synth.add_argument('--expressions', choices=synthetic_faces.EXPRESSION_MODES, default='protocol',
+                       help='protocol: each subject\'s photos cycle through rest, brow raise, eye closure and smile '
+                            '(the affected side moves less), as in a facial nerve examination; rest: resting faces '
+                            'only (default: protocol)')
+    synth.add_argument('--detection_check', type=parse_detection_check, default=None, metavar='N|all',
+                       help='run MTCNN on the new photos (all), on N of them spread over the set, or not at all (0), '
+                            'and report how many faces and landmarks it finds; the landmarks go into the cache '
+                            'that training reads, so this moves rather than adds detection time (default: all)')
+    synth.add_argument('--device', default='auto', help='device for the MTCNN check: auto, cpu or cuda')
+    synth.add_argument('--cache_dir', type=Path, default=None,
+                       help='landmark cache of the MTCNN check (default: the one training uses, .cache/landmarks)')
+    add_config_args(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parse_args_with_config(parser, argv)
+    if args.dataset_type is None and args.convert_classes is None:
+        parser.error('choose --dataset_type FNP|CK+|synthetic, or --convert_classes 6to3|3to6')
+    if args.num_subjects < 1 or args.images_per_subject < 1:
+        raise UserError('--num_subjects and --images_per_subject must be at least 1')
+    check_ratios(args.split_ratio)
+    if args.dataset_type == 'FNP':
+        if args.input_csv is not None and not args.input_csv.is_file():
+            raise UserError(f'--input_csv {args.input_csv}: file not found')
+        run_fnp(args)
+    elif args.dataset_type == 'CK+':
+        run_ckplus(args)
+    elif args.dataset_type == 'synthetic':
+        run_synthetic(args)
+    else:
+        run_convert(args)
+    return 0
+
+
+if __name__ == '__main__':
+    run_cli(main)

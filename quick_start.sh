@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# HTNet for facial palsy grading: the whole pipeline, end to end, on the built-in synthetic faces.
+#
+#   bash quick_start.sh                      # CPU: profile cpu_quickstart (< 10 min on 2 cores); GPU: standard
+#   bash quick_start.sh --profile small      # any profile of config_examples.yaml
+#   HTNET_PROFILE=fnp_6class bash quick_start.sh
+#
+# Steps: set up .venv -> synthetic dataset (only if ./datasets/facial_palsy/FNP holds no images) -> prepare the
+# subject-disjoint annotation CSV -> train -> evaluate on the test subjects -> grade test photos -> attention maps.
+# Re-running replaces the outputs of the previous quick start (checkpoints, logs, results); your own data in
+# ./datasets/facial_palsy/FNP is only read.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+PROFILE="${HTNET_PROFILE:-}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --profile) PROFILE="${2:?--profile needs a name}"; shift 2 ;;
+        --profile=*) PROFILE="${1#--profile=}"; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "quick_start.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+DATA_ROOT=./datasets/facial_palsy/FNP
+CSV=./datasets/facial_palsy/fnp_annotation.csv
+SAVE_DIR=./checkpoints/fnp
+LOG_DIR=./logs/fnp
+EVAL_DIR=./evaluation_results
+ATTENTION_DIR=./attention_visualizations
+CONFIG=config_examples.yaml
+STEP=0
+TOTAL=7
+START=$(date +%s)
+
+step() {  # step "name" command...: run one step, stop at the first failure naming it
+    local name="$1"; shift
+    STEP=$((STEP + 1))
+    echo
+    echo "==> [$STEP/$TOTAL] $name"
+    local t0; t0=$(date +%s)
+    if ! "$@"; then
+        echo >&2
+        echo "quick_start.sh: step $STEP/$TOTAL '$name' failed (command: $*)" >&2
+        exit 1
+    fi
+    echo "    ($name: $(( $(date +%s) - t0 )) s)"
+}
+
+setup() { source scripts/setup_venv.sh; }
+step "set up .venv from requirements.txt" setup
+
+if [ -z "$PROFILE" ]; then
+    if python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+        PROFILE=standard
+    else
+        PROFILE=cpu_quickstart
+    fi
+fi
+echo "    profile: $PROFILE (config_examples.yaml; choose another with --profile NAME or HTNET_PROFILE)"
+
+make_data() {
+    if find "$DATA_ROOT" -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) 2>/dev/null | grep -q .; then
+        echo "    $DATA_ROOT already holds images: using them"
+    else
+        echo "    $DATA_ROOT holds no images: generating the built-in synthetic palsy faces there"
+        python prepare_dataset.py --dataset_type synthetic --output_root "$DATA_ROOT"
+    fi
+}
+step "dataset" make_data
+
+step "prepare the annotation CSV (subject-disjoint split)" \
+    python prepare_dataset.py --dataset_type FNP --data_root "$DATA_ROOT" --output_csv "$CSV" \
+        --split_ratio 0.7 0.15 0.15 --overwrite
+
+step "train HTNet" \
+    python train_facial_palsy.py --config "$CONFIG" --profile "$PROFILE" \
+        --data_root "$DATA_ROOT" --train_csv "$CSV" --val_csv "$CSV" --test_csv "$CSV" --dataset_type FNP \
+        --save_dir "$SAVE_DIR" --log_dir "$LOG_DIR" --overwrite
+
+step "evaluate on the test subjects" \
+    python evaluate_facial_palsy.py --model_path "$SAVE_DIR/best_model.pth" --data_root "$DATA_ROOT" \
+        --test_csv "$CSV" --dataset_type FNP --output_dir "$EVAL_DIR"
+
+# The test photos, copied out for the inference examples (./test_images/ and ./test_image.jpg).
+copy_test_images() {
+    python - "$CSV" "$DATA_ROOT" <<'EOF'
+import shutil, sys
+from pathlib import Path
+import pandas as pd
+csv, root = Path(sys.argv[1]), Path(sys.argv[2])
+rows = pd.read_csv(csv)
+rows = rows[rows['split'] == 'test']
+out = Path('test_images')
+out.mkdir(exist_ok=True)
+for old in out.glob('*'):
+    if old.is_file():
+        old.unlink()
+paths = [Path(p) if Path(p).is_absolute() else root / p for p in rows['image_path']]
+for path in paths:
+    shutil.copy2(path, out / path.name)
+shutil.copy2(paths[0], 'test_image.jpg')
+print(f'    {len(paths)} test photos copied to ./test_images/, one of them to ./test_image.jpg')
+EOF
+}
+grade_photos() {
+    copy_test_images
+    python demo_inference.py --model_path "$SAVE_DIR/best_model.pth" --image_dir ./test_images/ \
+        --output_csv ./predictions.csv
+    python demo_inference.py --model_path "$SAVE_DIR/best_model.pth" --image_path ./test_image.jpg
+}
+step "grade the test photos" grade_photos
+
+step "attention maps" \
+    python visualize_attention.py --model_path "$SAVE_DIR/best_model.pth" --image_path ./test_image.jpg \
+        --output_dir "$ATTENTION_DIR" --visualize_regions
+
+echo
+echo "==> done in $(( $(date +%s) - START )) s (profile $PROFILE)"
+python - "$EVAL_DIR/metrics.json" <<'EOF'
+import json, sys
+metrics = json.load(open(sys.argv[1]))
+values = metrics.get('metrics', metrics)
+print('Test subjects (never seen in training or model selection):')
+for name in ('accuracy', 'macro_f1', 'qwk', 'mae', 'within_one'):
+    entry = values.get(name)
+    if isinstance(entry, dict):
+        print(f"  {name:<12} {entry['value']:.3f}  (95% CI {entry['ci_low']:.3f}-{entry['ci_high']:.3f})")
+    elif entry is not None:
+        print(f'  {name:<12} {entry:.3f}')
+EOF
+cat <<EOF
+Outputs:
+  checkpoints          $SAVE_DIR/ (best_model.pth, last.pth)
+  training logs        $LOG_DIR/ (summary.csv, training_history.json, training_curves.png, args.yaml)
+  evaluation           $EVAL_DIR/ (metrics.json, confusion_matrix.png, classification_report.txt, predictions.csv)
+  predictions          ./predictions.csv, ./test_image_prediction.png
+  attention maps       $ATTENTION_DIR/
+EOF

@@ -1,0 +1,384 @@
+"""Tests of data_augmentation.py: no augmentation swaps the sides of the face, landmarks move with the image,
+erased patches stay inside one mosaic quadrant, runs are reproducible, and the named pipelines build."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import data_augmentation as da
+from utils import UserError, seed_everything
+
+# A 160x160 synthetic "photo": dark image-left half, light image-right half, and a coloured disc on each of the
+# five MTCNN points (left eye, right eye, nose, left mouth corner, right mouth corner; left = image left).
+SIZE = 160
+LANDMARKS = np.array([[55, 60], [105, 60], [80, 85], [60, 112], [100, 112]], dtype=np.float32)
+COLOURS = np.array([[230, 30, 30], [30, 230, 30], [30, 30, 230], [230, 230, 30], [30, 230, 230]], dtype=np.uint8)
+BLOB_RADIUS = 5
+DARK, LIGHT = 50, 200
+
+
+def make_photo() -> np.ndarray:
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    image = np.where(xx[..., None] < SIZE // 2, DARK, LIGHT).astype(np.uint8).repeat(3, axis=2)
+    for (x, y), colour in zip(LANDMARKS, COLOURS):
+        image[(xx - x) ** 2 + (yy - y) ** 2 <= BLOB_RADIUS ** 2] = colour
+    return image
+
+
+def colour_class(pixel: np.ndarray) -> frozenset[int]:
+    """Which channels are 'on': survives brightness, contrast, gamma, saturation and lighting changes, all of which
+    keep the order of a pixel's channels."""
+    pixel = pixel.astype(float)
+    threshold = (pixel.max() + pixel.min()) / 2
+    if pixel.max() - pixel.min() < 30:
+        return frozenset()  # grey: background, not a landmark disc
+    return frozenset(int(c) for c in np.flatnonzero(pixel > threshold))
+
+
+EXPECTED_CLASSES = [colour_class(c) for c in COLOURS]
+
+
+def pixel_at(image: np.ndarray, point: np.ndarray) -> np.ndarray:
+    x, y = (int(round(float(v))) for v in point)
+    return image[y, x]
+
+
+def no_photometric(**kwargs) -> dict:
+    return dict(brightness=0.0, contrast=0.0, gamma=0.0, saturation=0.0, lighting=0.0, blur=0.0, **kwargs)
+
+
+PHOTO_PIPELINES = ('standard', 'asymmetry_preserving', 'strong')
+
+
+# sides are never swapped, landmarks move with the image
+
+def test_synthetic_photo_classes_are_distinct():
+    # guards the tests below: each disc must be recognisable and the background must not look like a disc
+    image = make_photo()
+    assert len(set(EXPECTED_CLASSES)) == 5
+    assert [colour_class(pixel_at(image, p)) for p in LANDMARKS] == EXPECTED_CLASSES
+    assert colour_class(image[5, 5]) == frozenset() and colour_class(image[5, -5]) == frozenset()
+
+
+@pytest.mark.parametrize('name', PHOTO_PIPELINES)
+def test_no_pipeline_swaps_sides(name):
+    transform = da.get_augmentation_pipeline(name, seed=0)
+    photo = make_photo()
+    for _ in range(40):
+        image, points = transform(photo, LANDMARKS)
+        assert image.shape == photo.shape and image.dtype == np.uint8
+        # each disc is still found under its own (moved) landmark
+        assert [colour_class(pixel_at(image, p)) for p in points] == EXPECTED_CLASSES
+        # image-left features stay left of their right-side partners
+        assert points[0, 0] < points[1, 0] and points[3, 0] < points[4, 0]
+        # image-left content stays on the image left: a mirror would put the light half on the left
+        grey = image.astype(float).mean(axis=2)
+        assert grey[:, :SIZE // 4].mean() + 40 < grey[:, -SIZE // 4:].mean()
+
+
+def test_landmarks_move_with_the_image():
+    transform = da.FacialPalsyAugmentation(max_rotation=25.0, scale=(0.8, 1.2), max_shift=0.2, seed=1,
+                                           **no_photometric())
+    photo = make_photo()
+    moved = 0
+    for _ in range(30):
+        image, points = transform(photo, LANDMARKS)
+        assert points.dtype == np.float32 and points.shape == (5, 2)
+        assert [colour_class(pixel_at(image, p)) for p in points] == EXPECTED_CLASSES
+        # where a point moved further than the disc radius, the old position now shows something else
+        for old, new, expected in zip(LANDMARKS, points, EXPECTED_CLASSES):
+            if np.linalg.norm(new - old) > BLOB_RADIUS + 2:
+                moved += 1
+                assert colour_class(pixel_at(image, old)) != expected
+    assert moved > 30, 'the draws hardly moved the landmarks, so this test would not notice unmoved landmarks'
+
+
+def test_known_rotation_moves_points_as_the_image():
+    transform = da.FacialPalsyAugmentation(**no_photometric())
+    params = da.PhotoParams(angle=20.0)
+    image, points, box = transform.apply(make_photo(), LANDMARKS, box=np.array([30, 30, 130, 140]), params=params)
+    centre = LANDMARKS.mean(axis=0)
+    theta = math.radians(20.0)  # counter-clockwise as seen on screen, where y points down
+    rotation = np.array([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]])
+    np.testing.assert_allclose(points, (LANDMARKS - centre) @ rotation.T + centre, atol=1e-3)
+    assert [colour_class(pixel_at(image, p)) for p in points] == EXPECTED_CLASSES
+    # the box grows to hold its rotated corners and still holds every landmark
+    assert box[0] < 30 and box[2] > 130
+    assert np.all(points >= box[:2]) and np.all(points <= box[2:])
+
+
+def test_caller_arrays_are_not_changed():
+    photo, landmarks = make_photo(), LANDMARKS.copy()
+    da.get_augmentation_pipeline('standard', seed=3)(photo, landmarks)
+    np.testing.assert_array_equal(photo, make_photo())
+    np.testing.assert_array_equal(landmarks, LANDMARKS)
+
+
+def test_asymmetry_preserving_keeps_eye_line_roll_and_lights_both_sides_alike():
+    def roll(points):
+        return math.degrees(math.atan2(points[1, 1] - points[0, 1], points[1, 0] - points[0, 0]))
+
+    flat = np.full((SIZE, SIZE, 3), 128, dtype=np.uint8)
+    preserving = da.AsymmetryPreservingAugmentation(seed=2)
+    standard = da.FacialPalsyAugmentation(p_lighting=1.0, seed=2)
+    rolls, standard_contrast = [], []
+    for _ in range(40):
+        image, points = preserving(flat, LANDMARKS)
+        rolls.append(abs(roll(points) - roll(LANDMARKS)))
+        # an evenly lit face stays evenly lit: no side is made brighter than the other
+        assert np.ptp(image) <= 1
+        image, _ = standard(flat, LANDMARKS)
+        grey = image.astype(float).mean(axis=2)
+        standard_contrast.append(np.ptp(grey))
+    assert max(rolls) <= preserving.max_rotation + 1e-3 and max(rolls) > 0.5
+    # the standard pipeline does light one side more (so the flat-image check above can tell the two apart)
+    assert np.median(standard_contrast) > 10
+
+
+def test_asymmetry_preserving_refuses_large_rotations():
+    with pytest.raises(ValueError, match='roll of the eye line'):
+        da.AsymmetryPreservingAugmentation(max_rotation=15)
+    with pytest.raises(ValueError, match='max_rotation'):
+        da.FacialPalsyAugmentation(max_rotation=60)
+    with pytest.raises(ValueError, match='scale'):
+        da.FacialPalsyAugmentation(scale=(-1.0, 1.0))  # a negative scale would mirror the face
+
+
+def test_bad_inputs_are_named():
+    transform = da.FacialPalsyAugmentation()
+    with pytest.raises(ValueError, match='uint8'):
+        transform(make_photo().astype(np.float32), LANDMARKS)
+    with pytest.raises(ValueError, match=r'\(5, 2\)'):
+        transform(make_photo(), LANDMARKS[:3])
+
+
+def test_quadrants_of_the_region_mosaic_keep_their_side():
+    fpd = pytest.importorskip('facial_palsy_dataset')
+    if not hasattr(fpd, 'region_mosaic'):
+        pytest.skip('facial_palsy_dataset has no region_mosaic')
+    transform = da.get_augmentation_pipeline('asymmetry_preserving', seed=5)
+    # mosaic layout: [left eye | left mouth corner] over [right eye | right mouth corner], never mirrored
+    quadrant_landmark = {(0, 0): 0, (0, 1): 3, (1, 0): 1, (1, 1): 4}
+    for _ in range(5):
+        image, points = transform(make_photo(), LANDMARKS)
+        mosaic = np.asarray(fpd.region_mosaic(image, points, region_size=28))
+        assert mosaic.shape == (56, 56, 3)
+        for (row, col), k in quadrant_landmark.items():
+            assert colour_class(mosaic[row * 28 + 14, col * 28 + 14]) == EXPECTED_CLASSES[k]
+
+
+# reproducibility
+
+def run_pipeline(transform, n: int = 3) -> list[np.ndarray]:
+    outputs = []
+    for _ in range(n):
+        image, points = transform(make_photo(), LANDMARKS)
+        outputs += [image, points]
+    return outputs
+
+
+def test_same_seed_same_augmentations():
+    first = run_pipeline(da.get_augmentation_pipeline('standard', seed=7))
+    again = run_pipeline(da.get_augmentation_pipeline('standard', seed=7))
+    other = run_pipeline(da.get_augmentation_pipeline('standard', seed=8))
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+    rng_run = run_pipeline(da.FacialPalsyAugmentation(rng=np.random.default_rng(7)))
+    assert any(not np.array_equal(a, b) for a, b in zip(rng_run[::2], rng_run[2::2])), 'draws must vary'
+    legacy = [run_pipeline(da.get_augmentation_pipeline('strong', rng=np.random.RandomState(7))) for _ in range(2)]
+    for a, b in zip(*legacy):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match='rng or seed'):
+        da.CutOut(rng=np.random.default_rng(0), seed=0)
+
+
+def test_global_numpy_state_seeded_by_seed_everything():
+    transform = da.get_augmentation_pipeline('asymmetry_preserving')
+    seed_everything(11)
+    first = run_pipeline(transform)
+    seed_everything(11)
+    again = run_pipeline(transform)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+
+
+class _PhotoDataset(torch.utils.data.Dataset):
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        image, points = self.transform(make_photo(), LANDMARKS)
+        return torch.from_numpy(points)
+
+
+def load_points(transform) -> torch.Tensor:
+    loader = torch.utils.data.DataLoader(_PhotoDataset(transform), batch_size=1, num_workers=2)
+    return torch.cat(list(loader))
+
+
+def test_seeded_transform_draws_differently_in_each_worker_and_epoch():
+    transform = da.FacialPalsyAugmentation(seed=0, **no_photometric())
+    torch.manual_seed(0)
+    first = load_points(transform)
+    next_epoch = load_points(transform)
+    torch.manual_seed(0)
+    again = load_points(transform)
+    # items 0 and 1 are the first draw of worker 0 and of worker 1: copies of one generator must not repeat
+    assert not torch.equal(first[0], first[1])
+    assert not torch.equal(first, next_epoch)
+    assert torch.equal(first, again)
+
+
+# CutOut and RandomErasing on the mosaic
+
+def quadrants_touched(mask: torch.Tensor) -> set[int]:
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    half_h, half_w = mask.shape[0] // 2, mask.shape[1] // 2
+    return {int(r >= half_h) * 2 + int(c >= half_w) for r, c in zip(rows.tolist(), cols.tolist())}
+
+
+def test_cutout_patch_stays_in_one_quadrant():
+    cutout = da.CutOut(n_holes=1, size=0.5, p=1.0, value=0.0, seed=0)
+    mosaic = torch.ones(3, 56, 56)
+    seen, clipped = set(), 0
+    for _ in range(200):
+        out = cutout(mosaic)
+        mask = (out != 1).any(dim=0)
+        touched = quadrants_touched(mask)
+        assert len(touched) == 1
+        seen |= touched
+        assert 0 < int(mask.sum()) <= 14 * 14
+        clipped += int(mask.sum()) < 14 * 14
+    assert seen == {0, 1, 2, 3}
+    assert clipped > 0, 'patches near a quadrant edge are clipped to it, so some must be smaller'
+    assert torch.equal(mosaic, torch.ones(3, 56, 56)), 'the input tensor is left as it was'
+
+
+def test_cutout_several_holes_and_probability():
+    mosaic = torch.ones(3, 56, 56)
+    assert torch.equal(da.CutOut(p=0.0, seed=0)(mosaic), mosaic)
+    out = da.CutOut(n_holes=4, size=0.25, p=1.0, seed=1)(mosaic)
+    erased = int((out != 1).any(dim=0).sum())
+    assert 7 * 7 < erased <= 4 * 7 * 7
+
+
+@pytest.mark.parametrize('value', [0.0, 'random'])
+def test_random_erasing_rectangle_stays_in_one_quadrant(value):
+    erasing = da.RandomErasing(p=1.0, area=(0.02, 0.33), value=value, seed=3)
+    mosaic = torch.full((3, 56, 56), 5.0)
+    seen = set()
+    for _ in range(200):
+        out = erasing(mosaic)
+        mask = (out != 5.0).any(dim=0)
+        touched = quadrants_touched(mask)
+        assert len(touched) == 1
+        seen |= touched
+        rows, cols = torch.nonzero(mask, as_tuple=True)
+        box_area = (int(rows.max()) - int(rows.min()) + 1) * (int(cols.max()) - int(cols.min()) + 1)
+        assert int(mask.sum()) == box_area, 'the erased region is one solid rectangle'
+        assert box_area <= 0.4 * 28 * 28
+    assert seen == {0, 1, 2, 3}
+    if value == 'random':
+        assert abs(float(out[:, mask].mean())) < 1.0  # noise on the normalised input's scale
+
+
+def test_mosaic_transforms_reject_batches():
+    with pytest.raises(ValueError, match=r'\(C, H, W\)'):
+        da.CutOut(p=1.0)(torch.ones(2, 3, 56, 56))
+
+
+# MixUp
+
+def test_mixup_blends_images_and_labels_alike():
+    mixup = da.MixUp(alpha=0.4, seed=0)
+    labels = torch.arange(8)
+    images = labels.float().view(8, 1, 1, 1).expand(8, 3, 56, 56).clone()
+    lams = []
+    for _ in range(20):
+        mixed, labels_a, labels_b, lam = mixup(images, labels)
+        assert mixed.shape == images.shape and labels_a.shape == labels_b.shape == (8,)
+        assert 0.0 <= lam <= 1.0 and isinstance(lam, float)
+        assert torch.equal(labels_a, labels) and sorted(labels_b.tolist()) == list(range(8))
+        expected = lam * labels_a.float() + (1 - lam) * labels_b.float()
+        assert torch.allclose(mixed[:, 0, 0, 0], expected, atol=1e-5)
+        lams.append(lam)
+    assert np.std(lams) > 0.05
+
+
+def test_mixup_loss_and_disabled_mixing():
+    logits = torch.randn(4, 6)
+    a, b = torch.tensor([0, 1, 2, 3]), torch.tensor([5, 4, 3, 2])
+    criterion = torch.nn.CrossEntropyLoss()
+    assert torch.allclose(da.mixup_loss(criterion, logits, a, b, 0.3),
+                          0.3 * criterion(logits, a) + 0.7 * criterion(logits, b))
+    assert da.MixUp.loss is da.mixup_loss
+    images = torch.randn(4, 3, 8, 8)
+    for mixup in (da.MixUp(alpha=0.0), da.MixUp(alpha=1.0, p=0.0)):
+        mixed, labels_a, labels_b, lam = mixup(images, a)
+        assert lam == 1.0 and torch.equal(mixed, images) and torch.equal(labels_a, labels_b)
+    with pytest.raises(ValueError, match='labels'):
+        da.MixUp()(images, a[:3])
+
+
+def test_mixup_is_reproducible():
+    images, labels = torch.randn(6, 3, 8, 8), torch.arange(6)
+    first = da.MixUp(alpha=1.0, seed=4)(images, labels)
+    again = da.MixUp(alpha=1.0, seed=4)(images, labels)
+    assert first[3] == again[3] and torch.equal(first[0], again[0]) and torch.equal(first[2], again[2])
+
+
+# named pipelines
+
+def test_every_named_pipeline_builds_and_runs():
+    assert da.AUGMENTATION_NAMES == ('none', 'standard', 'asymmetry_preserving', 'strong')
+    assert da.DEFAULT_AUGMENTATION in da.AUGMENTATION_NAMES
+    assert da.get_augmentation_pipeline('none') is None
+    assert isinstance(da.get_augmentation_pipeline('asymmetry_preserving'), da.AsymmetryPreservingAugmentation)
+    assert type(da.get_augmentation_pipeline('standard')) is da.FacialPalsyAugmentation
+    for name in PHOTO_PIPELINES:
+        transform = da.get_augmentation_pipeline(name, seed=0)
+        image, points = transform(make_photo(), LANDMARKS)
+        assert image.shape == (SIZE, SIZE, 3) and points.shape == (5, 2)
+        assert (transform.mosaic_transform is not None) == (name == 'strong')
+        assert repr(transform).startswith(type(transform).__name__ + '(')
+    strong = da.get_augmentation_pipeline('strong', seed=0).mosaic_transform
+    assert [type(t) for t in strong.transforms] == [da.CutOut, da.RandomErasing]
+    assert strong(torch.zeros(3, 56, 56)).shape == (3, 56, 56)
+
+
+def test_pipeline_keyword_arguments_reach_their_parts():
+    still = da.get_augmentation_pipeline('asymmetry_preserving', max_rotation=0.0, scale=(1.0, 1.0), max_shift=0.0,
+                                         brightness=0.0, contrast=0.0, gamma=0.0, saturation=0.0, blur=0.0)
+    image, points = still(make_photo(), LANDMARKS)
+    np.testing.assert_array_equal(image, make_photo())
+    np.testing.assert_array_equal(points, LANDMARKS)
+    strong = da.get_augmentation_pipeline('strong', cutout_p=1.0, cutout_size=1.0, cutout_value=-9.0, erasing_p=0.0,
+                                          seed=0)
+    assert int((strong.mosaic_transform(torch.zeros(3, 56, 56)) == -9.0).sum()) > 0
+    assert da.get_augmentation_pipeline('Asymmetry-Preserving') is not None
+    with pytest.raises(TypeError):
+        da.get_augmentation_pipeline('standard', no_such_option=1)
+
+
+def test_unknown_pipeline_name_lists_the_choices():
+    with pytest.raises(UserError) as info:
+        da.get_augmentation_pipeline('hflip')
+    message = str(info.value)
+    assert 'hflip' in message and all(name in message for name in da.AUGMENTATION_NAMES)
+
+
+def test_names_work_as_argparse_choices():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--augmentation', choices=da.AUGMENTATION_NAMES, default=da.DEFAULT_AUGMENTATION)
+    assert parser.parse_args([]).augmentation == 'asymmetry_preserving'
+    assert parser.parse_args(['--augmentation', 'strong']).augmentation == 'strong'
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--augmentation', 'flip'])

@@ -1,0 +1,575 @@
+"""facial_palsy_dataset.py: image decoding, landmarks and their cache, the region mosaic, the datasets, bad input."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import facial_palsy_dataset as fpd
+from _data_images import (POINT_COLOURS, POINTS_200, coloured_points_photo, landmark_columns, read_csv, write_csv,
+                          write_rgb)
+from utils import UserError
+
+# helpers
+
+
+class ColourMTCNN:
+    """Stands in for MTCNN: "finds" a face where the five POINT_COLOURS squares are, reports their centres as
+    landmarks, and nothing where one is missing. Records the shape of every batch it is given."""
+
+    def __init__(self):
+        self.batches: list[tuple[int, ...]] = []
+
+    def detect(self, batch, landmarks=True):
+        assert landmarks and batch.ndim == 4 and batch.dtype == np.uint8
+        self.batches.append(batch.shape)
+        boxes, probs, points = [], [], []
+        for image in batch:
+            centres = []
+            for colour in POINT_COLOURS:
+                ys, xs = np.nonzero(np.all(image == np.array(colour, dtype=np.uint8), axis=2))
+                centres.append((xs.mean() + 0.5, ys.mean() + 0.5) if len(xs) else None)
+            if any(c is None for c in centres):
+                boxes.append(None), probs.append([None]), points.append(None)
+                continue
+            pts = np.array(centres, dtype=np.float32)
+            lo, hi = pts.min(0) - 20, pts.max(0) + 20
+            boxes.append(np.array([[lo[0], lo[1], hi[0], hi[1]]])), probs.append(np.array([0.99]))
+            points.append(pts[None])
+        return np.array(boxes, dtype=object), np.array(probs, dtype=object), np.array(points, dtype=object)
+
+
+@pytest.fixture
+def fake_mtcnn(monkeypatch):
+    fake = ColourMTCNN()
+    monkeypatch.setattr(fpd.LandmarkDetector, '_build_mtcnn', lambda self: fake)
+    return fake
+
+
+def _refuse_mtcnn(self):
+    raise AssertionError('MTCNN was built although nothing needed detecting')
+
+
+@pytest.fixture
+def no_mtcnn(monkeypatch):
+    """Fails the test if anything builds MTCNN."""
+    monkeypatch.setattr(fpd.LandmarkDetector, '_build_mtcnn', _refuse_mtcnn)
+
+
+def annotated_csv(root: Path, rows: list[dict], name: str = 'annotations.csv') -> Path:
+    columns = ['image_path', 'grade', 'side', 'split', 'subject', *fpd.LANDMARK_COLUMNS]
+    return write_csv(root / name, rows, columns)
+
+
+def grade_folders(root: Path, per_grade: int = 1, grades=range(6)) -> Path:
+    for grade in grades:
+        for k in range(per_grade):
+            write_rgb(root / f'grade_{grade}' / f'P{grade}{k}_smile.png', coloured_points_photo())
+    return root
+
+
+def quadrant_colours(image: np.ndarray) -> list[tuple[int, ...]]:
+    """Colour at the centre of each quadrant: top-left, top-right, bottom-left, bottom-right."""
+    half = image.shape[0] // 2
+    return [tuple(int(v) for v in image[y, x]) for y, x in
+            [(half // 2, half // 2), (half // 2, half + half // 2), (half + half // 2, half // 2),
+             (half + half // 2, half + half // 2)]]
+
+
+EXPECTED_QUADRANTS = [POINT_COLOURS[0], POINT_COLOURS[3], POINT_COLOURS[1], POINT_COLOURS[4]]
+
+
+# reading images
+
+def _save_16bit(path, image):
+    cv2.imwrite(str(path), (image[:, :, 0].astype(np.uint16) * 257))
+
+
+def _save_rgba(path, image):
+    alpha = np.full(image.shape[:2], 255, np.uint8)
+    alpha[:, :10] = 0  # transparent strip
+    Image.fromarray(np.dstack([image, alpha]), 'RGBA').save(path)
+
+
+def _save_exif_rotated(path, image):
+    pil = Image.fromarray(image)
+    exif = pil.getexif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    pil.save(path, exif=exif.tobytes(), quality=95)
+
+
+@pytest.mark.parametrize('kind', ['grayscale', 'rgba', '16bit', 'palette', 'exif', 'gif'])
+def test_load_image_converts_every_format_to_rgb_uint8(tmp_path, kind):
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, 30:] = 200
+    path = tmp_path / {'exif': 'x.jpg', 'gif': 'x.gif'}.get(kind, 'x.png')
+    {'grayscale': lambda: Image.fromarray(image[:, :, 0]).save(path),
+     'rgba': lambda: _save_rgba(path, image),
+     '16bit': lambda: _save_16bit(path, image),
+     'palette': lambda: Image.fromarray(image).convert('P').save(path),
+     'exif': lambda: _save_exif_rotated(path, image),
+     'gif': lambda: Image.fromarray(image).save(path)}[kind]()
+
+    loaded = fpd.load_image(path)
+
+    assert loaded.dtype == np.uint8 and loaded.ndim == 3 and loaded.shape[2] == 3
+    if kind == 'exif':  # displayed upright: 60 wide photo stored sideways becomes 40 wide, 60 tall
+        assert loaded.shape[:2] == (60, 40)
+        assert loaded[5, 20].mean() < 50 and loaded[55, 20].mean() > 150  # the dark half moved to the top
+        return
+    assert loaded.shape[:2] == (40, 60)
+    assert loaded[20, 45].mean() == pytest.approx(200, abs=6)  # palettes quantise a little
+    if kind == 'rgba':
+        assert tuple(loaded[20, 5]) == (255, 255, 255)  # transparent pixels lie over white
+    else:
+        assert loaded[20, 5].max() < 5
+
+
+def test_load_image_refuses_bad_files_naming_them(tmp_path):
+    good = write_rgb(tmp_path / 'good.jpg', coloured_points_photo())
+    data = good.read_bytes()
+    (tmp_path / 'truncated.jpg').write_bytes(data[:len(data) // 2])
+    (tmp_path / 'junk.png').write_bytes(b'this is not an image at all')
+    (tmp_path / 'empty.jpg').write_bytes(b'')
+    assert not fpd._jpeg_is_truncated(data) and not fpd._jpeg_is_truncated(data + b'\0' * 5000 + b'trailer')
+    assert fpd._jpeg_is_truncated(data[:len(data) // 2]) and fpd._jpeg_is_truncated(data[:40])
+    reasons = {'truncated.jpg': 'truncated', 'junk.png': 'not a readable image', 'empty.jpg': 'empty',
+               'missing.png': 'not found'}
+    for name, reason in reasons.items():
+        with pytest.raises(fpd.ImageReadError, match=reason) as info:
+            fpd.load_image(tmp_path / name)
+        assert str(info.value).startswith(str(tmp_path / name))
+        assert isinstance(info.value, UserError)
+
+
+# geometry
+
+def test_template_landmarks_is_the_original_template_scaled():
+    assert np.allclose(fpd.template_landmarks(28, 28), fpd.TEMPLATE_LANDMARKS_28)
+    scaled = fpd.template_landmarks(280, 56)
+    assert np.allclose(scaled, fpd.TEMPLATE_LANDMARKS_28 * [10, 2])
+    assert scaled[0, 0] < scaled[1, 0] and scaled[3, 0] < scaled[4, 0]  # left points on the image left
+
+
+def test_region_mosaic_puts_each_region_in_its_quadrant_unmirrored():
+    face = coloured_points_photo(POINTS_200, radius=10)
+    face[:, :, 1] = np.arange(200, dtype=np.uint8)[None, :]  # green grows left to right
+    mosaic = fpd.region_mosaic(face, POINTS_200, region_size=20)
+
+    assert mosaic.shape == (40, 40, 3) and mosaic.dtype == np.uint8
+    assert [c[0::2] for c in quadrant_colours(mosaic)] == [c[0::2] for c in EXPECTED_QUADRANTS]
+    assert mosaic[0, 19, 1] > mosaic[0, 0, 1]  # still increasing to the right inside a crop: not mirrored
+    boxes = fpd.region_boxes(face, POINTS_200, 20)
+    assert boxes.shape == (4, 4)
+    assert np.array_equal(mosaic[:20, :20], face[int(boxes[0, 1]):int(boxes[0, 3]), int(boxes[0, 0]):int(boxes[0, 2])])
+
+
+def test_region_crops_are_clamped_inside_the_image():
+    points = np.array([[0, 0], [199, 0], [100, 100], [0, 199], [199, 199]], dtype=np.float32)
+    boxes = fpd.region_boxes((200, 200), points, 28)
+    assert boxes.min() >= 0 and boxes.max() <= 200
+    assert np.all(boxes[:, 2] - boxes[:, 0] == 28) and np.all(boxes[:, 3] - boxes[:, 1] == 28)
+    assert fpd.region_mosaic(np.zeros((200, 200, 3), np.uint8), points, 28).shape == (56, 56, 3)
+
+
+def test_face_square_follows_the_box_and_moves_landmarks_along():
+    photo = np.zeros((300, 400, 3), np.uint8)
+    photo[100:200, 150:250] = 255  # the "face"
+    box = np.array([150, 100, 250, 200], np.float32)
+    points = np.array([[175, 130], [225, 130], [200, 150], [180, 175], [220, 175]], np.float32)
+
+    face, face_points = fpd.face_square(photo, points, box, image_size=110, margin=0.1)
+
+    assert face.shape == (110, 110, 3)
+    assert face[55, 55].min() == 255 and face[2, 2].max() == 0  # white face centred, black margin
+    assert np.allclose(face_points, (points - [145, 95]), atol=0.6)  # side 110 -> scale 1
+    # a box hanging over the photo edge is padded, not shifted
+    edge_face, edge_points = fpd.face_square(photo, points - [150, 100], box - [150, 100] * 2, image_size=110)
+    assert edge_face.shape == (110, 110, 3) and np.allclose(edge_points, face_points, atol=0.6)
+
+
+def test_face_mode_rotates_the_eyes_level():
+    face = np.full((200, 200, 3), 128, np.uint8)
+    points = POINTS_200.copy()
+    angle = np.radians(15)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], np.float32)
+    points = (points - 100) @ rotation.T + 100  # a tilted face
+    for (x, y), colour in zip(points.round().astype(int), POINT_COLOURS):
+        cv2.circle(face, (int(x), int(y)), 5, colour, -1)
+
+    aligned, aligned_points = fpd.aligned_face(face, points, 56)
+
+    assert aligned.shape == (56, 56, 3)
+    assert aligned_points[0, 1] == pytest.approx(aligned_points[1, 1], abs=0.01)
+    assert aligned_points[0, 0] < aligned_points[1, 0]  # left eye still on the left: rotated, not mirrored
+    for point, colour in zip(aligned_points[[0, 1]], POINT_COLOURS[:2]):
+        x, y = point.round().astype(int)
+        assert np.abs(aligned[y, x].astype(int) - colour).max() < 60
+
+
+def test_make_input_shapes_modes_and_normalisation():
+    photo = coloured_points_photo()
+    for mode in fpd.INPUT_MODES:
+        preprocess = fpd.default_preprocess(mode, image_size=112, region_size=14)
+        tensor = fpd.make_input(photo, POINTS_200, preprocess)
+        assert fpd.model_input_size(preprocess) == 28
+        assert tensor.shape == (3, 28, 28) and tensor.dtype == torch.float32
+        assert tensor.min() >= -1 and tensor.max() <= 1 and torch.isfinite(tensor).all()
+        assert np.abs(fpd.to_image(tensor, preprocess).astype(int)
+                      - fpd.network_image(photo, POINTS_200, preprocess)).max() <= 1
+    assert fpd.model_input_size(fpd.default_preprocess()) == 56
+    with pytest.raises(UserError, match='input_mode'):
+        fpd.default_preprocess('mirror')
+
+
+def test_region_boxes_in_photo_pixels_surround_the_landmarks():
+    preprocess = fpd.default_preprocess(image_size=224, region_size=28)
+    photo = np.zeros((600, 500, 3), np.uint8)
+    points = POINTS_200 * 2
+    boxes = fpd.region_boxes(photo, points, preprocess)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    assert np.allclose(centres, points[[0, 3, 1, 4]], atol=3)
+
+
+# landmark detection and its cache
+
+def test_detect_images_batches_by_size_and_scales_large_photos_back(fake_mtcnn):
+    small = coloured_points_photo()
+    large = cv2.resize(coloured_points_photo(radius=8), (3000, 3000), interpolation=cv2.INTER_NEAREST)
+    other = coloured_points_photo(POINTS_200 + 10, size=(210, 210))  # padded to share a batch
+    detector = fpd.LandmarkDetector(cache_dir=False, progress=False, batch_size=8)
+
+    faces = detector.detect_images([small, large, small, other, np.full((100, 100, 3), 128, np.uint8)])
+
+    assert all(max(shape[1:3]) <= fpd.DETECT_MAX_SIDE for shape in fake_mtcnn.batches)  # large one downscaled
+    assert sorted(shape[0] for shape in fake_mtcnn.batches) == [1, 1, 3]  # same-sized photos share a batch
+    assert np.allclose(faces[0].points, POINTS_200 + 0.5, atol=0.01)
+    assert np.allclose(faces[1].points, (POINTS_200 + 0.5) * 15, atol=15)  # back in the 3000-pixel photo
+    assert faces[1].image_size == (3000, 3000)
+    assert np.allclose(faces[3].points, POINTS_200 + 10.5, atol=0.01)
+    assert faces[4] is None
+    assert all(f.source == 'detected' and f.box.shape == (4,) for f in faces[:4])
+
+
+def test_detect_paths_falls_back_to_annotation_then_template(tmp_path, fake_mtcnn):
+    with_face = write_rgb(tmp_path / 'a.png', coloured_points_photo())
+    no_face = write_rgb(tmp_path / 'b.png', np.full((100, 140, 3), 90, np.uint8))
+    detector = fpd.LandmarkDetector(cache_dir=tmp_path / 'cache', progress=False)
+    annotation = POINTS_200 / 2
+
+    faces = detector.detect_paths([with_face, no_face, no_face], fallback=[None, annotation, None])
+
+    assert [f.source for f in faces] == ['detected', 'annotation', 'template']
+    assert np.allclose(faces[1].points, annotation) and faces[1].box is None
+    assert np.allclose(faces[2].points, fpd.template_landmarks(140, 100))
+    with pytest.raises(fpd.ImageReadError, match='missing.png: file not found'):
+        detector.detect_paths([with_face, tmp_path / 'missing.png'])
+    assert detector.detect_paths([tmp_path / 'missing.png'], on_error='skip') == [None]
+    assert detector.errors == {str(tmp_path / 'missing.png'): 'file not found'}
+
+
+def test_second_build_reads_the_cache_without_mtcnn(tmp_path, monkeypatch, fake_mtcnn):
+    root = grade_folders(tmp_path / 'data', per_grade=2)
+    cache = tmp_path / 'cache'
+    first = fpd.FacialPalsyDataset(root, split='all', cache_dir=cache, verbose=False)
+    assert first.landmark_counts == {'detected': 12, 'annotation': 0, 'template': 0}
+    assert sum(shape[0] for shape in fake_mtcnn.batches) == 12
+
+    monkeypatch.setattr(fpd.LandmarkDetector, '_build_mtcnn', _refuse_mtcnn)
+    second = fpd.FacialPalsyDataset(root, split='all', cache_dir=cache, verbose=False)
+    assert second.landmark_counts == first.landmark_counts
+    assert all(np.array_equal(a.points, b.points) for a, b in zip(first.landmarks, second.landmarks))
+
+    # an edited photo (new size / mtime) is detected again, alone
+    fake = ColourMTCNN()
+    monkeypatch.setattr(fpd.LandmarkDetector, '_build_mtcnn', lambda self: fake)
+    edited = Path(second.paths[0])
+    write_rgb(edited, coloured_points_photo(POINTS_200 + 5, size=(210, 210)))
+    third = fpd.FacialPalsyDataset(root, split='all', cache_dir=cache, verbose=False)
+    assert sum(shape[0] for shape in fake.batches) == 1
+    assert np.allclose(third.landmarks[third.paths.index(str(edited))].points, POINTS_200 + 5.5)
+    # other detector settings do not reuse entries made with these
+    fpd.LandmarkDetector(cache_dir=cache, progress=False, min_face_size=40).detect_paths([edited])
+    assert sum(shape[0] for shape in fake.batches) == 2
+
+
+def test_damaged_cache_entry_is_detected_again(tmp_path, fake_mtcnn):
+    photo = write_rgb(tmp_path / 'a.png', coloured_points_photo())
+    cache = tmp_path / 'cache'
+    fpd.LandmarkDetector(cache_dir=cache, progress=False).detect_paths([photo])
+    (entry,) = cache.glob('*.json')
+    entry.write_text('{"width": ')
+    (face,) = fpd.LandmarkDetector(cache_dir=cache, progress=False).detect_paths([photo])
+    assert face.source == 'detected' and len(fake_mtcnn.batches) == 2
+
+
+def test_real_mtcnn_finds_a_real_face(tmp_path):
+    from matplotlib import cbook
+    try:
+        photo = Path(cbook.get_sample_data('grace_hopper.jpg', asfileobj=False))
+    except (OSError, ValueError):
+        pytest.skip("matplotlib's sample photo is not installed")
+    small = tmp_path / 'hopper.png'  # half size: MTCNN's pyramid is 4x cheaper and the face is still 90 px
+    write_rgb(small, cv2.resize(fpd.load_image(photo), (256, 300), interpolation=cv2.INTER_AREA))
+    (face,) = fpd.LandmarkDetector(cache_dir=tmp_path, progress=False).detect_paths([small])
+    assert face.source == 'detected' and face.score > 0.9
+    x1, y1, x2, y2 = face.box
+    assert np.all((face.points >= [x1, y1]) & (face.points <= [x2, y2]))
+    left_eye, right_eye, nose, left_mouth, right_mouth = face.points
+    assert left_eye[0] < nose[0] < right_eye[0] and left_mouth[0] < right_mouth[0]
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(left_mouth[1], right_mouth[1])
+
+
+# datasets
+
+def test_annotated_points_land_in_their_quadrants_through_the_dataset(tmp_path, capsys):
+    """End to end with the real MTCNN: a grey photo holds no face, so the annotation's points are used."""
+    write_rgb(tmp_path / 'img' / 'S01_rest.png', coloured_points_photo(radius=12))
+    rows = [{'image_path': 'img/S01_rest.png', 'grade': 3, 'side': 'left', 'split': 'train',
+             **landmark_columns(POINTS_200)}]
+    csv_file = annotated_csv(tmp_path, rows)
+
+    dataset = fpd.FacialPalsyDataset(tmp_path, csv_file, split='train', image_size=112, region_size=14,
+                                     cache_dir=tmp_path / 'cache')
+
+    sample = dataset.get_sample(0)
+    assert sample['landmark_source'] == 'annotation' and sample['box'] is None
+    assert (sample['label'], sample['grade'], sample['side'], sample['subject']) == (3, 3, 'left', 'S01')
+    mosaic = fpd.to_image(sample['image'], dataset.preprocess)
+    assert mosaic.shape == (28, 28, 3)
+    for found, expected in zip(quadrant_colours(mosaic), EXPECTED_QUADRANTS):
+        assert np.abs(np.array(found) - expected).max() <= 2
+    assert 'faces not detected: 1' in capsys.readouterr().out
+
+
+def test_folder_layout_without_csv_gives_tensor_label_items(tmp_path, fake_mtcnn):
+    root = grade_folders(tmp_path / 'data')
+    (root / 'grade_2' / 'notes.txt').write_text('not an image')
+    dataset = fpd.FacialPalsyDataset(root, split=None, cache_dir=tmp_path / 'cache', verbose=False)
+
+    assert len(dataset) == 6 and dataset.labels == [0, 1, 2, 3, 4, 5]
+    assert dataset.subjects == ['P00', 'P10', 'P20', 'P30', 'P40', 'P50']
+    assert dataset.sides[0] == 'none' and dataset.class_names == [f'HB {g}' for g in 'I II III IV V VI'.split()]
+    image, label = dataset[4]
+    assert image.shape == (3, 56, 56) and image.dtype == torch.float32 and label == 4
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3)
+    images, labels = next(iter(loader))
+    assert images.shape == (3, 3, 56, 56) and labels.tolist() == [0, 1, 2]
+
+
+def test_folder_layout_with_split_folders(tmp_path, fake_mtcnn):
+    grade_folders(tmp_path / 'data' / 'train', grades=[0, 1])
+    grade_folders(tmp_path / 'data' / 'val', grades=[4])
+    kwargs = dict(cache_dir=tmp_path / 'cache', verbose=False)
+    assert fpd.FacialPalsyDataset(tmp_path / 'data', split='val', **kwargs).labels == [4]
+    assert len(fpd.FacialPalsyDataset(tmp_path / 'data', split='all', **kwargs)) == 3
+    with pytest.raises(UserError, match='no test/ folder'):
+        fpd.FacialPalsyDataset(tmp_path / 'data', split='test', **kwargs)
+    with pytest.raises(UserError, match='no annotation CSV given and no grade_0'):
+        fpd.FacialPalsyDataset(tmp_path / 'data' / 'train' / 'grade_0', **kwargs)
+
+
+def test_three_classes_map_house_brackmann_grades(tmp_path, fake_mtcnn):
+    root = grade_folders(tmp_path / 'data')
+    dataset = fpd.FacialPalsyDataset(root, split='all', num_classes=3, cache_dir=tmp_path / 'cache', verbose=False)
+    assert dataset.grades == [0, 1, 2, 3, 4, 5]
+    assert dataset.labels == [0, 1, 1, 2, 2, 2] and dataset.num_classes == 3 and len(dataset.class_names) == 3
+    assert [dataset[i][1] for i in range(6)] == [0, 1, 1, 2, 2, 2]
+    with pytest.raises(UserError, match='num_classes'):
+        fpd.FacialPalsyDataset(root, split='all', num_classes=4, cache_dir=tmp_path / 'cache', verbose=False)
+
+
+def _ckplus_tree(root: Path, nested: bool) -> Path:
+    images = root / 'cohn-kanade-images' if nested else root
+    for subject, sequences in {'S005': ['001'], 'S010': ['002', '004'], 'S011': ['001']}.items():
+        for sequence in sequences:
+            for frame in (1, 2, 3):
+                name = f'{subject}_{sequence}_{frame:08d}.png'
+                write_rgb(images / subject / sequence / name, coloured_points_photo(POINTS_200 + frame))
+    return root
+
+
+@pytest.mark.parametrize('nested', [True, False], ids=['cohn-kanade-images', 'subjects-at-root'])
+def test_ckplus_layout_with_grade_mapping(tmp_path, fake_mtcnn, nested):
+    root = _ckplus_tree(tmp_path / 'ck', nested)
+    mapping = write_csv(tmp_path / 'ck_mapping.csv', [
+        {'subject': 'S005', 'sequence': '', 'grade': 2, 'side': 'right'},
+        {'subject': 'S10', 'sequence': '', 'grade': 4, 'side': 'left'},
+        {'subject': '', 'sequence': 'S010/004', 'grade': 0, 'side': 'none'},  # a sequence row wins
+    ])
+    # a peak frame MTCNN misses, with the release's 68-point landmarks: its five points come from them
+    write_rgb(next((root / 'cohn-kanade-images' if nested else root).glob('S010/004/*3.png')),
+              np.full((200, 200, 3), 128, np.uint8))
+    aam = np.zeros((68, 2), np.float32)
+    aam[36:42], aam[42:48], aam[30], aam[48], aam[54] = (60, 70), (140, 72), (100, 110), (75, 150), (125, 152)
+    (root / 'Landmarks' / 'S010' / '004').mkdir(parents=True)
+    np.savetxt(root / 'Landmarks' / 'S010' / '004' / 'S010_004_00000003_landmarks.txt', aam, fmt='%.7e')
+
+    dataset = fpd.CKPlusFacialPalsyDataset(root, mapping, split='all', cache_dir=tmp_path / 'cache', verbose=False)
+
+    assert [Path(p).name for p in dataset.paths] == ['S005_001_00000003.png', 'S010_002_00000003.png',
+                                                     'S010_004_00000003.png']  # peak = last frame
+    assert [Path(p).name for p in dataset.neutral_paths] == ['S005_001_00000001.png', 'S010_002_00000001.png',
+                                                             'S010_004_00000001.png']
+    assert dataset.labels == [2, 4, 0] and dataset.sides == ['right', 'left', 'none']
+    assert dataset.subjects == ['S005', 'S010', 'S010']
+    assert np.allclose(dataset.landmarks[0].points, POINTS_200 + 3.5)
+    assert dataset.landmarks[2].source == 'annotation'
+    assert np.allclose(dataset.landmarks[2].points, [(60, 70), (140, 72), (100, 110), (75, 150), (125, 152)])
+    assert any('S011/001' in reason for _, reason in dataset.skipped)  # no grade for it: listed, not guessed
+    assert dataset[0][0].shape == (3, 56, 56)
+    # the generic class reads the same layout when told the dataset type
+    same = fpd.FacialPalsyDataset(root, mapping, dataset_type='CK+', split='all', cache_dir=tmp_path / 'cache',
+                                  verbose=False)
+    assert same.paths == dataset.paths and same.labels == dataset.labels
+
+
+def test_ckplus_without_mapping_refuses(tmp_path, no_mtcnn):
+    root = _ckplus_tree(tmp_path / 'ck', nested=True)
+    with pytest.raises(UserError, match='carry no palsy grades'):
+        fpd.CKPlusFacialPalsyDataset(root, cache_dir=tmp_path / 'cache', verbose=False)
+    with pytest.raises(UserError, match='carry no palsy grades'):
+        fpd.FacialPalsyDataset(root, dataset_type='CK+', cache_dir=tmp_path / 'cache', verbose=False)
+    bad = write_csv(tmp_path / 'bad_mapping.csv', [{'subject': 'S005', 'side': 'left'}])
+    with pytest.raises(UserError, match=r'bad_mapping.csv.*grade'):
+        fpd.CKPlusFacialPalsyDataset(root, bad, cache_dir=tmp_path / 'cache', verbose=False)
+
+
+# bad input
+
+def test_csv_missing_columns_names_csv_and_columns(tmp_path, no_mtcnn):
+    csv_file = write_csv(tmp_path / 'labels.csv', [{'image_path': 'a.png', 'grade': 1}])
+    with pytest.raises(UserError, match=r'labels\.csv.*side, split'):
+        fpd.FacialPalsyDataset(tmp_path, csv_file, cache_dir=tmp_path / 'cache', verbose=False)
+    (tmp_path / 'garbage.csv').write_bytes(b'\xff\xfe\x00\x81binary\x00')
+    with pytest.raises(UserError, match='garbage.csv'):
+        fpd.FacialPalsyDataset(tmp_path, tmp_path / 'garbage.csv', cache_dir=tmp_path / 'cache', verbose=False)
+    with pytest.raises(UserError, match='nowhere.csv'):
+        fpd.FacialPalsyDataset(tmp_path, tmp_path / 'nowhere.csv', cache_dir=tmp_path / 'cache', verbose=False)
+
+
+def test_empty_split_names_csv_and_split(tmp_path, no_mtcnn):
+    write_rgb(tmp_path / 'a.png', coloured_points_photo())
+    csv_file = annotated_csv(tmp_path, [{'image_path': 'a.png', 'grade': 1, 'side': 'left', 'split': 'train'}])
+    with pytest.raises(UserError, match=r'annotations\.csv: no rows with split "test"'):
+        fpd.FacialPalsyDataset(tmp_path, csv_file, split='test', cache_dir=tmp_path / 'cache', verbose=False)
+
+
+def test_bad_rows_and_unusable_images_are_skipped_and_listed(tmp_path, fake_mtcnn):
+    photo = coloured_points_photo()
+    write_rgb(tmp_path / 'ok.png', photo)
+    write_rgb(tmp_path / 'big.png', cv2.resize(coloured_points_photo(radius=10), (2400, 2400),
+                                                interpolation=cv2.INTER_NEAREST))
+    write_rgb(tmp_path / 'photo.jpg', photo)
+    Image.fromarray(photo[:, :, 0]).save(tmp_path / 'grey.png')
+    Image.fromarray(np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)]), 'RGBA').save(tmp_path / 'rgba.png')
+    cv2.imwrite(str(tmp_path / 'deep.png'), photo[:, :, ::-1].astype(np.uint16) * 257)
+    (tmp_path / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n not really')
+    jpeg = (tmp_path / 'photo.jpg').read_bytes()
+    (tmp_path / 'cut.jpg').write_bytes(jpeg[:len(jpeg) // 3])
+    rows = [{'image_path': name, 'grade': 2, 'side': 'right', 'split': 'train'}
+            for name in ['ok.png', 'big.png', 'grey.png', 'rgba.png', 'deep.png', 'corrupt.png', 'cut.jpg',
+                         'missing.png']]
+    rows += [{'image_path': 'ok.png', 'grade': 'III', 'side': 'left', 'split': 'train'},   # row 10
+             {'image_path': 'ok.png', 'grade': 7, 'side': 'left', 'split': 'train'},       # row 11
+             {'image_path': 'ok.png', 'grade': 1, 'side': 'left', 'split': 'val'}]
+    csv_file = annotated_csv(tmp_path, rows)
+    cache = tmp_path / 'cache'
+    val = fpd.FacialPalsyDataset(tmp_path, csv_file, split='val', cache_dir=cache, verbose=False)
+
+    train = fpd.FacialPalsyDataset(tmp_path, csv_file, split='train', cache_dir=cache, verbose=False)
+
+    kept = [Path(p).name for p in train.paths]
+    assert kept == ['ok.png', 'big.png', 'grey.png', 'rgba.png', 'deep.png']  # converted, not skipped
+    assert train.landmark_counts['template'] == 1  # grey.png: no colours, so no face; listed as template
+    assert train.landmarks[1].image_size == (2400, 2400)
+    assert np.allclose(train.landmarks[1].points, POINTS_200 * 12, atol=12)
+    listed = {Path(row['path']).name: row['reason'] for row in read_csv(train.skipped_csv)}
+    assert set(listed) == {'corrupt.png', 'cut.jpg', 'missing.png', 'ok.png'}
+    assert 'not a readable image' in listed['corrupt.png'] and 'truncated' in listed['cut.jpg']
+    assert listed['missing.png'] == 'file not found'
+    reasons = [reason for path, reason in train.skipped if Path(path).name == 'ok.png']
+    assert any('row 10' in r and "'III' is not a number" in r for r in reasons)
+    assert any('row 11' in r and 'outside 0-5' in r for r in reasons)
+    assert val.skipped_csv != train.skipped_csv and val.skipped_csv.is_file()  # each split keeps its own list
+    assert read_csv(val.skipped_csv) == []
+    assert all(train[i][0].shape == (3, 56, 56) for i in range(len(train)))
+
+
+def test_every_image_unusable_is_a_user_error(tmp_path, fake_mtcnn):
+    (tmp_path / 'corrupt.png').write_bytes(b'nope')
+    csv_file = annotated_csv(tmp_path, [{'image_path': 'corrupt.png', 'grade': 1, 'side': 'left', 'split': 'train'}])
+    with pytest.raises(UserError, match=r'no usable image for split "train".*skipped_fnp_train\.csv'):
+        fpd.FacialPalsyDataset(tmp_path, csv_file, cache_dir=tmp_path / 'cache', verbose=False)
+
+
+def test_getitem_names_a_file_removed_after_building(tmp_path, fake_mtcnn):
+    root = grade_folders(tmp_path / 'data', grades=[1, 2])
+    dataset = fpd.FacialPalsyDataset(root, split='all', cache_dir=tmp_path / 'cache', verbose=False)
+    os.remove(dataset.paths[1])
+    assert dataset[0][1] == 1
+    with pytest.raises(fpd.ImageReadError, match=str(dataset.paths[1]).replace('\\', '\\\\')):
+        dataset[1]
+    write_rgb(Path(dataset.paths[1]), np.zeros((50, 60, 3), np.uint8))
+    with pytest.raises(fpd.ImageReadError, match='changed'):
+        dataset[1]
+
+
+# augmentation interface and consistency
+
+class RecordingTransform:
+    """Shifts the face 3 px right and moves the landmarks along; zeroes the network input afterwards."""
+
+    def __init__(self):
+        self.seen = []
+        self.mosaic_transform = lambda tensor: tensor * 0
+
+    def __call__(self, image, landmarks):
+        self.seen.append((image.shape, np.array(landmarks)))
+        shifted = np.zeros_like(image)
+        shifted[:, 3:] = image[:, :-3]
+        return shifted, landmarks + [3, 0]
+
+
+def test_transform_gets_face_and_landmarks_and_mosaic_transform_runs(tmp_path, fake_mtcnn):
+    root = grade_folders(tmp_path / 'data', grades=[3])
+    dataset = fpd.FacialPalsyDataset(root, split='all', cache_dir=tmp_path / 'cache', verbose=False, preload=True)
+    plain = dataset[0][0]
+    transform = RecordingTransform()
+    dataset.transform = transform
+
+    image, label = dataset[0]
+
+    (shape, points), = transform.seen
+    assert shape == (224, 224, 3) and points.shape == (5, 2)
+    assert label == 3 and torch.count_nonzero(image) == 0
+    transform.mosaic_transform = None
+    assert torch.allclose(dataset[0][0], plain)  # the 3 px shift moved the landmarks along: same crops
+
+
+def test_dataset_items_equal_make_input_on_the_photo(tmp_path, fake_mtcnn):
+    """Training and inference share make_input: the same photo and landmarks give the same tensor."""
+    root = grade_folders(tmp_path / 'data', grades=[2])
+    for mode in fpd.INPUT_MODES:
+        dataset = fpd.FacialPalsyDataset(root, split='all', input_mode=mode, cache_dir=tmp_path / 'cache',
+                                         verbose=False)
+        sample = dataset.get_sample(0)
+        photo = fpd.load_image(sample['path'])
+        expected = fpd.make_input(photo, sample['landmarks'], dataset.preprocess, box=sample['box'])
+        assert torch.equal(sample['image'], expected)
+        assert dataset.preprocess['input_mode'] == mode and dataset.preprocess['input_size'] == 56
+
+
+def test_preprocess_is_a_plain_checkpoint_friendly_dict(tmp_path):
+    preprocess = fpd.default_preprocess()
+    torch.save({'preprocess': preprocess}, tmp_path / 'p.pt')
+    assert torch.load(tmp_path / 'p.pt', weights_only=True)['preprocess'] == preprocess
+    detector = fpd.LandmarkDetector(cache_dir=False, progress=False, **preprocess['detector'])
+    assert detector.settings == preprocess['detector']
+    assert set(preprocess) >= {'input_mode', 'image_size', 'region_size', 'input_size', 'mean', 'std',
+                               'face_crop', 'detector'}

@@ -1,0 +1,226 @@
+"""prepare_dataset.py: subject-disjoint stratified splits, the synthetic and CK+ paths, 6 <-> 3 classes, refusing
+to overwrite, and one-line errors for bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+import prepare_dataset as prep
+import synthetic_faces as sf
+from utils import GRADE_6_TO_3, UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def faces(tmp_path_factory) -> Path:
+    """18 synthetic subjects (3 per grade) x 2 small photos, drawn once for the module."""
+    root = tmp_path_factory.mktemp('faces') / 'FNP'
+    assert prep.main(['--dataset_type', 'synthetic', '--output_root', str(root), '--num_subjects', '18',
+                      '--images_per_subject', '2', '--image_size', '64', '--detection_check', '0', '--quiet']) == 0
+    return root
+
+
+def fnp(root: Path, csv: Path, *extra: str) -> pd.DataFrame:
+    prep.main(['--dataset_type', 'FNP', '--data_root', str(root), '--output_csv', str(csv), '--quiet', *extra])
+    return pd.read_csv(csv)
+
+
+def grade_table(subjects_per_grade: int, images: int = 3) -> pd.DataFrame:
+    rows = [{'image_path': f'grade_{g}/P{g}x{s}_{i}.jpg', 'grade': g, 'subject': f'P{g}x{s}'}
+            for g in range(6) for s in range(subjects_per_grade) for i in range(images)]
+    return pd.DataFrame(rows)
+
+
+def test_seed_commands_give_a_subject_disjoint_stratified_csv(faces, tmp_path):
+    table = fnp(faces, tmp_path / 'fnp_annotation.csv', '--split_ratio', '0.7', '0.15', '0.15')
+    assert list(table.columns[:5]) == ['image_path', 'grade', 'side', 'split', 'subject']
+    assert set(sf.LANDMARK_COLUMNS) <= set(table.columns)  # merged from the generator's annotation.csv
+    assert len(table) == 36 and table['subject'].nunique() == 18
+    assert table.groupby('subject')['split'].nunique().max() == 1
+    for name in prep.SPLITS:  # 3 subjects per grade -> one in each split
+        assert sorted(table.loc[table.split == name, 'grade'].unique()) == [0, 1, 2, 3, 4, 5]
+    truth = pd.read_csv(faces / 'annotation.csv').set_index('image_path')
+    assert (table.set_index('image_path')['side'] == truth.loc[table['image_path'], 'side']).all()
+    assert all((faces / p).is_file() for p in table['image_path'])
+
+
+def test_split_follows_the_ratios_per_grade_and_the_seed():
+    table = grade_table(subjects_per_grade=20)
+    splits = prep.assign_splits(table, (0.7, 0.15, 0.15), seed=1)
+    per_grade = table.assign(split=splits).groupby(['grade', 'split'])['subject'].nunique().unstack()
+    assert (per_grade['train'] == 14).all() and (per_grade['val'] == 3).all() and (per_grade['test'] == 3).all()
+    assert table.assign(split=splits).groupby('subject')['split'].nunique().max() == 1
+    assert splits.equals(prep.assign_splits(table, (0.7, 0.15, 0.15), seed=1))
+    assert not splits.equals(prep.assign_splits(table, (0.7, 0.15, 0.15), seed=2))
+
+
+@pytest.mark.parametrize('count, expected', [(20, [14, 3, 3]), (3, [1, 1, 1]), (2, [1, 1, 0]), (1, [1, 0, 0]),
+                                             (7, [5, 1, 1])])
+def test_allocate_gives_every_split_a_subject_when_possible(count, expected):
+    assert prep.allocate(count, (0.7, 0.15, 0.15)) == expected
+
+
+def test_mixed_grade_subject_is_stratified_by_its_most_frequent_grade(capsys):
+    table = pd.DataFrame({'subject': ['A', 'A', 'A', 'B', 'B'], 'grade': [2, 2, 3, 1, 4],
+                          'image_path': list('abcde')})
+    grades, mixed = prep.subject_grades(table)
+    assert grades == {'A': 2, 'B': 4} and len(mixed) == 2  # B: a tie goes to the higher grade
+    prep.assign_splits(table, (0.7, 0.15, 0.15), seed=0)
+    assert 'most frequent grade' in capsys.readouterr().out
+
+
+def test_refuses_to_overwrite_a_different_csv(faces, tmp_path):
+    csv = tmp_path / 'out.csv'
+    first = fnp(faces, csv, '--seed', '1')
+    fnp(faces, csv, '--seed', '1')  # same content: left as it is
+    with pytest.raises(UserError, match='--overwrite'):
+        fnp(faces, csv, '--seed', '2')
+    pd.testing.assert_frame_equal(pd.read_csv(csv), first)
+    second = fnp(faces, csv, '--seed', '2', '--overwrite')
+    assert not second['split'].equals(first['split'])
+
+
+def test_convert_6_to_3_and_lossy_3_to_6(tmp_path, capsys):
+    six = tmp_path / 'six.csv'
+    pd.DataFrame({'image_path': [f'{g}.jpg' for g in range(6)], 'grade': range(6), 'side': 'left',
+                  'split': 'train'}).to_csv(six, index=False)
+    prep.main(['--convert_classes', '6to3', '--input_csv', str(six), '--output_csv', str(tmp_path / 'three.csv')])
+    three = pd.read_csv(tmp_path / 'three.csv')
+    assert three['grade_3'].tolist() == list(GRADE_6_TO_3) == [0, 1, 1, 2, 2, 2]
+    assert three['grade'].tolist() == list(range(6))  # the House-Brackmann grade stays readable
+    simple = tmp_path / 'simple.csv'
+    pd.DataFrame({'image_path': ['a.jpg', 'b.jpg', 'c.jpg'], 'grade': [0, 1, 2]}).to_csv(simple, index=False)
+    prep.main(['--convert_classes', '3to6', '--input_csv', str(simple), '--output_csv', str(tmp_path / 'back.csv')])
+    back = pd.read_csv(tmp_path / 'back.csv')
+    assert back['grade'].tolist() == [0, 1, 3] and back['grade_3'].tolist() == [0, 1, 2]
+    assert 'lossy' in capsys.readouterr().out
+    with pytest.raises(UserError, match='simplified scale'):
+        prep.main(['--convert_classes', '3to6', '--input_csv', str(six), '--output_csv', str(tmp_path / 'x.csv')])
+    help_text = prep.get_args_parser().format_help()
+    assert 'IV-VI' in help_text and 'lossy' in help_text
+
+
+def write_ckplus(root: Path) -> None:
+    """Two subjects, three sequences of three grey frames each, in the CK+ release layout."""
+    for subject, sequences in (('S005', ['001']), ('S010', ['001', '002'])):
+        for sequence in sequences:
+            for frame in range(1, 4):
+                path = root / 'cohn-kanade-images' / subject / sequence / f'{subject}_{sequence}_{frame:08d}.png'
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(path), np.full((24, 32), 40 * frame, dtype=np.uint8))
+
+
+def test_ckplus_copies_peak_frames_and_writes_neutral_paths(tmp_path):
+    write_ckplus(tmp_path / 'CK+')
+    before = {p: p.read_bytes() for p in (tmp_path / 'CK+').rglob('*.png')}
+    mapping = tmp_path / 'grades.csv'
+    mapping.write_text('subject,sequence,grade,side\nS005,,3,left\nS010,,0,none\n,S010/002,5,right\n')
+    out = tmp_path / 'graded'
+    prep.main(['--dataset_type', 'CK+', '--data_root', str(tmp_path / 'CK+'), '--grade_mapping', str(mapping),
+               '--output_root', str(out), '--quiet'])
+    assert {p.relative_to(out).as_posix() for p in out.glob('grade_*/*.png')} == {
+        'grade_3/S005_001_00000003.png', 'grade_0/S010_001_00000003.png', 'grade_5/S010_002_00000003.png'}
+    assert (out / 'neutral' / 'S010_002_00000001.png').read_bytes() == before[
+        tmp_path / 'CK+' / 'cohn-kanade-images' / 'S010' / '002' / 'S010_002_00000001.png']
+    assert {p: p.read_bytes() for p in (tmp_path / 'CK+').rglob('*.png')} == before  # originals untouched
+    annotation = pd.read_csv(out / 'annotation.csv')
+    assert set(annotation['side']) == {'left', 'none', 'right'}
+
+    csv = tmp_path / 'ck.csv'
+    prep.main(['--dataset_type', 'CK+', '--data_root', str(tmp_path / 'CK+'), '--grade_mapping', str(mapping),
+               '--output_csv', str(csv), '--quiet'])
+    table = pd.read_csv(csv).set_index('image_path')
+    row = table.loc['cohn-kanade-images/S010/002/S010_002_00000003.png']
+    assert row['neutral_path'] == 'cohn-kanade-images/S010/002/S010_002_00000001.png'
+    assert row['grade'] == 5 and row['subject'] == 'S010' and row['split'] in prep.SPLITS
+    assert table.groupby('subject')['split'].nunique().max() == 1
+
+
+def test_ckplus_without_a_mapping_is_a_clear_error(tmp_path):
+    write_ckplus(tmp_path / 'CK+')
+    with pytest.raises(UserError, match='--grade_mapping'):
+        prep.main(['--dataset_type', 'CK+', '--data_root', str(tmp_path / 'CK+'), '--output_csv',
+                   str(tmp_path / 'ck.csv')])
+
+
+def test_synthetic_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
+    folder = tmp_path / 'mine'
+    folder.mkdir()
+    (folder / 'thesis.txt').write_text('keep me')
+    args = ['--dataset_type', 'synthetic', '--output_root', str(folder), '--num_subjects', '2',
+            '--images_per_subject', '1', '--image_size', '64', '--detection_check', '0', '--quiet']
+    with pytest.raises(UserError, match='not empty'):
+        prep.main(args)
+    prep.main(args + ['--overwrite'])
+    assert (folder / 'thesis.txt').read_text() == 'keep me' and sf.is_synthetic_dataset(folder)
+    capsys.readouterr()
+    prep.main(args)  # the same set again: nothing to redraw
+    assert 'nothing to do' in capsys.readouterr().out
+    prep.main(args[:-5] + ['--seed', '9', '--detection_check', '0', '--quiet'])  # another set replaces ours
+    assert 'replacing' in capsys.readouterr().out
+    assert sf.read_manifest(folder)['seed'] == 9
+
+
+def test_missing_and_corrupt_images_are_left_out_and_listed(tmp_path):
+    root = tmp_path / 'data'
+    (root / 'grade_1').mkdir(parents=True)
+    cv2.imwrite(str(root / 'grade_1' / 'p1_a.png'), np.zeros((8, 8, 3), np.uint8))
+    (root / 'grade_1' / 'p2_a.jpg').write_bytes(b'not a jpeg')
+    csv = tmp_path / 'in.csv'
+    pd.DataFrame({'image_path': ['grade_1/p1_a.png', 'grade_1/p2_a.jpg', 'grade_1/p3_gone.jpg'],
+                  'grade': [1, 1, 1]}).to_csv(csv, index=False)
+    out = tmp_path / 'out.csv'
+    prep.main(['--dataset_type', 'FNP', '--input_csv', str(csv), '--data_root', str(root), '--output_csv', str(out),
+               '--quiet'])
+    assert pd.read_csv(out)['image_path'].tolist() == ['grade_1/p1_a.png']
+    skipped = pd.read_csv(tmp_path / 'out_skipped.csv')
+    assert skipped['path'].tolist() == ['grade_1/p2_a.jpg', 'grade_1/p3_gone.jpg']
+    assert skipped['reason'].tolist() == ['not a readable image (UnidentifiedImageError)', 'file not found']
+
+
+def test_subject_regex_and_side_defaults(tmp_path):
+    root = tmp_path / 'data'
+    for grade, name in ((0, 'patient1-rest.png'), (0, 'patient1-smile.png'), (2, 'patient2-rest.png'),
+                        (2, 'odd.png')):
+        (root / f'grade_{grade}').mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / f'grade_{grade}' / name), np.zeros((8, 8, 3), np.uint8))
+    table = fnp(root, tmp_path / 'out.csv', '--subject_regex', r'^(patient\d+)')
+    subjects = dict(zip(table['image_path'], table['subject']))
+    assert subjects['grade_0/patient1-smile.png'] == 'patient1' and subjects['grade_2/odd.png'] == 'odd'
+    assert dict(zip(table['grade'], table['side'])) == {0: 'none', 2: 'unknown'}
+
+
+@pytest.mark.parametrize('make, args, message', [
+    (lambda d: None, ['--data_root', '{d}/absent'], 'folder not found'),
+    (lambda d: (d / 'photos').mkdir(), ['--data_root', '{d}/photos'], 'no grade_0'),
+    (lambda d: (d / 'g' / 'grade_7').mkdir(parents=True), ['--data_root', '{d}/g'], 'outside House-Brackmann'),
+    (lambda d: (d / 'g' / 'grade_2').mkdir(parents=True), ['--data_root', '{d}/g'], 'hold no images'),
+    (lambda d: (d / 'a.csv').write_text('path,grade\nx.jpg,1\n'), ['--input_csv', '{d}/a.csv'], 'image_path'),
+    (lambda d: (d / 'a.csv').write_text('image_path,grade\nx.jpg,7\n'), ['--input_csv', '{d}/a.csv'],
+     r"row 2 \('7'\)"),
+    (lambda d: (d / 'a.csv').write_text(''), ['--input_csv', '{d}/a.csv'], 'empty'),
+    (lambda d: None, ['--data_root', '{d}', '--split_ratio', '0.7', '0.2', '0.2'], 'sum to 1.1'),
+    (lambda d: None, ['--data_root', '{d}', '--subject_regex', '(['], 'not a valid regular expression'),
+])
+def test_bad_input_is_one_clear_error(tmp_path, make, args, message):
+    make(tmp_path)
+    argv = ['--dataset_type', 'FNP', '--output_csv', str(tmp_path / 'out.csv')]
+    argv += [a.format(d=tmp_path) for a in args]
+    with pytest.raises(UserError, match=message):
+        prep.main(argv)
+    assert not (tmp_path / 'out.csv').exists()
+
+
+def test_command_line_error_is_one_line_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, 'prepare_dataset.py', '--dataset_type', 'FNP', '--data_root',
+                             str(tmp_path / 'absent'), '--output_csv', str(tmp_path / 'out.csv')],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f'error: --data_root {tmp_path / "absent"}: folder not found']

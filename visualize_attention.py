@@ -1,0 +1,859 @@
+"""Where HTNet looks: the attention maps of every hierarchy level, on the region mosaic and on the photo.
+
+``AttentionVisualizer`` grades a photo with a trained checkpoint (read, landmarks and region mosaic exactly as in
+``demo_inference.FacialPalsyPredictor``), records every attention map of every transformer block with removable
+forward hooks (``Model.AttentionRecorder``), and maps them back, level by level, onto the 2x2 mosaic the network
+reads and from there onto the four regions of the photo. A gradient saliency map of the mosaic is drawn beside
+the attention, because attention inside HTNet's small windows can only say so much (``docs/attention_maps.md``)::
+
+    +-----------+------------+
+    | left eye  | left mouth |      left = image left = the patient's right
+    +-----------+------------+
+    | right eye | right mouth|
+    +-----------+------------+
+
+The map of a block is the attention each token *receives*: the mean over heads and queries of its column of the
+softmax, times the number of tokens ``N`` in its window, so 1 means "as much as a uniform split" and the values of
+a window average to 1. Tokens only compete with the tokens of their own window. At a 56x56 input with three
+levels the last level is one window of 2x2 tokens, one per facial region, and is the only map that compares the
+four regions with each other; at 28x28 every window holds a single token and every map is 1 by construction.
+
+Usage::
+
+    python visualize_attention.py --model_path ./checkpoints/fnp/best_model.pth --image_path ./test_image.jpg \\
+        --output_dir ./attention_visualizations --visualize_regions
+    python visualize_attention.py --model_path ./checkpoints/fnp/best_model.pth --image_dir ./test_images/
+
+Per photo ``<stem>`` the output folder receives ``<stem>_level<i>.png`` (one per level), ``<stem>_summary.png``,
+``<stem>_regions.png`` (with ``--visualize_regions``) and ``<stem>_attention.npz`` (the raw maps). This is a
+research tool, not a clinical diagnosis.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import re
+import textwrap
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from einops import rearrange
+from tqdm import tqdm
+
+import utils
+from demo_inference import FacialPalsyPredictor, HelpFormatter, ImageInput, display_grade
+from facial_palsy_dataset import (LANDMARK_NAMES, REGION_NAMES, LandmarkDetector, face_square_bounds,
+                                  region_boxes, to_image)
+from Model import AttentionRecorder, HTNet
+
+__all__ = ['AttentionVisualizer', 'StageLayout', 'attention_to_mosaic', 'stage_layouts', 'record_attention',
+           'gradient_saliency', 'mosaic_to_photo', 'quadrant_means', 'level_figure', 'summary_figure',
+           'regions_figure', 'get_args_parser', 'main']
+
+# (row, column) of each REGION_NAMES crop in the 2x2 mosaic
+MOSAIC_QUADRANTS = ((0, 0), (0, 1), (1, 0), (1, 1))
+# the 'face' input mode has no regions; its quadrants are named by position in the levelled face square
+FACE_QUADRANT_NAMES = ('upper_left', 'upper_right', 'lower_left', 'lower_right')
+REGION_COLOURS = ('tab:cyan', 'tab:orange', 'tab:blue', 'tab:red')
+# diverging around 1 (= a uniform split inside the window): red draws more attention than uniform, blue less
+ATTENTION_CMAP = 'RdBu_r'
+SALIENCY_CMAP = 'inferno'
+MIN_ATTENTION_SPREAD = 0.25
+# photos are drawn at most this many pixels long: a 24-megapixel overlay looks the same and costs seconds
+DISPLAY_MAX_SIDE = 1024
+OUTPUT_NAME = re.compile(r'_(?:summary|regions|level\d+)\.png$|_attention\.npz$')
+RUN_FILES = ('skipped.csv', 'attention_summary.csv', 'args.yaml')
+DISCLAIMER = 'research tool, not a diagnosis'
+
+
+# helpers
+
+@dataclass(frozen=True)
+class StageLayout:
+    """How stage ``level`` of ``model.layers`` tiles the network input.
+
+    ``fmap`` x ``fmap`` tokens of ``cell`` x ``cell`` input pixels, split into ``windows`` x ``windows``
+    attention windows of ``tokens`` x ``tokens`` tokens each; ``heads`` heads and ``blocks`` transformer blocks.
+    """
+    level: int
+    fmap: int
+    cell: int
+    windows: int
+    tokens: int
+    heads: int
+    blocks: int
+
+    @property
+    def trivial(self) -> bool:
+        """One token per window: softmax over one key is 1, so the map holds no information."""
+        return self.tokens == 1
+
+    def describe(self) -> str:
+        return (f'{self.fmap}x{self.fmap} tokens of {self.cell}x{self.cell} px in {self.windows}x{self.windows} '
+                f'window(s) of {self.tokens}x{self.tokens} tokens, {self.heads} head(s), {self.blocks} block(s)')
+
+
+def stage_layouts(model: HTNet) -> list[StageLayout]:
+    """The window geometry of every stage of an HTNet (stage 0 = the finest, as ``AttentionRecorder`` lists them)."""
+    fmap0 = model.image_size // model.patch_size
+    num_stages = len(model.layers)
+    layouts = []
+    for level, (transformer, _aggregate) in enumerate(model.layers):
+        fmap = fmap0 // 2 ** level
+        windows = 2 ** (num_stages - 1 - level)
+        layouts.append(StageLayout(level=level, fmap=fmap, cell=model.image_size // fmap, windows=windows,
+                                   tokens=fmap // windows, heads=transformer.layers[0][0].fn.heads,
+                                   blocks=len(transformer.layers)))
+    return layouts
+
+
+def _as_numpy(array: Any) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().float().cpu().numpy()
+    return np.asarray(array, dtype=np.float32)
+
+
+def _square_root(value: int, what: str) -> int:
+    root = math.isqrt(value)
+    if root * root != value:
+        raise ValueError(f'{what} is {value}, not a square grid')
+    return root
+
+
+def attention_to_mosaic(maps: Sequence[Sequence[Any]], input_size: int, patch_size: int,
+                        per_head: bool = False) -> list[np.ndarray]:
+    """Lay the attention maps of one image out on the ``input_size`` x ``input_size`` network input.
+
+    ``maps``: one entry per stage (``AttentionRecorder`` order), each a list with one array per transformer block
+    of shape ``(windows, heads, N, N)`` (softmax rows over keys); a leading batch axis of 1 is dropped. Stage ``i``
+    must tile a ``(input_size / patch_size) / 2**i`` grid of tokens.
+
+    The value of a token is the attention it receives, averaged over heads and queries, times ``N``: 1 is a
+    uniform split, and the tokens of a window always average to 1, because each window's softmax is separate.
+    Windows are laid out row-major as the model splits them and each token fills its cell (nearest neighbour).
+
+    Returns one float32 array per stage: ``(blocks, S, S)``, or ``(blocks, heads, S, S)`` with ``per_head``.
+    """
+    fmap0, remainder = divmod(int(input_size), int(patch_size))
+    if remainder or fmap0 < 1:
+        raise ValueError(f'input_size {input_size} is not a multiple of patch_size {patch_size}')
+    stages = []
+    for level, blocks in enumerate(maps):
+        if fmap0 % 2 ** level:
+            raise ValueError(f'stage {level}: a {fmap0}x{fmap0} token grid does not halve {level} times')
+        fmap = fmap0 // 2 ** level
+        cell = input_size // fmap
+        heats = []
+        for index, attn in enumerate(blocks):
+            attn = _as_numpy(attn)
+            if attn.ndim == 5:
+                if attn.shape[0] != 1:
+                    raise ValueError(f'stage {level} block {index}: maps of {attn.shape[0]} images; pass one image')
+                attn = attn[0]
+            if attn.ndim != 4 or attn.shape[-1] != attn.shape[-2]:
+                raise ValueError(f'stage {level} block {index}: expected (windows, heads, N, N), '
+                                 f'got {tuple(attn.shape)}')
+            num_windows, _heads, num_tokens, _ = attn.shape
+            windows = _square_root(num_windows, f'stage {level}: the number of windows')
+            tokens = _square_root(num_tokens, f'stage {level}: the number of tokens per window')
+            if windows * tokens != fmap:
+                raise ValueError(f'stage {level}: {windows}x{windows} windows of {tokens}x{tokens} tokens do not tile '
+                                 f'its {fmap}x{fmap} token grid (input {input_size}, patch {patch_size})')
+            received = attn.mean(axis=-2) * num_tokens  # (windows, heads, N); 1 = uniform
+            if not per_head:
+                received = received.mean(axis=1, keepdims=True)
+            grid = rearrange(received, '(g1 g2) h (t1 t2) -> h (g1 t1) (g2 t2)', g1=windows, t1=tokens)
+            grid = grid.repeat(cell, axis=-2).repeat(cell, axis=-1)
+            heats.append(grid if per_head else grid[0])
+        empty = np.zeros((0, input_size, input_size), dtype=np.float32)
+        stages.append(np.stack(heats).astype(np.float32) if heats else empty)
+    return stages
+
+
+def quadrant_means(values: np.ndarray) -> np.ndarray:
+    """Mean of an ``(S, S)`` map over each mosaic quadrant, in ``REGION_NAMES`` order."""
+    half = values.shape[0] // 2
+    return np.array([values[r * half:(r + 1) * half, c * half:(c + 1) * half].mean() for r, c in MOSAIC_QUADRANTS],
+                    dtype=np.float64)
+
+
+@torch.no_grad()
+def record_attention(model: HTNet, inputs: torch.Tensor) -> tuple[torch.Tensor, list[list[np.ndarray]]]:
+    """Logits and every attention map of one input ``(1, 3, S, S)``: per stage a list over blocks of
+    ``(windows, heads, N, N)`` arrays. The hooks come off (and the fused attention path is back) on return,
+    even when the forward pass fails."""
+    with AttentionRecorder(model) as recorder:
+        logits, maps = recorder(inputs)
+    return logits, [[_as_numpy(block[0]) for block in stage] for stage in maps]
+
+
+def gradient_saliency(model: HTNet, inputs: torch.Tensor, class_index: int) -> np.ndarray:
+    """``|d logit[class_index] / d input|``, max over colour channels: ``(S, S)`` for one input ``(1, 3, S, S)``.
+
+    Unlike attention it compares every input pixel with every other, across windows and regions; it shows what
+    the score is sensitive to locally, not what the network "uses"."""
+    pixels = inputs.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logit = model(pixels)[0, class_index]
+        (grad,) = torch.autograd.grad(logit, pixels)  # not .backward(): no .grad left on the weights
+    return grad.abs().amax(dim=1)[0].float().cpu().numpy()
+
+
+def eye_line_angle(landmarks: np.ndarray) -> float:
+    """The tilt (degrees) that the ``face`` input mode levels out, as ``facial_palsy_dataset.aligned_face``
+    computes it (a face square is the photo shifted and scaled, so the angle is the same in photo pixels)."""
+    dx, dy = (np.asarray(landmarks, dtype=np.float64)[1] - np.asarray(landmarks, dtype=np.float64)[0])
+    return math.degrees(math.atan2(dy, dx)) if (dx or dy) else 0.0
+
+
+def mosaic_to_photo(heat: np.ndarray, boxes: np.ndarray, photo_shape: tuple[int, ...], input_mode: str = 'regions',
+                    angle: float = 0.0, smooth: bool = False) -> np.ndarray:
+    """Carry a map over the network input back onto the photo: ``(H, W)`` float32, NaN where the network saw
+    nothing.
+
+    ``regions`` mode: each mosaic quadrant is resized into its crop box (``boxes`` (4, 4) from
+    ``facial_palsy_dataset.region_boxes`` with the preprocess, ``REGION_NAMES`` order); overlapping boxes are
+    averaged. ``face`` mode: the map is resized into the face square (``boxes`` (1, 4)) and turned back by
+    ``angle``, undoing the levelling of the eyes. ``smooth`` interpolates linearly (saliency) instead of keeping
+    the token cells (attention)."""
+    height, width = photo_shape[:2]
+    total = np.zeros((height, width), dtype=np.float64)
+    count = np.zeros((height, width), dtype=np.float64)
+    interpolation = cv2.INTER_LINEAR if smooth else cv2.INTER_NEAREST
+    size = heat.shape[0]
+    if input_mode == 'face':
+        pieces = [(heat, boxes[0], angle)]
+    else:
+        half = size // 2
+        pieces = [(heat[r * half:(r + 1) * half, c * half:(c + 1) * half], box, 0.0)
+                  for (r, c), box in zip(MOSAIC_QUADRANTS, boxes)]
+    for piece, box, piece_angle in pieces:
+        x0, y0, x1, y1 = (int(v) for v in np.round(np.asarray(box, dtype=np.float64)))
+        box_width, box_height = x1 - x0, y1 - y0
+        if box_width < 1 or box_height < 1:
+            continue
+        resized = cv2.resize(np.ascontiguousarray(piece, dtype=np.float32), (box_width, box_height),
+                             interpolation=interpolation)
+        if piece_angle:
+            matrix = cv2.getRotationMatrix2D((box_width / 2.0, box_height / 2.0), piece_angle, 1.0)
+            resized = cv2.warpAffine(resized, matrix, (box_width, box_height),
+                                     flags=interpolation | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                                     borderValue=float('nan'))
+        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+        if sx1 <= sx0 or sy1 <= sy0:
+            continue
+        part = resized[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
+        valid = np.isfinite(part)
+        total[sy0:sy1, sx0:sx1][valid] += part[valid]
+        count[sy0:sy1, sx0:sx1] += valid
+    photo_heat = np.full((height, width), np.nan, dtype=np.float32)
+    seen = count > 0
+    photo_heat[seen] = total[seen] / count[seen]
+    return photo_heat
+
+
+def display_copy(image: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> tuple[np.ndarray, float]:
+    """The photo at most ``max_side`` pixels long for drawing, and the scale applied to its coordinates."""
+    scale = min(1.0, max_side / max(image.shape[:2]))
+    if scale >= 1.0:
+        return image, 1.0
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+
+# classes
+
+class AttentionVisualizer:
+    """Attention maps of a trained checkpoint on photos, per hierarchy level, on the mosaic and on the photo.
+
+    ``analyse(image_or_path)`` returns the numbers; ``visualize_hierarchical_attention(image_path, output_dir)``
+    draws and saves them. Photos are read, detected and cropped by ``FacialPalsyPredictor`` with the checkpoint's
+    ``preprocess``, so the maps belong to exactly the input that was graded. ``detector`` replaces MTCNN (tests);
+    ``dpi`` is the resolution of the saved figures.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, device: str = 'auto',
+                 detector: LandmarkDetector | None = None, dpi: int = 110):
+        if dpi < 20:
+            raise utils.UserError(f'dpi {dpi}: too low to read (use 60 or more)')
+        self.dpi = int(dpi)
+        self.predictor = FacialPalsyPredictor(model_path, device=device, batch_size=1, detector=detector)
+        self.model: HTNet = self.predictor.model
+        self.device = self.predictor.device
+        self.preprocess = self.predictor.preprocess
+        self.grades = self.predictor.grades
+        self.input_mode = self.preprocess.get('input_mode', 'regions')
+        self.region_names = REGION_NAMES if self.input_mode != 'face' else FACE_QUADRANT_NAMES
+        self.stages = stage_layouts(self.model)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.stages)
+
+    def analyse(self, image_or_path: ImageInput) -> dict[str, Any]:
+        """Grade one photo and collect its maps.
+
+        Returns a dict: ``path``, ``status`` / ``face_detected`` / ``landmark_source`` (as ``demo_inference``),
+        ``landmarks`` (5, 2) and ``face_box`` (4,) or None in photo pixels, ``grade_index``, ``grade``,
+        ``confidence``, ``probabilities`` (grade -> p), ``image`` (the photo, RGB), ``network_image`` (the mosaic
+        the network read, (S, S, 3) uint8), ``stages`` (``StageLayout`` per level), ``attention`` (raw maps: per
+        stage a list over blocks of (windows, heads, N, N)), ``maps`` (per stage (blocks, S, S) on the mosaic
+        grid), ``head_maps`` (per stage (heads, S, S), mean over blocks), ``stage_means`` (per stage (S, S)),
+        ``saliency`` (S, S), ``region_boxes`` (photo pixels), ``region_names``, ``region_attention`` and
+        ``region_saliency`` (region -> last-level attention / share of the saliency), ``attention_informative``
+        (False where the last level has one token per window) and ``rotation`` (degrees, ``face`` mode).
+        An unreadable photo raises ``ImageReadError``.
+        """
+        image = self.predictor.read(image_or_path)
+        infos, inputs = self.predictor.prepare([image])
+        info = infos[0]
+        inputs = inputs.to(self.device)
+        logits, attention = record_attention(self.model, inputs)
+        probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+        grade_index = int(probabilities.argmax())
+        saliency = gradient_saliency(self.model, inputs, grade_index)
+
+        per_head = attention_to_mosaic(attention, self.model.image_size, self.model.patch_size, per_head=True)
+        maps = [stage.mean(axis=1) for stage in per_head]
+        stage_means = [stage.mean(axis=0) for stage in maps]
+        landmarks = np.asarray(info['landmarks'], dtype=np.float64)
+        face_box = None if info['face_box'] is None else np.asarray(info['face_box'], dtype=np.float64)
+        saliency_means = quadrant_means(saliency)  # equal-sized quadrants: share of the means = share of the sums
+        region_saliency = saliency_means / saliency_means.sum() if saliency_means.sum() > 0 else np.full(4, 0.25)
+        return {
+            **info, 'path': str(image_or_path) if isinstance(image_or_path, (str, os.PathLike)) else None,
+            'landmarks': landmarks, 'face_box': face_box,
+            'grade_index': grade_index, 'grade': self.grades[grade_index],
+            'confidence': float(probabilities[grade_index]),
+            'probabilities': {name: float(p) for name, p in zip(self.grades, probabilities)},
+            'image': image, 'network_image': to_image(inputs[0], self.preprocess), 'input_mode': self.input_mode,
+            'stages': self.stages, 'attention': attention, 'maps': maps,
+            'head_maps': [stage.mean(axis=0) for stage in per_head], 'stage_means': stage_means,
+            'saliency': saliency,
+            'region_boxes': region_boxes(image, landmarks, self.preprocess, box=face_box),
+            'region_names': self.region_names,
+            'region_attention': dict(zip(self.region_names, quadrant_means(stage_means[-1]).tolist())),
+            'region_saliency': dict(zip(self.region_names, region_saliency.tolist())),
+            'attention_informative': not self.stages[-1].trivial,
+            'rotation': eye_line_angle(landmarks) if self.input_mode == 'face' else 0.0,
+        }
+
+    def output_paths(self, stem: str, output_dir: str | os.PathLike, visualize_regions: bool = False
+                     ) -> dict[str, Path]:
+        """The files written for one photo, by kind: ``level<i>``, ``summary``, ``regions``, ``attention``."""
+        output_dir = Path(output_dir)
+        paths = {f'level{i}': output_dir / f'{stem}_level{i}.png' for i in range(self.num_levels)}
+        paths['summary'] = output_dir / f'{stem}_summary.png'
+        if visualize_regions:
+            paths['regions'] = output_dir / f'{stem}_regions.png'
+        paths['attention'] = output_dir / f'{stem}_attention.npz'
+        return paths
+
+    def visualize_hierarchical_attention(self, image_path: str | os.PathLike, output_dir: str | os.PathLike,
+                                         visualize_regions: bool = False, stem: str | None = None) -> list[Path]:
+        """Write a figure per level, the summary figure, the regions figure (``visualize_regions``) and the raw
+        maps (``.npz``) of one photo into ``output_dir``; returns the paths written. ``stem`` (default: the
+        photo's) names the files."""
+        return self.visualize_and_analyse(image_path, output_dir, visualize_regions, stem)[0]
+
+    def visualize_and_analyse(self, image_path: str | os.PathLike, output_dir: str | os.PathLike,
+                              visualize_regions: bool = False, stem: str | None = None
+                              ) -> tuple[list[Path], dict[str, Any]]:
+        """``visualize_hierarchical_attention`` that also returns the ``analyse`` dict behind the files."""
+        image_path = Path(image_path)
+        paths = self.output_paths(stem or image_path.stem, output_dir, visualize_regions)
+        if image_path.resolve() in {path.resolve() for path in paths.values()}:
+            raise utils.UserError(f'{image_path}: its outputs would replace the photo itself; choose another '
+                                  f'--output_dir')
+        analysis = self.analyse(image_path)
+        name = image_path.name
+        for level in range(self.num_levels):
+            save_figure(level_figure(analysis, level, name), paths[f'level{level}'], self.dpi)
+        save_figure(summary_figure(analysis, name), paths['summary'], self.dpi)
+        if visualize_regions:
+            save_figure(regions_figure(analysis, name), paths['regions'], self.dpi)
+        save_npz(attention_arrays(analysis), paths['attention'])
+        return list(paths.values()), analysis
+
+
+# writing
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Temporary file + ``os.replace``: an interrupted run never leaves half a picture in place of an old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_figure(figure, path: Path, dpi: int = 110) -> Path:
+    """Render a ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot, so no figure is left open)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format='png', dpi=dpi)
+    write_bytes_atomic(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def attention_arrays(analysis: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The numbers behind the figures, as plain arrays (``np.load(..., allow_pickle=False)`` opens them).
+
+    ``stage<i>_block<j>`` raw attention (windows, heads, N, N); ``stage<i>_maps`` (blocks, S, S) and
+    ``stage<i>_heads`` (heads, S, S) on the mosaic; ``saliency`` (S, S); ``network_image``; ``probabilities``
+    in ``grades`` order; ``landmarks``, ``face_box`` (NaN without a detected face) and ``region_boxes`` in photo
+    pixels; ``region_names``, ``region_attention``, ``region_saliency``; ``stage_layout`` rows of
+    (fmap, cell, windows, tokens, heads, blocks)."""
+    arrays: dict[str, np.ndarray] = {}
+    for level, blocks in enumerate(analysis['attention']):
+        for index, block in enumerate(blocks):
+            arrays[f'stage{level}_block{index}'] = np.asarray(block, dtype=np.float32)
+        arrays[f'stage{level}_maps'] = analysis['maps'][level]
+        arrays[f'stage{level}_heads'] = analysis['head_maps'][level].astype(np.float32)
+    names = list(analysis['region_names'])
+    face_box = analysis['face_box']
+    arrays.update({
+        'saliency': analysis['saliency'].astype(np.float32),
+        'network_image': analysis['network_image'],
+        'probabilities': np.array(list(analysis['probabilities'].values()), dtype=np.float32),
+        'grades': np.array(list(analysis['probabilities'])),
+        'landmarks': analysis['landmarks'].astype(np.float32),
+        'face_box': (np.full(4, np.nan) if face_box is None else face_box).astype(np.float32),
+        'region_boxes': np.asarray(analysis['region_boxes'], dtype=np.float32),
+        'region_names': np.array(names),
+        'region_attention': np.array([analysis['region_attention'][n] for n in names], dtype=np.float32),
+        'region_saliency': np.array([analysis['region_saliency'][n] for n in names], dtype=np.float32),
+        'stage_layout': np.array([[s.fmap, s.cell, s.windows, s.tokens, s.heads, s.blocks]
+                                  for s in analysis['stages']], dtype=np.int64),
+    })
+    return arrays
+
+
+def save_npz(arrays: Mapping[str, np.ndarray], path: Path) -> Path:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_bytes_atomic(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+# figures
+
+def _source_note(analysis: Mapping[str, Any]) -> str:
+    return 'face detected' if analysis['face_detected'] else 'no face found: template landmarks'
+
+
+def _region_labels(analysis: Mapping[str, Any]) -> list[str]:
+    return [name.replace('_', ' ') for name in analysis['region_names']]
+
+
+def _attention_norm(heats: Sequence[np.ndarray]):
+    """A colour scale centred on 1 (uniform), symmetric, as wide as the largest departure from 1 but never
+    narrower than +-``MIN_ATTENTION_SPREAD``, so that a 1 % departure is not painted as a strong preference."""
+    from matplotlib.colors import Normalize
+
+    spread = max((float(np.abs(h - 1.0).max()) for h in heats if h.size), default=0.0)
+    spread = max(spread, MIN_ATTENTION_SPREAD)
+    return Normalize(vmin=1.0 - spread, vmax=1.0 + spread)
+
+
+def _draw_windows(ax, layout: StageLayout, size: int) -> None:
+    """Token cells dotted, attention windows solid: attention only compares cells inside one window."""
+    window = size / layout.windows
+    for k in range(1, layout.fmap):
+        position = k * layout.cell - 0.5
+        if k % layout.tokens:
+            ax.axvline(position, color='white', lw=0.4, ls=':', alpha=0.7)
+            ax.axhline(position, color='white', lw=0.4, ls=':', alpha=0.7)
+    for k in range(1, layout.windows):
+        ax.axvline(k * window - 0.5, color='white', lw=1.2)
+        ax.axhline(k * window - 0.5, color='white', lw=1.2)
+
+
+def _draw_heat(ax, analysis: Mapping[str, Any], heat: np.ndarray, norm, cmap: str = ATTENTION_CMAP,
+               alpha: float = 0.7):
+    grey = analysis['network_image'].mean(axis=-1)
+    ax.imshow(grey, cmap='gray', vmin=0, vmax=255, interpolation='nearest')
+    image = ax.imshow(heat, cmap=cmap, norm=norm, alpha=alpha, interpolation='nearest')
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return image
+
+
+def _label_quadrants(ax, analysis: Mapping[str, Any], values: Sequence[str] | None = None) -> None:
+    size = analysis['network_image'].shape[0]
+    half = size / 2
+    for (row, col), label, index in zip(MOSAIC_QUADRANTS, _region_labels(analysis), range(4)):
+        text = label if values is None else f'{label}\n{values[index]}'
+        ax.text(col * half + 1, row * half + 1, text, fontsize=6.5, va='top', ha='left', color='white',
+                bbox=dict(facecolor='black', alpha=0.45, pad=1, lw=0))
+
+
+def _stage_note(layout: StageLayout, input_mode: str) -> str:
+    if layout.trivial:
+        return ('One token per window: every attention weight is 1 by construction and this map shows nothing; '
+                'look at the saliency map in the summary')
+    if layout.windows == 1:
+        what = 'four regions' if input_mode != 'face' else 'parts of the face'
+        return f'One window over the whole input: the only level that compares the {what} with each other'
+    return ('Tokens compete only inside their window (solid lines): compare cells within a window, '
+            'never across windows')
+
+
+def level_figure(analysis: Mapping[str, Any], level: int, name: str = 'photo'):
+    """Stage ``level`` on the mosaic: the network input, the mean over blocks, each block, and each head (mean over
+    blocks), on one colour scale centred on 1 (uniform)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.figure import Figure
+
+    layout: StageLayout = analysis['stages'][level]
+    blocks, heads = analysis['maps'][level], analysis['head_maps'][level]
+    panels: list[tuple[str, np.ndarray | None]] = [('network input', None),
+                                                   (f'level {level}: mean of {layout.blocks} block(s)',
+                                                    analysis['stage_means'][level])]
+    if layout.blocks > 1:
+        panels += [(f'block {j + 1}', heat) for j, heat in enumerate(blocks)]
+    if layout.heads > 1:
+        panels += [(f'head {h + 1} (mean over blocks)', heat) for h, heat in enumerate(heads)]
+    columns = min(len(panels), 6)
+    rows = math.ceil(len(panels) / columns)
+    width = max(7.5, 2.3 * columns + 0.9)
+    figure = Figure(figsize=(width, 2.45 * rows + 1.0), layout='constrained')
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    norm = _attention_norm([heat for _, heat in panels if heat is not None])
+    size = analysis['network_image'].shape[0]
+    for ax, (title, heat) in zip(axes, panels):
+        if heat is None:
+            ax.imshow(analysis['network_image'], interpolation='nearest')
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if analysis['input_mode'] != 'face':
+                _label_quadrants(ax, analysis)
+        else:
+            _draw_heat(ax, analysis, heat, norm)
+            _draw_windows(ax, layout, size)
+        ax.set_title(title, fontsize=8)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    figure.colorbar(ScalarMappable(norm=norm, cmap=ATTENTION_CMAP), ax=list(axes), shrink=0.8,
+                    label='attention received x N (1 = uniform)')
+    fallback = '' if analysis['face_detected'] else f' ({_source_note(analysis)})'
+    title = (f'{name}{fallback}: level {level} of {len(analysis["stages"])} - {layout.describe()}. '
+             f'{_stage_note(layout, analysis["input_mode"])}')
+    figure.suptitle(textwrap.fill(title, width=int(width * 12)), fontsize=9)
+    return figure
+
+
+def _photo_heat(analysis: Mapping[str, Any], heat: np.ndarray, photo: np.ndarray, scale: float,
+                smooth: bool) -> np.ndarray:
+    return mosaic_to_photo(heat, np.asarray(analysis['region_boxes'], dtype=np.float64) * scale, photo.shape,
+                           analysis['input_mode'], analysis['rotation'], smooth=smooth)
+
+
+def _draw_boxes(ax, analysis: Mapping[str, Any], scale: float, labels: bool = True) -> None:
+    from matplotlib.patches import Rectangle
+
+    boxes = np.asarray(analysis['region_boxes'], dtype=np.float64) * scale
+    names = _region_labels(analysis) if len(boxes) == 4 else ['network input (face square)']
+    for (x0, y0, x1, y1), label, colour in zip(boxes, names, REGION_COLOURS):
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.4, ec=colour))
+        if labels:
+            ax.text(x0, y0, label, color='white', fontsize=6.5, va='bottom',
+                    bbox=dict(facecolor=colour, alpha=0.75, pad=1, lw=0))
+
+
+def _photo_panel(ax, analysis: Mapping[str, Any], heat_norm, saliency_norm) -> None:
+    """The photo with the crop boxes and landmarks, and the last level's attention laid over the crops; where that
+    is uniform by construction, the saliency instead (a white overlay would suggest an answer)."""
+    photo, scale = display_copy(analysis['image'])
+    ax.imshow(photo)
+    if analysis['attention_informative']:
+        overlay = _photo_heat(analysis, analysis['stage_means'][-1], photo, scale, smooth=False)
+        ax.imshow(np.ma.masked_invalid(overlay), cmap=ATTENTION_CMAP, norm=heat_norm, alpha=0.55,
+                  interpolation='nearest')
+        ax.set_title('last-level attention on the photo', fontsize=8.5)
+    else:
+        overlay = _photo_heat(analysis, analysis['saliency'], photo, scale, smooth=True)
+        ax.imshow(np.ma.masked_invalid(overlay), cmap=SALIENCY_CMAP, norm=saliency_norm, alpha=0.55)
+        ax.set_title('saliency on the photo (attention is uniform at this input size)', fontsize=8.5)
+    _draw_boxes(ax, analysis, scale)
+    points = analysis['landmarks'] * scale
+    ax.scatter(points[:, 0], points[:, 1], s=10, c='yellow', edgecolors='black', linewidths=0.4)
+    ax.set_axis_off()
+
+
+def _probability_panel(ax, analysis: Mapping[str, Any]) -> None:
+    grades = list(analysis['probabilities'])
+    probabilities = list(analysis['probabilities'].values())
+    positions = np.arange(len(grades))
+    colours = ['tab:red' if i == analysis['grade_index'] else 'tab:gray' for i in positions]
+    ax.barh(positions, probabilities, color=colours)
+    ax.set_yticks(positions, [display_grade(g) for g in grades], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel('probability')
+    for position, p in zip(positions, probabilities):
+        ax.text(min(p + 0.02, 0.85), position, f'{p:.2f}', va='center', fontsize=8)
+    ax.set_title('class probabilities', fontsize=8.5)
+
+
+def summary_figure(analysis: Mapping[str, Any], name: str = 'photo'):
+    """The photo with the region boxes and the last level's attention (or the saliency, see ``_photo_panel``),
+    the mosaic with the last level's attention, the saliency beside it for comparison, the class probabilities;
+    the predicted grade and its confidence in the title."""
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    last, heat, saliency = analysis['stages'][-1], analysis['stage_means'][-1], analysis['saliency']
+    saliency_norm = Normalize(vmin=0.0, vmax=float(saliency.max()) or 1.0)
+    norm = _attention_norm([heat])
+    figure = Figure(figsize=(13.5, 4.4), layout='constrained')
+    grid = figure.add_gridspec(1, 4, width_ratios=[1.6, 1.0, 1.0, 1.05])
+    ax_photo, ax_attention, ax_saliency, ax_bars = (figure.add_subplot(grid[0, i]) for i in range(4))
+
+    _photo_panel(ax_photo, analysis, norm, saliency_norm)
+    _draw_heat(ax_attention, analysis, heat, norm)
+    _draw_windows(ax_attention, last, heat.shape[0])
+    _label_quadrants(ax_attention, analysis, [f'{v:.2f}' for v in analysis['region_attention'].values()])
+    uniform_note = ('1 = uniform' if analysis['attention_informative']
+                    else 'uniform by construction (1 token per window)')
+    ax_attention.set_title(f'level {last.level} attention, mean of {last.blocks} block(s)\n{uniform_note}',
+                           fontsize=8.5)
+    _draw_heat(ax_saliency, analysis, saliency, saliency_norm, cmap=SALIENCY_CMAP, alpha=0.75)
+    _label_quadrants(ax_saliency, analysis, [f'{v:.0%}' for v in analysis['region_saliency'].values()])
+    part = 'region' if analysis['input_mode'] != 'face' else 'quadrant'
+    ax_saliency.set_title(f'gradient saliency |d logit / d input|\nof {display_grade(analysis["grade"])}, '
+                          f'share per {part}', fontsize=8.5)
+    _probability_panel(ax_bars, analysis)
+    figure.suptitle(f'{name}: predicted {display_grade(analysis["grade"])} ({analysis["confidence"]:.0%}), '
+                    f'{_source_note(analysis)} - {DISCLAIMER}', fontsize=10)
+    return figure
+
+
+def regions_figure(analysis: Mapping[str, Any], name: str = 'photo'):
+    """What the network reads of the photo: the five landmarks, the face box and face square, the four crop
+    boxes, and the mosaic they are laid out in (same colours)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    figure = Figure(figsize=(10, 4.8), layout='constrained')
+    ax_photo, ax_mosaic = figure.subplots(1, 2, width_ratios=[1.6, 1.0])
+    photo, scale = display_copy(analysis['image'])
+    ax_photo.imshow(photo)
+    if analysis['face_box'] is not None:
+        x0, y0, x1, y1 = analysis['face_box'] * scale
+        ax_photo.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.6, ec='lime'))
+    x0, y0, x1, y1 = face_square_bounds(analysis['landmarks'], analysis['face_box']).astype(np.float64) * scale
+    ax_photo.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.0, ec='white', ls='--'))
+    _draw_boxes(ax_photo, analysis, scale)
+    points = analysis['landmarks'] * scale
+    ax_photo.scatter(points[:, 0], points[:, 1], s=16, c='yellow', edgecolors='black', linewidths=0.5)
+    for (x, y), label in zip(points, LANDMARK_NAMES):
+        ax_photo.annotate(label.replace('_', ' '), (x, y), xytext=(3, -9), textcoords='offset points', fontsize=6.5,
+                          color='yellow')
+    ax_photo.set_axis_off()
+    ax_photo.set_title(f'landmarks ({analysis["landmark_source"]}), face box (green), face square (dashed), '
+                       'crops', fontsize=8.5)
+
+    mosaic = analysis['network_image']
+    ax_mosaic.imshow(mosaic, interpolation='nearest')
+    size = mosaic.shape[0]
+    if analysis['input_mode'] != 'face':
+        half = size / 2
+        for (row, col), colour in zip(MOSAIC_QUADRANTS, REGION_COLOURS):
+            ax_mosaic.add_patch(Rectangle((col * half - 0.5, row * half - 0.5), half, half, fill=False, lw=2.5,
+                                          ec=colour))
+        _label_quadrants(ax_mosaic, analysis)
+        ax_mosaic.set_title('the 2x2 mosaic the network reads\n(left = image left = the patient\'s right)',
+                            fontsize=8.5)
+    else:
+        ax_mosaic.set_title(f'the face square the network reads,\nturned {analysis["rotation"]:.1f} deg to level '
+                            'the eyes', fontsize=8.5)
+    ax_mosaic.set_xticks([])
+    ax_mosaic.set_yticks([])
+    figure.suptitle(f'{name}: {_source_note(analysis)}', fontsize=10)
+    return figure
+
+
+# command line
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description='Draw where a trained HTNet looks: the attention maps of every hierarchy level on the region '
+                    'mosaic and on the photo, with a gradient saliency map for comparison. See '
+                    'docs/attention_maps.md for what the maps can and cannot show.',
+        formatter_class=HelpFormatter)
+    parser.add_argument('--model_path', required=True,
+                        help='checkpoint written by train_facial_palsy.py (best_model.pth); the network and its '
+                             'preprocessing are rebuilt from it')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--image_path', default=None, help='one photo')
+    source.add_argument('--image_dir', default=None,
+                        help='a folder: every file directly in it is drawn; files that cannot be read are skipped '
+                             'and listed in <output_dir>/skipped.csv')
+    parser.add_argument('--output_dir', default='./attention_visualizations',
+                        help='where <stem>_level<i>.png, <stem>_summary.png, <stem>_attention.npz (raw maps) and '
+                             'args.yaml go; files of an earlier run with the same names are replaced')
+    parser.add_argument('--visualize_regions', action='store_true',
+                        help='also write <stem>_regions.png: the landmarks, the four crop boxes and the mosaic '
+                             'layout drawn on the face')
+    parser.add_argument('--dpi', type=int, default=110, help='resolution of the PNG figures')
+    parser.add_argument('--device', default='auto', help='auto (CUDA when available), cpu, cuda or cuda:N')
+    utils.add_config_args(parser)
+    return parser
+
+
+def output_stems(files: Sequence[Path]) -> dict[Path, str]:
+    """``<stem>`` per photo; photos sharing one (``a.jpg``, ``a.png``) keep their extension in it, so that no
+    photo's figures replace another's."""
+    counts = Counter(path.stem for path in files)
+    return {path: path.stem if counts[path.stem] == 1 else f'{path.stem}_{path.suffix.lstrip(".")}'
+            for path in files}
+
+
+def list_photos(image_dir: Path, output_dir: Path) -> tuple[list[Path], list[Path]]:
+    """Every file directly in ``image_dir`` (hidden files aside), sorted. When the output folder is the photo
+    folder, the figures and tables of earlier runs are returned separately rather than drawn again."""
+    same_folder = image_dir.resolve() == output_dir.resolve()
+    files, earlier = [], []
+    for path in sorted(image_dir.iterdir()):
+        if path.name.startswith('.') or not path.is_file():
+            continue
+        if same_folder and (OUTPUT_NAME.search(path.name) or path.name in RUN_FILES):
+            earlier.append(path)
+        else:
+            files.append(path)
+    return files, earlier
+
+
+def _one_line(path: Path, err: Exception) -> str:
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return message if message.startswith(str(path)) else f'{path}: {message}'
+
+
+def format_analysis(path: Path, analysis: Mapping[str, Any]) -> str:
+    lines = [f'{path}: predicted {display_grade(analysis["grade"])} (class {analysis["grade_index"]}), confidence '
+             f'{analysis["confidence"]:.3f}, {_source_note(analysis)}']
+    if analysis['attention_informative']:
+        lines.append('  last-level attention (1 = uniform): ' + ', '.join(
+            f'{k.replace("_", " ")} {v:.2f}' for k, v in analysis['region_attention'].items()))
+    else:
+        lines.append('  attention is uniform by construction at this input size (one token per window)')
+    lines.append('  saliency share: ' + ', '.join(
+        f'{k.replace("_", " ")} {v:.0%}' for k, v in analysis['region_saliency'].items()))
+    return '\n'.join(lines)
+
+
+def summary_row(path: Path, analysis: Mapping[str, Any], stem: str) -> dict[str, Any]:
+    row = {'path': str(path), 'stem': stem, 'status': analysis['status'], 'grade_index': analysis['grade_index'],
+           'grade': analysis['grade'], 'confidence': round(analysis['confidence'], 6)}
+    row.update({f'attention_{k}': round(v, 6) for k, v in analysis['region_attention'].items()})
+    row.update({f'saliency_{k}': round(v, 6) for k, v in analysis['region_saliency'].items()})
+    return row
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
+    utils.atomic_write_text(path, buffer.getvalue())
+
+
+def check_output_dir(output_dir: Path) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise utils.UserError(f'--output_dir {output_dir}: is a file, not a folder')
+
+
+def visualize_one(visualizer: AttentionVisualizer, args: argparse.Namespace) -> dict[str, Any]:
+    """``--image_path``: the figures and maps of one photo; an unreadable photo is a one-line error."""
+    image_path, output_dir = Path(args.image_path), Path(args.output_dir)
+    if not image_path.is_file():
+        raise utils.UserError(f'--image_path {image_path}: file not found')
+    planned = visualizer.output_paths(image_path.stem, output_dir, args.visualize_regions)
+    replaced = [path for path in planned.values() if path.exists()]
+    if replaced:
+        print(f'note: replacing {len(replaced)} file(s) of an earlier run in {output_dir}')
+    paths, analysis = visualizer.visualize_and_analyse(image_path, output_dir, args.visualize_regions, None)
+    utils.save_args(args, output_dir / 'args.yaml')
+    print(format_analysis(image_path, analysis))
+    print(f'{len(paths)} files written to {output_dir}')
+    return {'outputs': {str(image_path): paths}, 'skipped': [], 'analyses': {str(image_path): analysis}}
+
+
+def visualize_folder(visualizer: AttentionVisualizer, args: argparse.Namespace) -> dict[str, Any]:
+    """``--image_dir``: every photo, a progress bar; unreadable files are skipped with one line each and listed in
+    ``skipped.csv``; ``attention_summary.csv`` holds one row of region numbers per photo drawn."""
+    image_dir, output_dir = Path(args.image_dir), Path(args.output_dir)
+    if not image_dir.is_dir():
+        raise utils.UserError(f'--image_dir {image_dir}: not a folder')
+    files, earlier = list_photos(image_dir, output_dir)
+    if earlier:
+        print(f'note: {len(earlier)} file(s) in {image_dir} are outputs of an earlier run and are not drawn')
+    if not files:
+        raise utils.UserError(f'--image_dir {image_dir}: no files to draw')
+    stems = output_stems(files)
+    replaced = sum(path.exists() for f in files
+                   for path in visualizer.output_paths(stems[f], output_dir, args.visualize_regions).values())
+    if replaced:
+        print(f'note: replacing {replaced} file(s) of an earlier run in {output_dir}')
+
+    outputs: dict[str, list[Path]] = {}
+    skipped: list[tuple[str, str]] = []
+    rows: list[dict[str, Any]] = []
+    with tqdm(files, desc='attention', unit='photo') as bar:
+        for path in bar:
+            try:
+                paths, analysis = visualizer.visualize_and_analyse(path, output_dir, args.visualize_regions,
+                                                                   stems[path])
+            except (utils.UserError, OSError, ValueError) as err:  # ImageReadError is a UserError
+                reason = _one_line(path, err)
+                skipped.append((str(path), reason))
+                tqdm.write(f'skipped {reason}')
+                continue
+            outputs[str(path)] = paths
+            rows.append(summary_row(path, analysis, stems[path]))
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(output_dir / 'skipped.csv', ['path', 'reason'], [{'path': p, 'reason': r} for p, r in skipped])
+    names = visualizer.region_names
+    columns = ['path', 'stem', 'status', 'grade_index', 'grade', 'confidence',
+               *[f'attention_{n}' for n in names], *[f'saliency_{n}' for n in names]]
+    write_csv(output_dir / 'attention_summary.csv', columns, rows)
+    utils.save_args(args, output_dir / 'args.yaml')
+    fallbacks = sum(row['status'] == 'no_face_fallback' for row in rows)
+    print(f'{len(outputs)} of {len(files)} photos drawn into {output_dir} ({fallbacks} on template landmarks, '
+          f'{len(skipped)} skipped, listed in {output_dir / "skipped.csv"})')
+    return {'outputs': outputs, 'skipped': skipped}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = utils.parse_args_with_config(get_args_parser(), argv)
+    check_output_dir(Path(args.output_dir))
+    visualizer = AttentionVisualizer(args.model_path, device=args.device, dpi=args.dpi)
+    if args.image_path:
+        return visualize_one(visualizer, args)
+    return visualize_folder(visualizer, args)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Shell entry point: ``main`` returns its results for Python callers; the shell gets 1 when not one photo
+    of a folder could be drawn."""
+    results = main(argv)
+    return 0 if results['outputs'] else 1
+
+
+if __name__ == '__main__':
+    utils.run_cli(cli)
