@@ -435,7 +435,8 @@ def load_pretrained(model: nn.Module, path_or_state_dict: Any, pos_emb: str = 'i
     assert pos_emb in ('interpolate', 'skip'), f"pos_emb must be 'interpolate' or 'skip', not {pos_emb!r}"
     source = path_or_state_dict
     if isinstance(source, (str, bytes)) or hasattr(source, '__fspath__'):
-        source = torch.load(source, map_location=map_location, weights_only=True)
+        from utils import load_checkpoint  # a missing or corrupt file becomes one line naming it
+        source = load_checkpoint(source, map_location=map_location)
     state = extract_state_dict(source)
     target = model.state_dict()
 

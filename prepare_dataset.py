@@ -55,6 +55,11 @@ examples:
   python prepare_dataset.py --dataset_type CK+ --data_root ./CK+ --grade_mapping ./ck_grades.csv \\
       --output_csv ./ck_annotation.csv
 
+  # FNP + CK+ in one CSV (absolute paths; subjects prefixed with the CSV's name; each row keeps its split)
+  python prepare_dataset.py --dataset_type merge \\
+      --input_csv ./datasets/facial_palsy/fnp_annotation.csv ./ck_annotation.csv \\
+      --data_root ./datasets/facial_palsy/FNP ./CK+ --output_csv ./datasets/facial_palsy/combined_annotation.csv
+
   # 6 <-> 3 classes on an annotation CSV
   python prepare_dataset.py --convert_classes 6to3 --input_csv fnp_annotation.csv --output_csv fnp_3class.csv
 
@@ -639,6 +644,57 @@ def check_synthetic_detection(root: Path, table: pd.DataFrame, args: argparse.Na
     return result
 
 
+# merging datasets
+
+def _absolute(paths: pd.Series, root: Path) -> pd.Series:
+    def one(value: Any) -> Any:
+        if pd.isna(value) or str(value).strip() == '':
+            return value
+        path = Path(str(value).strip())
+        return str(path if path.is_absolute() else (root / path).resolve())
+    return paths.map(one)
+
+
+def run_merge(args: argparse.Namespace) -> pd.DataFrame:
+    """Concatenate annotation CSVs of several datasets (e.g. FNP and CK+) into one that training reads as it is:
+    image paths become absolute, subjects are prefixed with the CSV's name so that two datasets' ``S005`` stay two
+    people, and each row keeps its split (each input was split subject-disjointly on its own)."""
+    csvs = list(args.input_csv or [])
+    if len(csvs) < 2 or args.output_csv is None:
+        raise UserError('--dataset_type merge needs --input_csv A.csv B.csv [...] and --output_csv')
+    roots = list(args.data_root or [])
+    if roots and len(roots) != len(csvs):
+        raise UserError(f'--data_root: give one folder per --input_csv ({len(csvs)}), or none to resolve paths '
+                        f'against each CSV\'s own folder')
+    roots = [Path(r) for r in roots] or [Path(c).parent for c in csvs]
+    names = [Path(c).stem for c in csvs]
+    names = [f'{n}{i}' if names.count(n) > 1 else n for i, n in enumerate(names)]
+    pattern = compile_subject_regex(args.subject_regex)
+    tables = []
+    for csv_path, root, name in zip(csvs, roots, names):
+        csv_path = Path(csv_path)
+        if not csv_path.is_file():
+            raise UserError(f'--input_csv {csv_path}: file not found')
+        table = read_csv(csv_path, 'annotation CSV')
+        require_columns(table, ['image_path', 'grade', 'split'], csv_path, 'annotation CSV')
+        table['grade'] = parse_grades(table['grade'], csv_path)
+        if 'subject' in table.columns:
+            table['subject'] = table['subject'].fillna('').astype(str)
+        table = fill_subjects(table, pattern)
+        table['subject'] = name + ':' + table['subject'].astype(str)
+        table['image_path'] = _absolute(table['image_path'], root)
+        if 'neutral_path' in table.columns:
+            table['neutral_path'] = _absolute(table['neutral_path'], root)
+        table['source'] = name
+        tables.append(table)
+        print(f'{csv_path}: {len(table)} rows, {table["subject"].nunique()} subjects (as {name}:...)')
+    combined = order_columns(pd.concat(tables, ignore_index=True))
+    status = write_table_safely(combined, Path(args.output_csv), args.overwrite)
+    print(split_summary(combined))
+    print(f'{args.output_csv}: {status} ({len(combined)} rows from {len(csvs)} datasets)')
+    return combined
+
+
 # command line
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -647,15 +703,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                     'train/val/test splits (FNP-style grade folders or a CSV), CK+ conversion, 6 <-> 3 class\n'
                     'conversion, and the built-in synthetic demo faces.',
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--dataset_type', choices=['FNP', 'CK+', 'synthetic'], default=None,
+    parser.add_argument('--dataset_type', choices=['FNP', 'CK+', 'synthetic', 'merge'], default=None,
                         help='FNP: grade_0 .. grade_5 folders under --data_root (or --input_csv) -> --output_csv. '
                              'CK+: CK+ sequences + --grade_mapping -> --output_root and/or --output_csv. '
-                             'synthetic: draw the demo faces into --output_root')
+                             'synthetic: draw the demo faces into --output_root. '
+                             'merge: several annotation CSVs (--input_csv A B, --data_root ROOT_A ROOT_B) -> one '
+                             '--output_csv with absolute paths, e.g. FNP + CK+')
     io = parser.add_argument_group('inputs and outputs')
-    io.add_argument('--data_root', type=Path, default=None,
+    io.add_argument('--data_root', type=Path, nargs='+', default=None,
                     help='dataset folder: grade_N folders (FNP) or the CK+ folder (with cohn-kanade-images/ or '
-                         'the subject folders S005/ ... directly inside)')
-    io.add_argument('--input_csv', type=Path, default=None,
+                         'the subject folders S005/ ... directly inside); merge: one per --input_csv')
+    io.add_argument('--input_csv', type=Path, nargs='+', default=None,
                     help='FNP: a CSV with image_path (relative to --data_root, default its own folder) and grade '
                          '(0-5), optional subject, side; --convert_classes: the annotation CSV to convert')
     io.add_argument('--output_csv', type=Path, default=None,
@@ -716,6 +774,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.num_subjects < 1 or args.images_per_subject < 1:
         raise UserError('--num_subjects and --images_per_subject must be at least 1')
     check_ratios(args.split_ratio)
+    if args.dataset_type == 'merge':
+        run_merge(args)
+        return 0
+    for name in ('data_root', 'input_csv'):  # one folder / CSV except when merging
+        values = getattr(args, name)
+        if values is not None and len(values) > 1:
+            raise UserError(f'--{name} takes one path with --dataset_type {args.dataset_type} '
+                            f'(several only with --dataset_type merge)')
+        setattr(args, name, values[0] if values else None)
     if args.dataset_type == 'FNP':
         if args.input_csv is not None and not args.input_csv.is_file():
             raise UserError(f'--input_csv {args.input_csv}: file not found')

@@ -42,6 +42,8 @@ import utils
 from utils import UserError
 
 CHECKPOINT_NAMES = ('best_model.pth', 'last.pth')
+# share of the training subjects held out for validation when the data gives no validation split
+DEFAULT_VAL_FRACTION = 0.15
 LOG_NAMES = ('summary.csv', 'training_history.json', 'training_curves.png', 'args.yaml', 'test_metrics.json',
              'skipped_images.csv')
 PLOT_EVERY = 5  # epochs between redraws of training_curves.png during training (matplotlib is slow); always at the end
@@ -307,9 +309,10 @@ def resolve_split_sources(args: argparse.Namespace) -> tuple[dict[str, SplitSour
                 print(f'note: --val_fraction ignored: {Path(args.data_root) / "val"} holds the validation images')
             return {'train': SplitSource(None, 'train'), 'val': SplitSource(None, 'val')}, False
         if args.val_fraction is None:
-            raise UserError(f'no validation split: {args.data_root} holds grade_0..grade_5 folders without a '
-                            f'split; give --train_csv/--val_csv with a split column (prepare_dataset.py writes '
-                            f'one) or --val_fraction 0.15 to hold out whole subjects')
+            args.val_fraction = DEFAULT_VAL_FRACTION
+            print(f'note: {args.data_root} holds grade folders without a split: holding out '
+                  f'{DEFAULT_VAL_FRACTION:.0%} of the subjects for validation (--val_fraction; no test set, so no '
+                  f'test metrics: prepare_dataset.py writes a CSV with train / val / test subjects)')
         return {'train': SplitSource(None, None)}, True
 
     train_counts = _read_split_counts(args.train_csv)
@@ -322,8 +325,9 @@ def resolve_split_sources(args: argparse.Namespace) -> tuple[dict[str, SplitSour
             if args.val_fraction is None:
                 found = 'has no split column' if train_counts is None else \
                     f'has no split=val rows (splits: {_fmt_counts(train_counts)})'
-                raise UserError(f'{args.train_csv} {found}, so it cannot give both training and validation rows; '
-                                f'give --val_csv, a split column with val rows, or --val_fraction')
+                args.val_fraction = DEFAULT_VAL_FRACTION
+                print(f'note: {args.train_csv} {found}: holding out {DEFAULT_VAL_FRACTION:.0%} of its training '
+                      f'subjects for validation (--val_fraction)')
             carve = True
         else:
             sources['val'] = SplitSource(args.train_csv, 'val')

@@ -214,3 +214,11 @@ def test_side_head_is_optional_and_shares_features():
     assert grade.shape == (2, 6) and side.shape == (2, 3)
     torch.testing.assert_close(grade, plain(x))  # same initialisation for the shared network
     assert plain.forward_multitask(x)[1] is None
+
+
+def test_load_pretrained_names_a_corrupt_file(tmp_path):
+    from utils import UserError
+    bad = tmp_path / 'weights.pth'
+    bad.write_bytes(b'not a checkpoint')
+    with pytest.raises(UserError, match='weights.pth: not a readable PyTorch checkpoint'):
+        load_pretrained(HTNet(**TINY[56], num_classes=6), bad)

@@ -224,3 +224,30 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f'error: --data_root {tmp_path / "absent"}: folder not found']
+
+
+def test_merge_keeps_splits_makes_paths_absolute_and_subjects_distinct(tmp_path):
+    from prepare_dataset import main
+    roots = []
+    for name in ('fnp', 'ck'):
+        root = tmp_path / name
+        (root / 'grade_1').mkdir(parents=True)
+        (root / 'grade_1' / 'S005_1.jpg').write_bytes(b'x')
+        (root / 'grade_1' / 'S006_1.jpg').write_bytes(b'x')
+        (root / f'{name}.csv').write_text('image_path,grade,side,split,subject\n'
+                                          'grade_1/S005_1.jpg,1,left,train,S005\n'
+                                          'grade_1/S006_1.jpg,1,right,test,S006\n')
+        roots.append(root)
+    out = tmp_path / 'combined.csv'
+    assert main(['--dataset_type', 'merge', '--input_csv', str(roots[0] / 'fnp.csv'), str(roots[1] / 'ck.csv'),
+                 '--data_root', str(roots[0]), str(roots[1]), '--output_csv', str(out)]) == 0
+    table = pd.read_csv(out)
+    assert len(table) == 4 and table['subject'].nunique() == 4
+    assert set(table['subject']) == {'fnp:S005', 'fnp:S006', 'ck:S005', 'ck:S006'}
+    assert list(table['split']) == ['train', 'test', 'train', 'test']
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in table['image_path'])
+    with pytest.raises(UserError, match='one folder per --input_csv'):
+        main(['--dataset_type', 'merge', '--input_csv', str(roots[0] / 'fnp.csv'), str(roots[1] / 'ck.csv'),
+              '--data_root', str(roots[0]), '--output_csv', str(tmp_path / 'x.csv')])
+    with pytest.raises(UserError, match='takes one path'):
+        main(['--dataset_type', 'FNP', '--data_root', str(roots[0]), str(roots[1]), '--output_csv', str(out)])

@@ -28,6 +28,11 @@ def run_args(data, save_dir, log_dir, *extra):
             *data.tiny_flags, *extra]
 
 
+def _read_rows(path):
+    with open(path, newline='') as handle:
+        return list(csv.DictReader(handle))
+
+
 def read_summary(path):
     with open(path, newline='') as handle:
         return list(csv.DictReader(handle))
@@ -226,16 +231,17 @@ def test_subject_in_two_splits_is_refused(synthetic_dataset, tmp_path):
         train.main(argv)
 
 
-def test_missing_validation_rows_are_refused(synthetic_dataset, tmp_path):
+def test_missing_validation_rows_hold_out_training_subjects(synthetic_dataset, tmp_path, capsys):
     no_val = _rewrite_csv(synthetic_dataset.csv, tmp_path / 'no_val.csv',
                           lambda t: t.__setitem__('split', t['split'].replace('val', 'train')))
     argv = run_args(synthetic_dataset, tmp_path / 'c', tmp_path / 'l', '--epochs', '1')
     argv[argv.index('--train_csv') + 1] = argv[argv.index('--val_csv') + 1] = str(no_val)
-    with pytest.raises(UserError, match='no split=val rows'):
-        train.main(argv)
-    with pytest.raises(UserError, match='no validation split'):
-        train.main(['--data_root', str(synthetic_dataset.root), '--save_dir', str(tmp_path / 'c'),
-                    '--log_dir', str(tmp_path / 'l')])
+    results = train.main(argv)
+    assert 'no split=val rows' in capsys.readouterr().out
+    splits = results['splits']
+    assert splits['val']['subjects'] >= 1 and splits['train']['subjects'] >= 1
+    total = splits['train']['subjects'] + splits['val']['subjects']
+    assert total == len({row['subject'] for row in _read_rows(no_val) if row['split'] in ('train', 'val')})
 
 
 @pytest.mark.parametrize('flags, message', [
