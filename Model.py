@@ -1,7 +1,7 @@
 """HTNet: hierarchical transformer over facial regions.
 
 Wang, Z., Zhang, K., Luo, W., Sankaranarayana, R. "HTNet for micro-expression recognition".
-Neurocomputing 599 (2024). The network grew from NesT (Zhang et al., "Nested Hierarchical Transformer",
+Neurocomputing (2024); arXiv:2307.14637. The network grew from NesT (Zhang et al., "Nested Hierarchical Transformer",
 AAAI 2022; lucidrains/vit-pytorch ``nest.py``): local self-attention inside non-overlapping blocks whose
 outputs are merged by a 3x3 convolution + max pooling between hierarchy levels.
 

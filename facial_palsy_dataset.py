@@ -794,7 +794,11 @@ def read_annotation_csv(csv_file: str | os.PathLike, data_root: str | os.PathLik
     """
     csv_file, data_root, split = Path(csv_file), Path(data_root), _normalise_split(split)
     table = _read_table(csv_file, 'annotation CSV')
-    _missing_columns(csv_file, list(table.columns), REQUIRED_COLUMNS, 'annotation CSV')
+    # a CSV without a split column can still give every row (a separate --val_csv / --test_csv)
+    required = REQUIRED_COLUMNS if split is not None else [c for c in REQUIRED_COLUMNS if c != 'split']
+    _missing_columns(csv_file, list(table.columns), required, 'annotation CSV')
+    if 'split' not in table.columns:
+        table['split'] = ''
     has_landmarks = all(c in table.columns for c in LANDMARK_COLUMNS)
     records, skipped = [], []
     splits_seen = Counter()

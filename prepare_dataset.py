@@ -667,6 +667,9 @@ def run_merge(args: argparse.Namespace) -> pd.DataFrame:
         raise UserError(f'--data_root: give one folder per --input_csv ({len(csvs)}), or none to resolve paths '
                         f'against each CSV\'s own folder')
     roots = [Path(r) for r in roots] or [Path(c).parent for c in csvs]
+    for root in roots:
+        if not root.is_dir():
+            raise UserError(f'--data_root {root}: folder not found')
     names = [Path(c).stem for c in csvs]
     names = [f'{n}{i}' if names.count(n) > 1 else n for i, n in enumerate(names)]
     pattern = compile_subject_regex(args.subject_regex)
@@ -770,7 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parse_args_with_config(parser, argv)
     if args.dataset_type is None and args.convert_classes is None:
-        parser.error('choose --dataset_type FNP|CK+|synthetic, or --convert_classes 6to3|3to6')
+        parser.error('choose --dataset_type FNP|CK+|synthetic|merge, or --convert_classes 6to3|3to6')
     if args.num_subjects < 1 or args.images_per_subject < 1:
         raise UserError('--num_subjects and --images_per_subject must be at least 1')
     check_ratios(args.split_ratio)

@@ -100,7 +100,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                            '(written to <log_dir>/test_metrics.json; never used to choose the model)')
     data.add_argument('--val_fraction', type=float, default=None,
                       help='when no validation rows exist, move this fraction of the training subjects (whole '
-                           'subjects, stratified by grade) to validation')
+                           'subjects, stratified by grade) to validation; 0.15 when not given')
     data.add_argument('--dataset_type', default='FNP', type=dataset_type,
                       help='FNP: an annotation CSV or grade_0..grade_5 folders; CK+ (or CKPlus): the CK+ sequence '
                            'layout graded by the mapping CSV given as --train_csv')

@@ -573,3 +573,14 @@ def test_preprocess_is_a_plain_checkpoint_friendly_dict(tmp_path):
     assert detector.settings == preprocess['detector']
     assert set(preprocess) >= {'input_mode', 'image_size', 'region_size', 'input_size', 'mean', 'std',
                                'face_crop', 'detector'}
+
+
+def test_csv_without_split_column_gives_every_row_but_no_named_split(tmp_path):
+    import cv2
+    from facial_palsy_dataset import read_annotation_csv
+    cv2.imwrite(str(tmp_path / 'a_1.jpg'), np.full((64, 64, 3), 120, np.uint8))
+    (tmp_path / 'rows.csv').write_text('image_path,grade,side\na_1.jpg,2,left\n')
+    records, _ = read_annotation_csv(tmp_path / 'rows.csv', tmp_path, split=None)
+    assert len(records) == 1
+    with pytest.raises(UserError, match='split'):
+        read_annotation_csv(tmp_path / 'rows.csv', tmp_path, split='val')
