@@ -222,14 +222,7 @@ class FacialPalsyPredictor:
         network_view = network_image(image, points, self.preprocess, box=box)
         boxes = region_boxes(image, points, self.preprocess, box=box)
         figure = overlay_figure(image, result, self.grades, boxes, network_view)
-        output_path = Path(output_path)
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format='png', dpi=110)
-        tmp = output_path.with_name(f'.{output_path.name}.tmp')
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, output_path)
-        return output_path
+        return utils.save_figure(figure, output_path, dpi=110)
 
 
 def detector_settings(preprocess: dict) -> dict[str, Any]:
@@ -294,8 +287,8 @@ def draw_network_view(ax_view, ax_notes, network_view: np.ndarray, result: dict[
                   transform=ax_notes.transAxes)
 
 
-def draw_probabilities(ax, result: dict[str, Any], grades: Sequence[str]) -> None:
-    """One bar per grade, the predicted one highlighted."""
+def draw_probabilities(ax, result: dict[str, Any], grades: Sequence[str], title: str | None = None) -> None:
+    """One bar per grade, the predicted one highlighted (shared with visualize_attention.py)."""
     probabilities = [result['probabilities'][g] for g in grades]
     positions = np.arange(len(grades))
     colours = ['tab:red' if i == result['grade_index'] else 'tab:gray' for i in positions]
@@ -306,7 +299,7 @@ def draw_probabilities(ax, result: dict[str, Any], grades: Sequence[str]) -> Non
     ax.set_xlabel('probability')
     for position, p in zip(positions, probabilities):
         ax.text(min(p + 0.02, 0.85), position, f'{p:.2f}', va='center', fontsize=8)
-    ax.set_title(f'predicted {display_grade(result["grade"])} ({result["confidence"]:.0%})', fontsize=10)
+    ax.set_title(title or f'predicted {display_grade(result["grade"])} ({result["confidence"]:.0%})', fontsize=10)
 
 
 # command line

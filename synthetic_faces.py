@@ -12,8 +12,9 @@ Per-subject and per-photo parameters are kept apart, so that one person can be d
 
 A subject's photos follow the clinical examination series ``EXPRESSION_PROTOCOL`` (rest, brow raise, eye closure,
 smile), because House-Brackmann grades are read mostly from voluntary movement; ``expressions='rest'`` draws
-resting faces only. Rest / expression pairs of one sitting (``neutral_path``) only need two ``PhotoConditions``
-that share pose and lighting and differ in ``expression``.
+resting faces only. Rest / expression pairs of one sitting (``render_pair``; ``generate_dataset(pairs=True)``
+writes them with a ``neutral_path`` column) share pose and lighting and differ in ``expression`` only: the input
+of optical-flow models, which read how far each side moves between the two photos.
 
 How a grade shows (severity ``s`` grows with the grade, ``s = 0`` for grade 0; see ``SEVERITY_RANGE``), on the
 affected side only:
@@ -37,9 +38,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -52,7 +53,8 @@ __all__ = [
     'GENERATOR_VERSION', 'LANDMARK_COLUMNS', 'SEVERITY_RANGE', 'Identity', 'Palsy', 'Expression', 'PhotoConditions',
     'FaceGeometry', 'EXPRESSION_PROTOCOL', 'affected_image_side', 'sample_identity', 'sample_palsy',
     'sample_expression', 'photo_expressions', 'sample_photo', 'face_geometry', 'render_face', 'generate_dataset',
-    'preview_sheet', 'check_detection', 'format_detection', 'is_synthetic_dataset', 'read_manifest',
+    'preview_sheet', 'check_detection', 'PhotoPair', 'render_pair', 'PAIR_EXPRESSIONS', 'pair_expressions',
+    'NEUTRAL_LANDMARK_COLUMNS', 'REST_FOLDER', 'rest_photo_path', 'format_detection', 'is_synthetic_dataset', 'read_manifest',
     'record_detection', 'remove_generated_files',
 ]
 
@@ -81,6 +83,12 @@ MOUTH_CORNER_MEDIAL_PX = 2.5
 # movement (grades II-IV can look nearly symmetric at rest), so each subject's photos cycle through these.
 EXPRESSION_PROTOCOL = ('rest', 'brow_raise', 'eye_closure', 'smile')
 EXPRESSION_MODES = ('protocol', 'rest')
+# Rest / expression pairs: the expression photo of a pair is one of the movements (a rest-rest pair shows none).
+PAIR_EXPRESSIONS = EXPRESSION_PROTOCOL[1:]
+# The rest photo of a pair lives in <root>/rest/grade_N/: grade folder scanners only read grade_N folders directly
+# under the root, so rest photos are never taken for extra training photos.
+REST_FOLDER = 'rest'
+NEUTRAL_LANDMARK_COLUMNS = [f'neutral_{c}' for c in LANDMARK_COLUMNS]
 
 # palettes (RGB)
 _SKIN_TONES = np.array([(255, 224, 196), (241, 194, 167), (224, 172, 140), (198, 134, 103), (161, 102, 72),
@@ -293,6 +301,13 @@ def photo_expressions(count: int, mode: str, rng: np.random.Generator) -> list[s
         raise ValueError(f'expressions must be one of {EXPRESSION_MODES}, got {mode!r}')
     start = int(rng.integers(0, len(EXPRESSION_PROTOCOL)))
     return [EXPRESSION_PROTOCOL[(start + n) % len(EXPRESSION_PROTOCOL)] for n in range(count)]
+
+
+def pair_expressions(count: int, rng: np.random.Generator) -> list[str]:
+    """The expression photo of each of a subject's ``count`` rest / expression pairs: the movements of the protocol
+    (brow raise, eye closure, smile) from a random start, so every pair shows movement."""
+    start = int(rng.integers(0, len(PAIR_EXPRESSIONS)))
+    return [PAIR_EXPRESSIONS[(start + n) % len(PAIR_EXPRESSIONS)] for n in range(count)]
 
 
 def sample_photo(rng: np.random.Generator, expression: Expression | None = None) -> PhotoConditions:
@@ -726,6 +741,29 @@ def render_face(identity: Identity, palsy: Palsy, photo: PhotoConditions, image_
     return image, landmarks, geo
 
 
+class PhotoPair(NamedTuple):
+    """A rest photo and an expression photo of one sitting, each ``HxWx3`` uint8 RGB with its true landmarks
+    ``(5, 2)`` float32 in image pixels."""
+    rest: np.ndarray
+    rest_landmarks: np.ndarray
+    expression: np.ndarray
+    expression_landmarks: np.ndarray
+
+
+def render_pair(identity: Identity, palsy: Palsy, photo: PhotoConditions, expression: Expression,
+                image_size: int = 256, noise_rng: np.random.Generator | None = None) -> PhotoPair:
+    """Draw a rest photo and an expression photo of one sitting: the rest photo with ``photo`` as given (its
+    ``expression`` is the resting one, e.g. ``sample_photo``'s faint smile), then the same pose, lighting, gaze and
+    camera with ``expression`` instead. Only the face moves between the two, the affected side ``1 - severity`` as
+    far, while the sensor noise of each photo is drawn on its own (from ``noise_rng``, rest first), as two
+    exposures would have it."""
+    noise_rng = noise_rng if noise_rng is not None else np.random.default_rng(0)
+    rest, rest_points, _ = render_face(identity, palsy, photo, image_size, noise_rng=noise_rng)
+    moved, moved_points, _ = render_face(identity, palsy, replace(photo, expression=expression), image_size,
+                                         noise_rng=noise_rng)
+    return PhotoPair(rest, rest_points, moved, moved_points)
+
+
 # datasets
 
 def subject_name(index: int) -> str:
@@ -753,9 +791,16 @@ def _encode_jpeg(image: np.ndarray, quality: int = 92) -> bytes:
 
 def generate_dataset(output_root: str | Path, num_subjects: int = 120, images_per_subject: int = 5,
                      image_size: int = 256, seed: int = 0, progress: bool = True,
-                     expressions: str = 'protocol') -> pd.DataFrame:
+                     expressions: str = 'protocol', pairs: bool = False) -> pd.DataFrame:
     """Write ``<output_root>/grade_N/<subject>_<n>.jpg``, ``annotation.csv``, ``preview.jpg``,
     ``synthetic_faces.json`` and ``README.md``; returns the annotation table.
+
+    ``pairs=True`` draws rest / expression pairs instead: every ``grade_N/<subject>_<n>.jpg`` is a movement of the
+    protocol (brow raise, eye closure, smile) and its rest photo of the same sitting goes to
+    ``rest/grade_N/<subject>_<n>_rest.jpg`` (outside the grade folders, so grade-folder scans never take it for a
+    photo of its own); annotation.csv gains ``neutral_path`` and the rest photo's true landmarks
+    ``neutral_eye_l_x ... neutral_mouth_r_y``. Subjects (identity, grade, side, severity) are the same as without
+    pairs for the same seed.
 
     The same arguments give byte-identical files. ``output_root`` is created if needed; the caller decides
     whether writing there is allowed (``prepare_dataset.py`` refuses folders it did not create).
@@ -767,40 +812,74 @@ def generate_dataset(output_root: str | Path, num_subjects: int = 120, images_pe
         raise UserError(f'--image_size {image_size}: synthetic faces need at least 64 pixels')
     if expressions not in EXPRESSION_MODES:
         raise UserError(f'--expressions {expressions}: choose one of {", ".join(EXPRESSION_MODES)}')
+    if pairs and expressions != 'protocol':
+        raise UserError(f'rest / expression pairs need --expressions protocol (with {expressions} the expression '
+                        f'photo would not move)')
     root = Path(output_root)
     root.mkdir(parents=True, exist_ok=True)
     grades = balanced_grades(num_subjects, np.random.default_rng(np.random.SeedSequence([seed, 0xFACE])))
     rows = []
-    bar = tqdm(total=num_subjects * images_per_subject, desc='drawing synthetic faces', unit='img',
-               disable=not progress)
+    bar = tqdm(total=num_subjects * images_per_subject, desc='drawing synthetic faces' + (' (pairs)' if pairs else ''),
+               unit='pair' if pairs else 'img', disable=not progress)
     for index in range(num_subjects):
         subject_rng = _subject_rng(seed, index)
         identity = sample_identity(subject_rng)
         palsy = sample_palsy(int(grades[index]), subject_rng)
-        kinds = photo_expressions(images_per_subject, expressions, subject_rng)
+        kinds = (pair_expressions(images_per_subject, subject_rng) if pairs
+                 else photo_expressions(images_per_subject, expressions, subject_rng))
         folder = root / f'grade_{palsy.grade}'
         folder.mkdir(exist_ok=True)
         for n, kind in enumerate(kinds):
             photo_rng = _subject_rng(seed, index, n + 1)
             photo = sample_photo(photo_rng, sample_expression(kind, photo_rng))
-            image, landmarks, geo = render_face(identity, palsy, photo, image_size, noise_rng=photo_rng)
             name = f'{subject_name(index)}_{n + 1:02d}.jpg'
-            (folder / name).write_bytes(_encode_jpeg(image))
             row = {'image_path': f'grade_{palsy.grade}/{name}', 'grade': palsy.grade, 'side': palsy.side,
                    'subject': subject_name(index), 'expression': kind, 'severity': round(palsy.severity, 4)}
+            if pairs:
+                image, landmarks = _write_pair(root, row['image_path'], identity, palsy, photo, image_size,
+                                               photo_rng, row)
+            else:
+                image, landmarks, _ = render_face(identity, palsy, photo, image_size, noise_rng=photo_rng)
+            (folder / name).write_bytes(_encode_jpeg(image))
             row.update({col: round(float(v), 2) for col, v in zip(LANDMARK_COLUMNS, landmarks.reshape(-1))})
             rows.append(row)
             bar.update()
     bar.close()
-    table = pd.DataFrame(rows, columns=['image_path', 'grade', 'side', 'subject', *LANDMARK_COLUMNS, 'expression',
-                                        'severity'])
+    columns = ['image_path', 'grade', 'side', 'subject', *LANDMARK_COLUMNS, 'expression', 'severity']
+    if pairs:
+        columns += ['neutral_path', *NEUTRAL_LANDMARK_COLUMNS]
+    table = pd.DataFrame(rows, columns=columns)
     atomic_write_text(root / 'annotation.csv', table.to_csv(index=False, float_format='%.2f'))
     (root / 'preview.jpg').write_bytes(_encode_jpeg(preview_sheet(seed, image_size=min(image_size, 160)), 90))
     settings = {'generator': 'synthetic_faces.py', 'version': GENERATOR_VERSION, 'seed': seed,
                 'num_subjects': num_subjects, 'images_per_subject': images_per_subject, 'image_size': image_size,
                 'expressions': expressions}
+    if pairs:  # only then, so that manifests written without pairs stay as they always were
+        settings['pairs'] = True
     write_manifest(root, settings, table)
     return table
+
+
+def rest_photo_path(image_path: str) -> str:
+    """Where the rest photo of the pair whose expression photo is ``grade_N/<name>.jpg`` is written (relative to
+    the dataset root): ``rest/grade_N/<name>_rest.jpg``."""
+    path = Path(image_path)
+    return (Path(REST_FOLDER) / path.parent / f'{path.stem}_rest{path.suffix}').as_posix()
+
+
+def _write_pair(root: Path, image_path: str, identity: Identity, palsy: Palsy, photo: PhotoConditions,
+                image_size: int, photo_rng: np.random.Generator, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a pair for ``photo`` (whose expression is the movement), write its rest photo and fill the row's
+    ``neutral_*`` fields; returns the expression photo and its landmarks."""
+    rest = replace(photo, expression=sample_expression('rest', photo_rng))
+    pair = render_pair(identity, palsy, rest, photo.expression, image_size, noise_rng=photo_rng)
+    neutral_path = rest_photo_path(image_path)
+    target = root / neutral_path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(_encode_jpeg(pair.rest))
+    row['neutral_path'] = neutral_path
+    row.update({col: round(float(v), 2) for col, v in zip(NEUTRAL_LANDMARK_COLUMNS, pair.rest_landmarks.reshape(-1))})
+    return pair.expression, pair.expression_landmarks
 
 
 def preview_sheet(seed: int = 0, image_size: int = 160) -> np.ndarray:
@@ -849,7 +928,10 @@ def is_synthetic_dataset(root: str | Path) -> bool:
 def write_manifest(root: Path, settings: dict[str, Any], table: pd.DataFrame,
                    detection: dict[str, Any] | None = None) -> None:
     """Write ``synthetic_faces.json`` (settings, file list, detection check) and the human-readable README."""
-    manifest = {**settings, 'files': table['image_path'].tolist()}
+    files = table['image_path'].tolist()
+    if 'neutral_path' in table.columns:  # rest photos of pairs: removed and checked with the rest
+        files += [p for p in table['neutral_path'].tolist() if isinstance(p, str) and p]
+    manifest = {**settings, 'files': files}
     if detection is not None:
         manifest['detection'] = detection
     atomic_write_text(root / MANIFEST_NAME, json.dumps(manifest, indent=1) + '\n')
@@ -870,6 +952,21 @@ def record_detection(root: str | Path, detection: dict[str, Any]) -> None:
 def readme_text(settings: dict[str, Any], table: pd.DataFrame, detection: dict[str, Any] | None = None) -> str:
     counts = table.groupby('grade').agg(images=('image_path', 'size'), subjects=('subject', 'nunique'))
     counts = counts.reindex(range(len(HB_GRADES)), fill_value=0)
+    if settings.get('pairs'):  # prepare_dataset.py has no flag for pairs
+        regenerate = (f'    python -c "import synthetic_faces as sf; sf.generate_dataset(\'<this folder>\', '
+                      f'{settings["num_subjects"]}, {settings["images_per_subject"]}, {settings["image_size"]}, '
+                      f'{settings["seed"]}, pairs=True)"')
+        series = ('Each photo of a subject is a movement of the examination series (brow raise, eye closure, smile '
+                  'in turn from a random start, random effort 0.6-1) with its own rest photo. ')
+    else:
+        regenerate = (f'    python prepare_dataset.py --dataset_type synthetic --output_root <this folder> '
+                      f'--num_subjects {settings["num_subjects"]} --images_per_subject '
+                      f'{settings["images_per_subject"]} --image_size {settings["image_size"]} '
+                      f'--seed {settings["seed"]} --overwrite')
+        series = ('The photos of a subject cycle through the examination series rest, brow raise, eye closure and '
+                  'smile (random effort 0.6-1), from a random start. '
+                  if settings.get('expressions', 'protocol') == 'protocol'
+                  else 'All photos are at rest (a faint smile at most). ')
     lines = [
         '# Synthetic facial palsy faces',
         '',
@@ -880,9 +977,7 @@ def readme_text(settings: dict[str, Any], table: pd.DataFrame, detection: dict[s
         '',
         'Regenerate with:',
         '',
-        f'    python prepare_dataset.py --dataset_type synthetic --output_root <this folder> '
-        f'--num_subjects {settings["num_subjects"]} --images_per_subject {settings["images_per_subject"]} '
-        f'--image_size {settings["image_size"]} --seed {settings["seed"]} --overwrite',
+        regenerate,
         '',
         '## Files',
         '',
@@ -890,6 +985,16 @@ def readme_text(settings: dict[str, Any], table: pd.DataFrame, detection: dict[s
         '- `annotation.csv`: `image_path` (relative to this folder), `grade`, `side` (the patient\'s affected '
         'side: left / right / none), `subject`, the true landmarks `eye_l_x ... mouth_r_y` (image pixels, `_l` = '
         'image left), the photo\'s `expression` and the drawn `severity` (0-1).',
+    ]
+    if settings.get('pairs'):
+        lines += [
+            '- `rest/grade_N/<subject>_<n>_rest.jpg`: the rest photo taken in the same sitting as '
+            '`grade_N/<subject>_<n>.jpg` (same pose, lighting and camera; only the face moves), kept outside the '
+            'grade folders so that it is never read as a photo of its own. annotation.csv gives it as '
+            '`neutral_path`, with its true landmarks `neutral_eye_l_x ... neutral_mouth_r_y`; every expression '
+            'photo is then a brow raise, eye closure or smile.',
+        ]
+    lines += [
         '- `preview.jpg`: one row per grade (HB I at the top), one column per expression, all with a left-sided '
         'palsy (it shows on the image right).',
         '',
@@ -897,9 +1002,7 @@ def readme_text(settings: dict[str, Any], table: pd.DataFrame, detection: dict[s
         '',
         'Each subject has its own face shape, skin tone, eyes, brows, nose, lips, hair and background; each photo '
         'varies pose (rotation, scale, shift), lighting, blur, noise and gaze. '
-        + ('The photos of a subject cycle through the examination series rest, brow raise, eye closure and smile '
-           '(random effort 0.6-1), from a random start. ' if settings.get('expressions', 'protocol') == 'protocol'
-           else 'All photos are at rest (a faint smile at most). ')
+        + series
         + 'A subject of grade > 0 has a random affected side and a severity s drawn inside the grade\'s interval; '
         'on that side:',
         '',
@@ -1033,7 +1136,7 @@ def remove_generated_files(root: str | Path) -> int:
         if path.is_file() and path.resolve().is_relative_to(root.resolve()):
             path.unlink()
             removed += 1
-    for folder in root.glob('grade_*'):
+    for folder in [*root.glob('grade_*'), *(root / REST_FOLDER).glob('grade_*'), root / REST_FOLDER]:
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
     return removed

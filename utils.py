@@ -203,6 +203,34 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Temporary file + ``os.replace``: an interrupted run never leaves half a file in place of an old one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_figure(figure, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Render a ``matplotlib.figure.Figure`` to PNG with the Agg canvas (no pyplot, so no figure is left open) and
+    write it atomically."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format='png', dpi=dpi)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Save a plain-dict checkpoint atomically (temporary file + ``os.replace``): a crash never leaves half a
     file, and ``torch.load(path, weights_only=True)`` opens it."""

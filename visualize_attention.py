@@ -50,7 +50,7 @@ from einops import rearrange
 from tqdm import tqdm
 
 import utils
-from demo_inference import FacialPalsyPredictor, HelpFormatter, ImageInput, display_grade
+from demo_inference import FacialPalsyPredictor, HelpFormatter, ImageInput, display_grade, draw_probabilities
 from facial_palsy_dataset import (LANDMARK_NAMES, REGION_NAMES, LandmarkDetector, face_square_bounds,
                                   region_boxes, to_image)
 from Model import AttentionRecorder, HTNet
@@ -387,26 +387,7 @@ class AttentionVisualizer:
 
 # writing
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Temporary file + ``os.replace``: an interrupted run never leaves half a picture in place of an old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_figure(figure, path: Path, dpi: int = 110) -> Path:
-    """Render a ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot, so no figure is left open)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format='png', dpi=dpi)
-    write_bytes_atomic(Path(path), buffer.getvalue())
-    return Path(path)
+save_figure = utils.save_figure
 
 
 def attention_arrays(analysis: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -445,8 +426,7 @@ def attention_arrays(analysis: Mapping[str, Any]) -> dict[str, np.ndarray]:
 def save_npz(arrays: Mapping[str, np.ndarray], path: Path) -> Path:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    write_bytes_atomic(Path(path), buffer.getvalue())
-    return Path(path)
+    return utils.atomic_write_bytes(path, buffer.getvalue())
 
 
 # figures
@@ -594,21 +574,6 @@ def _photo_panel(ax, analysis: Mapping[str, Any], heat_norm, saliency_norm) -> N
     ax.set_axis_off()
 
 
-def _probability_panel(ax, analysis: Mapping[str, Any]) -> None:
-    grades = list(analysis['probabilities'])
-    probabilities = list(analysis['probabilities'].values())
-    positions = np.arange(len(grades))
-    colours = ['tab:red' if i == analysis['grade_index'] else 'tab:gray' for i in positions]
-    ax.barh(positions, probabilities, color=colours)
-    ax.set_yticks(positions, [display_grade(g) for g in grades], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel('probability')
-    for position, p in zip(positions, probabilities):
-        ax.text(min(p + 0.02, 0.85), position, f'{p:.2f}', va='center', fontsize=8)
-    ax.set_title('class probabilities', fontsize=8.5)
-
-
 def summary_figure(analysis: Mapping[str, Any], name: str = 'photo'):
     """The photo with the region boxes and the last level's attention (or the saliency, see ``_photo_panel``),
     the mosaic with the last level's attention, the saliency beside it for comparison, the class probabilities;
@@ -636,7 +601,7 @@ def summary_figure(analysis: Mapping[str, Any], name: str = 'photo'):
     part = 'region' if analysis['input_mode'] != 'face' else 'quadrant'
     ax_saliency.set_title(f'gradient saliency |d logit / d input|\nof {display_grade(analysis["grade"])}, '
                           f'share per {part}', fontsize=8.5)
-    _probability_panel(ax_bars, analysis)
+    draw_probabilities(ax_bars, analysis, list(analysis['probabilities']), title='class probabilities')
     figure.suptitle(f'{name}: predicted {display_grade(analysis["grade"])} ({analysis["confidence"]:.0%}), '
                     f'{_source_note(analysis)} - {DISCLAIMER}', fontsize=10)
     return figure

@@ -1,7 +1,9 @@
 """The synthetic palsy faces: determinism, annotation, how the grade shows, and that MTCNN finds the faces."""
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,6 +13,9 @@ import synthetic_faces as sf
 from utils import UserError
 
 SMALL = dict(num_subjects=6, images_per_subject=2, image_size=96, progress=False)
+# sha256 over (relative path, bytes) of every file of generate_dataset(seed=3, **SMALL), recorded before rest /
+# expression pairs were added: the default output must never change.
+DEFAULT_OUTPUT_SHA256 = '745e99e5e365c974492c8a302b0d53eea2b22c276a2af102e827edfa40050dd2'
 
 
 def files_of(root):
@@ -164,3 +169,77 @@ def test_mtcnn_finds_at_least_90_percent_of_the_faces(tmp_path):
     assert result['rate'] >= 0.9, result['missed']
     assert result['near'] >= 0.9 * result['detected']
     assert result['mean_error'] < 0.2
+
+
+def folder_hash(root) -> str:
+    digest = hashlib.sha256()
+    for rel, data in files_of(root).items():
+        digest.update(rel.encode() + b'\0' + data)
+    return digest.hexdigest()
+
+
+def test_default_output_is_unchanged_by_the_pairs_option(tmp_path):
+    sf.generate_dataset(tmp_path, seed=3, **SMALL)
+    assert not (tmp_path / sf.REST_FOLDER).exists()
+    assert 'neutral_path' not in pd.read_csv(tmp_path / 'annotation.csv').columns
+    assert folder_hash(tmp_path) == DEFAULT_OUTPUT_SHA256
+
+
+def test_pairs_write_rest_photos_outside_the_grade_folders(tmp_path):
+    import prepare_dataset
+    from facial_palsy_dataset import scan_grade_folders
+
+    table = sf.generate_dataset(tmp_path, seed=2, pairs=True, **SMALL)
+    written = pd.read_csv(tmp_path / 'annotation.csv')
+    assert list(written.columns[:4]) == ['image_path', 'grade', 'side', 'subject']
+    assert {'neutral_path', *sf.NEUTRAL_LANDMARK_COLUMNS} <= set(written.columns) and len(written) == len(table) == 12
+    assert set(written['expression']) <= set(sf.PAIR_EXPRESSIONS)  # every pair shows a movement
+    for row in written.itertuples():
+        assert row.neutral_path == f'rest/grade_{row.grade}/{row.image_path[8:-4]}_rest.jpg'
+        assert (tmp_path / row.neutral_path).is_file() and (tmp_path / row.image_path).is_file()
+    # the grade-folder scans of prepare_dataset.py and the dataset see the expression photos only
+    scanned = prepare_dataset.scan_grade_folders(tmp_path)
+    assert sorted(scanned['image_path']) == sorted(written['image_path'])
+    records, _ = scan_grade_folders(tmp_path, verbose=False)
+    assert len(records) == 12 and not any(r.path.endswith('_rest.jpg') for r in records)
+    manifest = json.loads((tmp_path / 'synthetic_faces.json').read_text())
+    assert manifest['pairs'] is True
+    assert sorted(manifest['files']) == sorted([*written['image_path'], *written['neutral_path']])
+    assert 'rest/grade_N' in (tmp_path / 'README.md').read_text()
+    # same subjects as without pairs
+    plain = sf.generate_dataset(tmp_path / 'plain', seed=2, **SMALL)
+    per_subject = ['subject', 'grade', 'side', 'severity']
+    assert table[per_subject].drop_duplicates().reset_index(drop=True).equals(
+        plain[per_subject].drop_duplicates().reset_index(drop=True))
+    # regenerating replaces every generated file, rest photos and their folders included
+    assert sf.remove_generated_files(tmp_path) == 24
+    assert not (tmp_path / sf.REST_FOLDER).exists()
+
+
+def test_pairs_are_deterministic(tmp_path):
+    sf.generate_dataset(tmp_path / 'a', seed=5, pairs=True, **SMALL)
+    sf.generate_dataset(tmp_path / 'b', seed=5, pairs=True, **SMALL)
+    assert files_of(tmp_path / 'a') == files_of(tmp_path / 'b')
+
+
+def test_render_pair_keeps_the_sitting_and_moves_only_the_face():
+    rng = np.random.default_rng(8)
+    identity, palsy = sf.sample_identity(rng), mid_palsy(5, 'left')
+    photo = sf.sample_photo(rng)
+    pair = sf.render_pair(identity, palsy, photo, sf.Expression(smile=1.0), 128, noise_rng=np.random.default_rng(1))
+    again = sf.render_pair(identity, palsy, photo, sf.Expression(smile=1.0), 128, noise_rng=np.random.default_rng(1))
+    assert all(np.array_equal(a, b) for a, b in zip(pair, again))
+    assert pair.rest.shape == pair.expression.shape == (128, 128, 3)
+    np.testing.assert_allclose(pair.rest_landmarks[:3], pair.expression_landmarks[:3], atol=1e-4)  # same pose
+    lift = pair.rest_landmarks[3:, 1] - pair.expression_landmarks[3:, 1]
+    assert lift[0] > 1.5 and abs(lift[1]) < 0.3 * lift[0]  # the image-right (patient-left) corner hardly lifts
+    # no movement at all: the photos differ by their own sensor noise only
+    noisy = replace(photo, noise=4.0, blur=0.0)
+    still = sf.render_pair(identity, palsy, noisy, noisy.expression, 128, noise_rng=np.random.default_rng(2))
+    difference = still.rest.astype(float) - still.expression.astype(float)
+    assert 0 < np.abs(difference).mean() < 6 and abs(difference.mean()) < 0.5
+
+
+def test_pairs_need_the_movement_protocol(tmp_path):
+    with pytest.raises(UserError, match='pairs need --expressions protocol'):
+        sf.generate_dataset(tmp_path, seed=0, expressions='rest', pairs=True, **SMALL)
