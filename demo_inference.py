@@ -6,6 +6,12 @@ region mosaic), so a photo is read exactly as it was in training. Many photos ar
 batches. A photo without a detectable face is still graded on the template landmarks of the original code
 (status ``no_face_fallback``); a file that cannot be read gets status ``unreadable`` and never stops a batch.
 
+Next to the grade every photo gets the ``symmetry`` measurements of the landmarks it was graded with (``sym_*``
+columns of the folder CSV, a line of the printout, drawn on the overlay); a checkpoint with a side head also
+predicts the affected side (the patient's left / right / none). A checkpoint whose ``prediction`` entry is
+``ordinal_median`` reads its grade as the median of the predicted distribution (``losses.ordinal_predict``), the
+others as the most probable grade; the probabilities are the softmax either way.
+
 Usage::
 
     python demo_inference.py --model_path ./checkpoints/fnp/best_model.pth --image_path ./test_image.jpg
@@ -30,12 +36,20 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from symmetry import MEASUREMENT_NAMES, draw_measurements, symmetry_measurements
+
 import utils
 from facial_palsy_dataset import (REGION_NAMES, ImageReadError, LandmarkDetector, default_preprocess, load_image,
                                   make_input, model_input_size, network_image, region_boxes, template_landmarks)
 
 STATUSES = ('ok', 'no_face_fallback', 'unreadable')
 OVERLAY_SUFFIX = '_prediction.png'
+# how a checkpoint turns grade logits into a grade (its ``prediction`` entry; argmax when absent)
+PREDICTION_RULES = ('argmax', 'ordinal_median')
+SYMMETRY_KEYS = (*MEASUREMENT_NAMES, 'more_affected_image_side')
+SYMMETRY_COLUMNS = tuple(f'sym_{name}' for name in SYMMETRY_KEYS)
+# side_p_*, not p_*: the p_ columns are the grade probabilities
+SIDE_COLUMNS = ('predicted_side', 'side_confidence', *(f'side_p_{side}' for side in utils.SIDES))
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -89,7 +103,64 @@ def empty_result(path: str | None = None) -> dict[str, Any]:
     """The result of a photo before it is read: every key present, so an ``unreadable`` row has the same shape."""
     return {'path': path, 'status': 'unreadable', 'error': None, 'grade_index': None, 'grade': None,
             'confidence': None, 'probabilities': None, 'face_box': None, 'landmarks': None,
-            'face_detected': False, 'landmark_source': None}
+            'face_detected': False, 'landmark_source': None, 'side': None, 'side_confidence': None,
+            'side_probabilities': None, 'symmetry': None}
+
+
+def prediction_rule(checkpoint: dict[str, Any], model_path: str | os.PathLike) -> str:
+    """The checkpoint's grade decoding (``argmax`` when it names none); an unknown one is refused rather than
+    silently replaced, since it would change every grade."""
+    rule = checkpoint.get('prediction') or 'argmax'
+    if rule not in PREDICTION_RULES:
+        raise utils.UserError(f'{model_path}: unknown prediction rule {rule!r} (expected one of '
+                              f'{", ".join(PREDICTION_RULES)})')
+    return str(rule)
+
+
+def decode_grades(logits: torch.Tensor, rule: str = 'argmax') -> torch.Tensor:
+    """``(N,)`` int64 grades of ``(N, C)`` logits: the most probable grade, or for ``ordinal_median`` the median
+    of the predicted distribution, which is what an ordinally trained network was fitted to get right (it
+    minimises the expected absolute grade error)."""
+    if rule == 'ordinal_median':
+        from losses import ordinal_predict  # local import: only ordinal checkpoints need it
+
+        return ordinal_predict(logits.float())
+    return logits.argmax(dim=1)
+
+
+def side_head_size(model: torch.nn.Module, model_path: str | os.PathLike) -> int:
+    """Classes of the network's side head that can be named (``utils.SIDES``: left, right, none), 0 without one.
+    A head of another size cannot be read as sides: it is left unused, with a note."""
+    size = int(getattr(model, 'num_side_classes', 0) or 0)
+    if size and size != len(utils.SIDES):
+        print(f'note: {model_path} has a side head of {size} classes, not the {len(utils.SIDES)} sides '
+              f'({", ".join(utils.SIDES)}); no side is predicted')
+        return 0
+    return size
+
+
+def face_symmetry(landmarks: Any, landmark_source: str | None) -> dict[str, float | str]:
+    """Symmetry measurements of the landmarks a photo was graded with. Template landmarks are not the
+    patient's face, so they get NaN measurements and side ``unknown`` instead of a reassuring 'symmetric'."""
+    if landmarks is None or landmark_source == 'template':
+        return symmetry_measurements(None)
+    return symmetry_measurements(landmarks)
+
+
+def symmetry_row(measurements: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``sym_*`` CSV columns of one photo's measurements (empty values for an unreadable photo)."""
+    measurements = measurements or {}
+    return {column: measurements.get(name) for name, column in zip(SYMMETRY_KEYS, SYMMETRY_COLUMNS)}
+
+
+def symmetry_line(measurements: dict[str, Any] | None) -> str:
+    """One compact line of the measurements for the terminal."""
+    if not measurements or not np.isfinite(measurements.get('asymmetry_index', np.nan)):
+        return 'symmetry: no measurements (template landmarks or degenerate points)'
+    return (f'symmetry: asymmetry index {measurements["asymmetry_index"]:.2f}, droop score '
+            f'{measurements["droop_score"]:+.2f} (image {measurements["more_affected_image_side"]} side), mouth '
+            f'roll {measurements["mouth_roll_deg"]:+.1f} deg, corner height diff '
+            f'{measurements["mouth_corner_height_diff"]:+.3f} IOD, eye roll {measurements["eye_line_roll_deg"]:+.1f} deg')
 
 
 def describe_input(item: ImageInput) -> str | None:
@@ -103,8 +174,11 @@ class FacialPalsyPredictor:
 
     ``predict(image_or_path)`` takes a file path, a PIL image or an RGB numpy array and returns a dict:
     ``grade_index``, ``grade`` (HB roman numeral, or the simplified name for 3 classes), ``confidence``,
-    ``probabilities`` (grade name -> p), ``face_box`` (x1, y1, x2, y2 or None), ``landmarks`` (five (x, y) points
-    in image pixels), ``face_detected``, ``landmark_source``, ``status`` (``ok`` / ``no_face_fallback`` /
+    ``probabilities`` (grade name -> p; ``confidence`` is the predicted grade's, which under ordinal decoding need
+    not be the largest), ``face_box`` (x1, y1, x2, y2 or None), ``landmarks`` (five (x, y) points
+    in image pixels), ``face_detected``, ``landmark_source``, ``side`` / ``side_confidence`` /
+    ``side_probabilities`` (the patient's affected side; None without a side head), ``symmetry`` (the
+    ``symmetry.symmetry_measurements`` of the landmarks; NaN for template landmarks), ``status`` (``ok`` / ``no_face_fallback`` /
     ``unreadable``), ``error`` (message or None) and ``path``. ``predict_batch(items)`` does the same for a list,
     running face detection and the network on batches.
     """
@@ -117,6 +191,8 @@ class FacialPalsyPredictor:
         self.num_classes = int(self.model.num_classes)
         self.class_names = list(checkpoint.get('class_names') or utils.grade_names(self.num_classes))
         self.grades = grade_labels(self.num_classes, self.class_names)
+        self.prediction = prediction_rule(checkpoint, self.model_path)
+        self.sides = list(utils.SIDES) if side_head_size(self.model, self.model_path) else []
         self.preprocess = self._checked_preprocess(checkpoint.get('preprocess'))
         self.batch_size = max(1, int(batch_size))
         # the MTCNN settings training used; no landmark cache, since new photos are seen once
@@ -175,11 +251,22 @@ class FacialPalsyPredictor:
         return infos, batch
 
     @torch.inference_mode()
+    def logits(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Grade logits ``(N, num_classes)`` and side logits ``(N, 3)`` (None without a side head) of network
+        inputs, ``batch_size`` at a time, as float32 on the CPU."""
+        grade_chunks, side_chunks = [], []
+        for chunk in inputs.split(self.batch_size):
+            grade_logits, side_logits = self.model.forward_multitask(chunk.to(self.device))
+            grade_chunks.append(grade_logits.float().cpu())
+            if self.sides and side_logits is not None:
+                side_chunks.append(side_logits.float().cpu())
+        grade = torch.cat(grade_chunks) if grade_chunks else torch.zeros(0, self.num_classes)
+        side = (torch.cat(side_chunks) if side_chunks else torch.zeros(0, len(self.sides))) if self.sides else None
+        return grade, side
+
     def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
         """Softmax class probabilities ``(N, num_classes)`` of network inputs, ``batch_size`` at a time."""
-        chunks = [torch.softmax(self.model(chunk.to(self.device)).float(), dim=1).cpu()
-                  for chunk in inputs.split(self.batch_size)]
-        return torch.cat(chunks) if chunks else torch.zeros(0, self.num_classes)
+        return torch.softmax(self.logits(inputs)[0], dim=1)
 
     # prediction
 
@@ -199,21 +286,32 @@ class FacialPalsyPredictor:
                 results[index]['error'] = str(err)
         order = list(images)
         infos, inputs = self.prepare([images[i] for i in order])
-        probabilities = self.probabilities(inputs).numpy()
-        for index, info, probs in zip(order, infos, probabilities):
-            grade_index = int(probs.argmax())
+        grade_logits, side_logits = self.logits(inputs)
+        probabilities = torch.softmax(grade_logits, dim=1).numpy()
+        grade_indices = decode_grades(grade_logits, self.prediction).numpy()
+        side_probabilities = None if side_logits is None else torch.softmax(side_logits, dim=1).numpy()
+        for position, (index, info, probs) in enumerate(zip(order, infos, probabilities)):
+            grade_index = int(grade_indices[position])
             results[index].update(info)
             results[index].update({
                 'grade_index': grade_index, 'grade': self.grades[grade_index],
                 'confidence': float(probs[grade_index]),
-                'probabilities': {name: float(p) for name, p in zip(self.grades, probs)}})
+                'probabilities': {name: float(p) for name, p in zip(self.grades, probs)},
+                'symmetry': face_symmetry(info['landmarks'], info['landmark_source'])})
+            if side_probabilities is not None:
+                side_probs = side_probabilities[position]
+                side_index = int(side_probs.argmax())
+                results[index].update({
+                    'side': self.sides[side_index], 'side_confidence': float(side_probs[side_index]),
+                    'side_probabilities': {name: float(p) for name, p in zip(self.sides, side_probs)}})
         return results
 
     # pictures
 
     def save_overlay(self, image_or_path: ImageInput, result: dict[str, Any], output_path: str | os.PathLike) -> Path:
         """Draw a prediction over its photo and save it as PNG: face box, landmarks, the four regions the network
-        reads, the regions mosaic it saw, the predicted grade and a bar chart of the class probabilities."""
+        reads, the symmetry geometry and numbers, the regions mosaic it saw, the predicted grade (and side) and a
+        bar chart of the class probabilities."""
         if result.get('probabilities') is None:
             raise ValueError(f'{result.get("path") or "photo"}: nothing to draw for an unreadable photo')
         image = self.read(image_or_path)
@@ -245,7 +343,9 @@ def overlay_figure(image: np.ndarray, result: dict[str, Any], grades: Sequence[s
 
     figure = Figure(figsize=(11, 4.6), layout='constrained')
     grid = figure.add_gridspec(2, 3, width_ratios=[2.2, 1.0, 1.4], height_ratios=[1, 1])
-    draw_photo(figure.add_subplot(grid[:, 0]), image, result, boxes)
+    photo_ax = figure.add_subplot(grid[:, 0])
+    draw_photo(photo_ax, image, result, boxes)
+    draw_symmetry(photo_ax, result)
     draw_network_view(figure.add_subplot(grid[0, 1]), figure.add_subplot(grid[1, 1]), network_view, result,
                       regions=len(boxes) == len(REGION_NAMES))
     draw_probabilities(figure.add_subplot(grid[:, 2]), result, grades)
@@ -273,6 +373,15 @@ def draw_photo(ax, image: np.ndarray, result: dict[str, Any], boxes: np.ndarray)
     ax.set_title(f'{Path(result["path"]).name if result.get("path") else "photo"} ({source})', fontsize=9)
 
 
+def draw_symmetry(ax, result: dict[str, Any]) -> None:
+    """The symmetry measurements over the photo (``symmetry.draw_measurements``). Template landmarks are not the
+    patient's and have none; the photo's title already says so."""
+    if result.get('landmark_source') == 'template':
+        return
+    measurements = result.get('symmetry') or face_symmetry(result['landmarks'], result.get('landmark_source'))
+    draw_measurements(ax, result['landmarks'], measurements, fontsize=6.5)
+
+
 def draw_network_view(ax_view, ax_notes, network_view: np.ndarray, result: dict[str, Any], regions: bool) -> None:
     """What the network saw, with how to read it: the mosaic keeps image sides, so its left column is the
     patient's right side."""
@@ -282,8 +391,11 @@ def draw_network_view(ax_view, ax_notes, network_view: np.ndarray, result: dict[
     ax_notes.set_axis_off()
     layout = ('mosaic: left eye | left mouth\n        right eye | right mouth\n'
               "(left = image left = the patient's right)" if regions else 'whole face, eyes levelled')
-    ax_notes.text(0.0, 1.0, f'status: {result["status"]}\nlandmarks: {result["landmark_source"]}\n\n{layout}\n\n'
-                  'research tool, not a diagnosis', va='top', ha='left', fontsize=7.5, family='monospace',
+    side = ''
+    if result.get('side') is not None:
+        side = f'side: patient {result["side"]} ({result["side_confidence"]:.0%})\n'
+    ax_notes.text(0.0, 1.0, f'status: {result["status"]}\nlandmarks: {result["landmark_source"]}\n{side}\n'
+                  f'{layout}\n\nresearch tool, not a diagnosis', va='top', ha='left', fontsize=7.5, family='monospace',
                   transform=ax_notes.transAxes)
 
 
@@ -333,7 +445,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f'photo); never the photo itself')
     parser.add_argument('--output_csv', default='./predictions.csv',
                         help='CSV for --image_dir: path, status, grade_index, grade, confidence, one p_<grade> '
-                             'column per class, face_detected, error')
+                             'column per class, face_detected, error, then the sym_<measurement> symmetry columns '
+                             'and, for a checkpoint with a side head, predicted_side, side_confidence and '
+                             'side_p_<left|right|none>')
     parser.add_argument('--overlay_dir', default=None,
                         help=f'with --image_dir, also write an overlay PNG per readable photo here '
                              f'(<photo name>{OVERLAY_SUFFIX})')
@@ -362,7 +476,7 @@ def default_overlay_path(image_path: Path) -> Path:
     return image_path.with_name(image_path.stem + OVERLAY_SUFFIX)
 
 
-def csv_row(result: dict[str, Any], grades: Sequence[str]) -> dict[str, Any]:
+def csv_row(result: dict[str, Any], grades: Sequence[str], sides: Sequence[str] = ()) -> dict[str, Any]:
     row = {'path': result['path'], 'status': result['status'], 'grade_index': result['grade_index'],
            'grade': result['grade'],
            'confidence': None if result['confidence'] is None else round(result['confidence'], 6)}
@@ -370,7 +484,25 @@ def csv_row(result: dict[str, Any], grades: Sequence[str]) -> dict[str, Any]:
         p = (result['probabilities'] or {}).get(name)
         row[probability_column(name)] = None if p is None else round(p, 6)
     row.update({'face_detected': result['face_detected'], 'error': result['error']})
+    row.update(symmetry_row(result.get('symmetry')))
+    if sides:
+        side_probabilities = result.get('side_probabilities') or {}
+        row.update({'predicted_side': result.get('side'),
+                    'side_confidence': None if result.get('side_confidence') is None
+                    else round(result['side_confidence'], 6)})
+        for name in sides:
+            p = side_probabilities.get(name)
+            row[f'side_p_{name}'] = None if p is None else round(p, 6)
     return row
+
+
+def csv_columns(grades: Sequence[str], sides: Sequence[str]) -> list[str]:
+    """Columns of the folder CSV: the grade columns, then symmetry, then side columns when there is a side head."""
+    columns = ['path', 'status', 'grade_index', 'grade', 'confidence', *[probability_column(g) for g in grades],
+               'face_detected', 'error', *SYMMETRY_COLUMNS]
+    if sides:
+        columns += ['predicted_side', 'side_confidence', *(f'side_p_{name}' for name in sides)]
+    return columns
 
 
 def write_csv(rows: list[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
@@ -394,6 +526,10 @@ def format_result(result: dict[str, Any]) -> str:
         box = ', '.join(f'{v:.1f}' for v in result['face_box']) if result['face_box'] else 'none'
         lines.append(f'  face box ({box}), {result["landmark_source"]} landmarks')
     lines.append('  probabilities: ' + ', '.join(f'{g} {p:.3f}' for g, p in result['probabilities'].items()))
+    if result.get('side') is not None:
+        lines.append(f'  affected side: patient {result["side"]} ({result["side_confidence"]:.3f}; '
+                     + ', '.join(f'{s} {p:.3f}' for s, p in result['side_probabilities'].items()) + ')')
+    lines.append('  ' + symmetry_line(result.get('symmetry')))
     return '\n'.join(lines)
 
 
@@ -447,11 +583,10 @@ def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) ->
             results.extend(chunk_results)
             bar.update(len(chunk))
 
-    columns = ['path', 'status', 'grade_index', 'grade', 'confidence',
-               *[probability_column(g) for g in predictor.grades], 'face_detected', 'error']
+    columns = csv_columns(predictor.grades, predictor.sides)
     if output_csv.exists():
         print(f'note: replacing {output_csv}')
-    write_csv([csv_row(r, predictor.grades) for r in results], columns, output_csv)
+    write_csv([csv_row(r, predictor.grades, predictor.sides) for r in results], columns, output_csv)
     counts = Counter(r['status'] for r in results)
     for result in results:
         if result['status'] == 'unreadable':

@@ -8,9 +8,16 @@ landmarks, face square and region mosaic as in training; flags given only overri
   kappa, mean absolute grade error and accuracy within one grade, each with a 95% bootstrap interval. Photos of
   one patient are not independent, so whole subjects are resampled when the CSV names them.
 - ``confusion_matrix.png`` (counts and row-normalised), ``per_class_accuracy.png``,
-- ``classification_report.txt``, ``predictions.csv`` (one row per photo with its class probabilities and where
-  its landmarks came from), ``predictions.npz`` (labels, predictions, probabilities), ``args.yaml``, and
+- ``classification_report.txt``, ``predictions.csv`` (one row per photo with its class probabilities, where
+  its landmarks came from and the ``sym_*`` symmetry measurements of those landmarks; with a side head also the
+  predicted side and its probabilities), ``predictions.npz`` (labels, predictions, probabilities), ``args.yaml``, and
   ``skipped.csv`` when photos could not be used.
+- ``symmetry_by_grade.csv`` (mean of each symmetry measurement per true grade) and ``asymmetry_by_grade.png``
+  (box plot of the asymmetry index per true grade): does the geometry the network sees grow with the grade?
+
+A checkpoint with a side head adds ``side_accuracy`` (over photos whose side is known, with its bootstrap
+interval) and the side confusion matrix to ``metrics.json``. A checkpoint whose ``prediction`` entry is
+``ordinal_median`` is scored on the median grade of its predicted distribution (``losses.ordinal_predict``).
 
 Usage::
 
@@ -35,13 +42,16 @@ from tqdm import tqdm
 
 import metrics as M
 import utils
-from demo_inference import HelpFormatter, grade_labels, probability_column
-from facial_palsy_dataset import (CKPlusFacialPalsyDataset, FacialPalsyDataset, ImageReadError, LandmarkDetector,
-                                  default_preprocess, model_input_size)
+from demo_inference import (SYMMETRY_COLUMNS, HelpFormatter, decode_grades, face_symmetry, grade_labels,
+                            prediction_rule, probability_column, side_head_size, symmetry_row)
+from symmetry import MEASUREMENT_NAMES
+from facial_palsy_dataset import (INPUT_MODES, CKPlusFacialPalsyDataset, FacialPalsyDataset, ImageReadError,
+                                  LandmarkDetector, default_preprocess, model_input_size)
 
 CONFIDENCE = 0.95
 OUTPUT_FILES = ('metrics.json', 'confusion_matrix.png', 'per_class_accuracy.png', 'classification_report.txt',
-                'predictions.csv', 'predictions.npz', 'args.yaml', 'skipped.csv')
+                'predictions.csv', 'predictions.npz', 'args.yaml', 'skipped.csv', 'symmetry_by_grade.csv',
+                'asymmetry_by_grade.png')
 # preprocess entries a flag may override (the face crop size and the regions; the network must still fit)
 PREPROCESS_FLAGS = ('image_size', 'region_size', 'input_mode')
 
@@ -81,7 +91,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                           help='side of the square face crop before the regions are cut from it')
     override.add_argument('--region_size', type=int, default=None,
                           help='side of each region crop (the network input is twice this and must fit it)')
-    override.add_argument('--input_mode', default=None, choices=['regions', 'face'],
+    override.add_argument('--input_mode', default=None, choices=list(INPUT_MODES),
                           help='regions: 2x2 eye / mouth-corner mosaic; face: the whole face')
 
     run = parser.add_argument_group('run')
@@ -196,26 +206,34 @@ def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, dataset: FacialPalsyDataset, args: argparse.Namespace,
-            device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str]]]:
-    """``(indices, labels, probabilities (N, C), failed [(index, reason)])`` over the dataset."""
+            device: torch.device, rule: str = 'argmax', with_side: bool = False) -> dict[str, Any]:
+    """Over the dataset: ``indices``, ``labels``, ``probabilities`` (N, C) softmax, ``predictions`` (N,) decoded
+    with ``rule``, ``side_probabilities`` (N, 3) or None and ``failed`` [(index, reason)]."""
     autocast, _ = utils.amp_context(device, args.amp)
     loader = DataLoader(IndexedSamples(dataset), batch_size=args.batch_size, shuffle=False,
                         num_workers=args.num_workers, collate_fn=collate_samples,
                         pin_memory=device.type == 'cuda')
-    indices, labels, probabilities, failed = [], [], [], []
+    indices, labels, grade_logits, side_logits, failed = [], [], [], [], []
     for batch in tqdm(loader, desc='evaluating', unit='batch', dynamic_ncols=True):
         failed.extend(batch['failed'])
         if batch['images'] is None:
             continue
         with autocast:
-            logits = model(batch['images'].to(device, non_blocking=True))
-        probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
+            logits, side = model.forward_multitask(batch['images'].to(device, non_blocking=True))
+        grade_logits.append(logits.float().cpu())
+        if with_side and side is not None:
+            side_logits.append(side.float().cpu())
         labels.append(batch['labels'])
         indices.extend(batch['indices'])
     if not indices:
         raise utils.UserError(f'no photo of split "{args.split}" could be read; see the skipped list')
-    return (np.asarray(indices), torch.cat(labels).numpy(), torch.cat(probabilities).numpy().astype(np.float64),
-            failed)
+    logits = torch.cat(grade_logits)
+    return {'indices': np.asarray(indices), 'labels': torch.cat(labels).numpy(),
+            'probabilities': torch.softmax(logits, dim=1).numpy().astype(np.float64),
+            'predictions': decode_grades(logits, rule).numpy().astype(np.int64),
+            'side_probabilities': (torch.softmax(torch.cat(side_logits), dim=1).numpy().astype(np.float64)
+                                   if side_logits else None),
+            'failed': failed}
 
 
 # scoring
@@ -251,11 +269,31 @@ def score(labels: np.ndarray, predictions: np.ndarray, groups: list[str] | None,
     return {'point': point, 'intervals': intervals, 'per_class': per_class}
 
 
+def side_score(true_sides: Sequence[str], side_probabilities: np.ndarray, groups: list[str] | None,
+               args: argparse.Namespace) -> dict[str, Any]:
+    """Side accuracy over the photos whose side is known (left / right / none), with a 95% bootstrap interval
+    resampling subjects as for the grades, and the side confusion matrix (rows = true side)."""
+    known = np.array([str(side) in utils.SIDES for side in true_sides], dtype=bool)
+    matrix = np.zeros((len(utils.SIDES), len(utils.SIDES)), dtype=np.int64)
+    entry: dict[str, Any] = {'value': None, 'ci_low': None, 'ci_high': None, 'n': int(known.sum())}
+    if known.any():
+        true = np.array([utils.SIDES.index(str(s)) for s, k in zip(true_sides, known) if k], dtype=np.int64)
+        predicted = side_probabilities[known].argmax(axis=1).astype(np.int64)
+        matrix = M.confusion_matrix(true, predicted, len(utils.SIDES))
+        subset_groups = None if groups is None else [g for g, k in zip(groups, known) if k]
+        interval = M.bootstrap_metrics(true, predicted, len(utils.SIDES), groups=subset_groups, n_boot=args.n_boot,
+                                       seed=args.seed, alpha=1.0 - CONFIDENCE)['accuracy']
+        entry.update(interval)
+    return {'side_accuracy': entry, 'side_classes': list(utils.SIDES), 'side_confusion_matrix': matrix.tolist()}
+
+
 def predictions_table(dataset: FacialPalsyDataset, indices: np.ndarray, labels: np.ndarray,
-                      probabilities: np.ndarray, grades: Sequence[str]) -> pd.DataFrame:
-    """One row per scored photo: who, the true and predicted grade, every class probability and where its
-    landmarks came from (a template fallback is worth a look)."""
-    predictions = probabilities.argmax(axis=1)
+                      probabilities: np.ndarray, grades: Sequence[str], predictions: np.ndarray | None = None,
+                      side_probabilities: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per scored photo: who, the true and predicted grade, every class probability, where its
+    landmarks came from (a template fallback is worth a look), the symmetry measurements of those landmarks and,
+    with a side head, the predicted side. ``predictions`` default to the most probable grades."""
+    predictions = probabilities.argmax(axis=1) if predictions is None else np.asarray(predictions)
     table = pd.DataFrame({
         'path': [dataset.paths[i] for i in indices],
         'subject': [dataset.subjects[i] for i in indices],
@@ -267,12 +305,38 @@ def predictions_table(dataset: FacialPalsyDataset, indices: np.ndarray, labels: 
     for k, name in enumerate(grades):
         table[probability_column(name)] = probabilities[:, k].round(6)
     table['landmark_source'] = [dataset.landmarks[i].source for i in indices]
+    measurements = pd.DataFrame(
+        [symmetry_row(face_symmetry(dataset.landmarks[i].points, dataset.landmarks[i].source)) for i in indices],
+        columns=list(SYMMETRY_COLUMNS))
+    for column in SYMMETRY_COLUMNS:
+        table[column] = measurements[column].to_numpy()
+    if side_probabilities is not None:
+        side_index = side_probabilities.argmax(axis=1)
+        table['predicted_side'] = [utils.SIDES[k] for k in side_index]
+        table['side_confidence'] = side_probabilities.max(axis=1).round(6)
+        for k, side in enumerate(utils.SIDES):
+            table[f'side_p_{side}'] = side_probabilities[:, k].round(6)
     return table
+
+
+def symmetry_by_grade(table: pd.DataFrame, grades: Sequence[str]) -> pd.DataFrame:
+    """Mean of each symmetry measurement per true grade (NaN measurements, i.e. template landmarks, left out),
+    with the photo count and how many of them could be measured."""
+    columns = [f'sym_{name}' for name in MEASUREMENT_NAMES]
+    rows = []
+    for k, grade in enumerate(grades):
+        subset = table.loc[table['true_label'] == k, columns].astype(float)
+        row = {'true_label': k, 'true_grade': grade, 'n': len(subset),
+               'n_measured': int(subset['sym_asymmetry_index'].notna().sum())}
+        row.update({column: subset[column].mean() if len(subset) else np.nan for column in columns})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=['true_label', 'true_grade', 'n', 'n_measured', *columns])
 
 
 def metrics_payload(scores: dict[str, Any], class_names: Sequence[str], args: argparse.Namespace,
                     checkpoint: dict[str, Any], resampled_by: str, groups: list[str] | None,
-                    dataset: FacialPalsyDataset, skipped: list[tuple[str, str]]) -> dict[str, Any]:
+                    dataset: FacialPalsyDataset, skipped: list[tuple[str, str]], rule: str = 'argmax',
+                    side: dict[str, Any] | None = None) -> dict[str, Any]:
     point = scores['point']
     return {
         'model_path': str(args.model_path), 'epoch': checkpoint.get('epoch'),
@@ -286,6 +350,8 @@ def metrics_payload(scores: dict[str, Any], class_names: Sequence[str], args: ar
         'metrics': {name: scores['intervals'][name] for name in M.METRIC_NAMES},
         'per_class_accuracy': {name: entry for name, entry in zip(class_names, scores['per_class'])},
         'confusion_matrix': point['confusion_matrix'],
+        'prediction': rule,
+        **(side or {}),
     }
 
 
@@ -304,6 +370,13 @@ def metrics_table(payload: dict[str, Any]) -> str:
             lines.append(f'{label:<22}{"-":>8}   (no photos of this grade)')
         else:
             lines.append(f'{label:<22}{entry["value"]:>8.4f}   [{entry["ci_low"]:.4f}, {entry["ci_high"]:.4f}]')
+    side = payload.get('side_accuracy')
+    if side is not None:
+        label = f'side_accuracy (n={side["n"]})'
+        if side['value'] is None:
+            lines.append(f'{label:<22}{"-":>8}   (no photo with a known side)')
+        else:
+            lines.append(f'{label:<22}{side["value"]:>8.4f}   [{side["ci_low"]:.4f}, {side["ci_high"]:.4f}]')
     boot = payload['bootstrap']
     lines.append(f'({boot["n_boot"]} bootstrap resamples of {boot["n_groups"]} {boot["resampled_by"]}s)')
     return '\n'.join(lines)
@@ -384,6 +457,29 @@ def plot_per_class(per_class: Sequence[dict[str, Any]], class_names: Sequence[st
     figure.savefig(path, dpi=120)
 
 
+def plot_asymmetry_by_grade(table: pd.DataFrame, grades: Sequence[str], path: Path, title: str) -> None:
+    """Box plot of the asymmetry index per true grade (measured photos only); grades without any are marked."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(1.6 + 0.8 * len(grades), 3.6), layout='constrained')
+    ax = figure.subplots()
+    values = [table.loc[table['true_label'] == k, 'sym_asymmetry_index'].astype(float).dropna().to_numpy()
+              for k in range(len(grades))]
+    filled = [k for k, v in enumerate(values) if len(v)]
+    if filled:
+        ax.boxplot([values[k] for k in filled], positions=filled, widths=0.6)
+    for k, v in enumerate(values):
+        if not len(v):
+            ax.text(k, 0.5, 'no measured\nphotos', ha='center', va='center', fontsize=7, color='gray',
+                    transform=ax.get_xaxis_transform())
+    ax.set_xticks(range(len(grades)), [f'{g}\n(n={len(v)})' for g, v in zip(grades, values)], fontsize=8)
+    ax.set_xlim(-0.6, len(grades) - 0.4)
+    ax.set_xlabel('true grade')
+    ax.set_ylabel('asymmetry index (0 = symmetric)')
+    ax.set_title(title, fontsize=10)
+    utils.save_figure(figure, path, dpi=120)
+
+
 def write_csv_table(table: pd.DataFrame, path: Path) -> None:
     utils.atomic_write_text(path, table.to_csv(index=False))
 
@@ -409,9 +505,11 @@ def announce_replacements(output_dir: Path) -> list[str]:
 
 def write_outputs(output_dir: Path, args: argparse.Namespace, payload: dict[str, Any], table: pd.DataFrame,
                   labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str],
-                  skipped: list[tuple[str, str]]) -> dict[str, str]:
-    """Every output file; returns name -> path."""
-    predictions = probabilities.argmax(axis=1)
+                  skipped: list[tuple[str, str]], predictions: np.ndarray | None = None,
+                  grades: Sequence[str] | None = None) -> dict[str, str]:
+    """Every output file; returns name -> path. ``predictions`` default to the most probable grades."""
+    predictions = probabilities.argmax(axis=1) if predictions is None else np.asarray(predictions)
+    grades = list(grades or class_names)
     title = f'{Path(args.model_path).name} on {payload["split"]} ({payload["n"]} photos)'
     written = {}
 
@@ -431,6 +529,8 @@ def write_outputs(output_dir: Path, args: argparse.Namespace, payload: dict[str,
     plot_confusion(np.asarray(payload['confusion_matrix']), class_names, target('confusion_matrix.png'), title)
     plot_per_class(list(payload['per_class_accuracy'].values()), class_names, target('per_class_accuracy.png'),
                    title)
+    write_csv_table(symmetry_by_grade(table, grades), target('symmetry_by_grade.csv'))
+    plot_asymmetry_by_grade(table, grades, target('asymmetry_by_grade.png'), title)
     utils.save_args(args, target('args.yaml'))
     if skipped:
         write_skipped(skipped, target('skipped.csv'))
@@ -446,15 +546,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     num_classes = check_model_fits(model, checkpoint, preprocess, args)
     class_names = list(checkpoint.get('class_names') or utils.grade_names(num_classes))
     grades = grade_labels(num_classes, class_names)
+    rule = prediction_rule(checkpoint, args.model_path)
+    with_side = bool(side_head_size(model, args.model_path))
 
     dataset = build_dataset(args, preprocess, num_classes, device)
-    indices, labels, probabilities, failed = predict(model, dataset, args, device)
-    skipped = list(dataset.skipped) + [(dataset.paths[i], reason) for i, reason in failed]
-    predictions = probabilities.argmax(axis=1)
+    outputs = predict(model, dataset, args, device, rule=rule, with_side=with_side)
+    indices, labels, probabilities = outputs['indices'], outputs['labels'], outputs['probabilities']
+    predictions, side_probabilities = outputs['predictions'], outputs['side_probabilities']
+    skipped = list(dataset.skipped) + [(dataset.paths[i], reason) for i, reason in outputs['failed']]
     groups, resampled_by = bootstrap_groups([dataset.subjects[i] for i in indices])
     scores = score(labels, predictions, groups, num_classes, args)
-    payload = metrics_payload(scores, class_names, args, checkpoint, resampled_by, groups, dataset, skipped)
-    table = predictions_table(dataset, indices, labels, probabilities, grades)
+    side = None if side_probabilities is None else side_score(
+        [dataset.sides[i] for i in indices], side_probabilities, groups, args)
+    payload = metrics_payload(scores, class_names, args, checkpoint, resampled_by, groups, dataset, skipped,
+                              rule=rule, side=side)
+    table = predictions_table(dataset, indices, labels, probabilities, grades, predictions, side_probabilities)
 
     output_dir = Path(args.output_dir)
     try:
@@ -462,7 +568,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except OSError as err:
         raise utils.UserError(f'--output_dir {output_dir}: cannot be created ({err.strerror or err})') from err
     replaced = announce_replacements(output_dir)
-    written = write_outputs(output_dir, args, payload, table, labels, probabilities, class_names, skipped)
+    written = write_outputs(output_dir, args, payload, table, labels, probabilities, class_names, skipped,
+                            predictions=predictions, grades=grades)
 
     print()
     print(metrics_table(payload))

@@ -37,17 +37,26 @@ from tqdm import tqdm
 import Model
 import data_augmentation
 import facial_palsy_dataset as fpd
+import losses
 import metrics as M
+import symmetry
 import utils
-from utils import UserError
+from utils import SIDES, UserError
 
 CHECKPOINT_NAMES = ('best_model.pth', 'last.pth')
 # share of the training subjects held out for validation when the data gives no validation split
 DEFAULT_VAL_FRACTION = 0.15
 LOG_NAMES = ('summary.csv', 'training_history.json', 'training_curves.png', 'args.yaml', 'test_metrics.json',
-             'skipped_images.csv')
+             'skipped_images.csv', 'baseline_metrics.json')
 PLOT_EVERY = 5  # epochs between redraws of training_curves.png during training (matplotlib is slow); always at the end
 SCALAR_COLUMNS = M.METRIC_NAMES
+# how a checkpoint's logits become a grade, by --loss: the ordinal loss is trained for the median of the softmax
+PREDICTION_RULES = {'ce': 'argmax', 'ordinal': 'ordinal_median'}
+NUM_SIDE_CLASSES = len(SIDES)  # the side head's classes: the patient's left, right, none (utils.SIDES order)
+# MTCNN point order after a horizontal mirror: the eyes (0, 1) and the mouth corners (3, 4) trade places
+MIRRORED_POINT_ORDER = (1, 0, 2, 4, 3)
+# side index after a mirror: left <-> right, none stays none, unknown (ignored) stays unknown
+MIRRORED_SIDE = {0: 1, 1: 0, 2: 2, losses.SIDE_IGNORE_INDEX: losses.SIDE_IGNORE_INDEX}
 
 
 # arguments
@@ -73,9 +82,21 @@ EPILOG = '''examples:
   python train_facial_palsy.py ... --pretrained_path ./ourmodel_threedatasets_weights/sub01.pth --learning_rate 5e-5
   python train_facial_palsy.py ... --resume ./checkpoints/fnp/last.pth
 
+  # ordinal loss: a grade two steps off costs more than one step off; the checkpoint predicts the median grade
+  python train_facial_palsy.py ... --loss ordinal --select_metric mae
+
+  # multi-task: a second head predicts the affected side (left / right / none) from the same features
+  python train_facial_palsy.py ... --multitask --side_loss_weight 0.5
+
+  # mirror half the training photos and swap their side label (a left palsy mirrored is a right palsy)
+  python train_facial_palsy.py ... --multitask --flip_swap_side
+
+  # also fit the landmark symmetry baseline on the training photos and compare it with HTNet on val and test
+  python train_facial_palsy.py ... --test_csv ./datasets/facial_palsy/fnp_annotation.csv --baseline symmetry
+
 outputs: <save_dir>/best_model.pth (best validation --select_metric), last.pth, epoch_N.pth;
 <log_dir>/summary.csv, training_history.json, training_curves.png, args.yaml, test_metrics.json (with --test_csv),
-skipped_images.csv (photos that could not be used)
+skipped_images.csv (photos that could not be used), baseline_metrics.json (with --baseline symmetry)
 '''
 
 
@@ -110,7 +131,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                       help='side of the square face crop (pixels) before the regions are cut from it')
     data.add_argument('--region_size', type=int, default=28,
                       help='side of each of the four region crops; the 2x2 mosaic fed to HTNet is twice this')
-    data.add_argument('--input_mode', default='regions', choices=['regions', 'face'],
+    data.add_argument('--input_mode', default='regions', choices=list(fpd.INPUT_MODES),
                       help='regions: 2x2 mosaic of eyes and mouth corners (as HTNet); face: the whole face resized '
                            'to the mosaic size')
     data.add_argument('--cache_dir', default=None,
@@ -122,7 +143,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     data.add_argument('--augmentation', default=data_augmentation.DEFAULT_AUGMENTATION,
                       choices=list(data_augmentation.AUGMENTATION_NAMES),
                       help='training augmentation from data_augmentation.py (none of them flips: left-right '
-                           'asymmetry is the signal); validation and test images are never augmented')
+                           'asymmetry is the signal; see --flip_swap_side); validation and test images are never '
+                           'augmented')
+    data.add_argument('--flip_swap_side', action='store_true',
+                      help='mirror each training photo with probability 0.5 and swap its affected side (left <-> '
+                           'right; none stays none; the grade is unchanged), before --augmentation: the mirror of '
+                           'a left-sided palsy is a right-sided one, so this doubles the faces without blurring the '
+                           'asymmetry')
     data.add_argument('--mixup', type=float, default=0.0, metavar='ALPHA',
                       help='MixUp Beta(alpha, alpha) on training batches; 0 turns it off')
     data.add_argument('--num_workers', type=int, default=0,
@@ -142,6 +169,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                             'any checkpoint; tensors that do not fit (the head) are skipped and listed')
     model.add_argument('--pos_emb', default='interpolate', choices=['interpolate', 'skip'],
                        help='with --pretrained_path: resize positional embeddings of another input size, or skip them')
+    model.add_argument('--multitask', action='store_true',
+                       help='add a second head that predicts the affected side (left / right / none) from the same '
+                            'features; photos whose side is unknown add nothing to its loss. Logs '
+                            'val_side_accuracy and the side confusion matrix of the best epoch')
+    model.add_argument('--side_loss_weight', type=float, default=0.5,
+                       help='with --multitask: weight of the side cross-entropy added to the grade loss')
 
     optim = parser.add_argument_group('optimisation')
     optim.add_argument('--batch_size', type=int, default=32, help='images per training step')
@@ -155,6 +188,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim.add_argument('--lr_patience', type=int, default=5, help='plateau: epochs without improvement before halving')
     optim.add_argument('--warmup_epochs', type=float, default=0.0, help='cosine: epochs of linear warm-up')
     optim.add_argument('--label_smoothing', type=float, default=0.0, help='cross-entropy label smoothing')
+    optim.add_argument('--loss', default='ce', choices=list(losses.CRITERIA),
+                       help='ce: cross-entropy (grades unordered); ordinal: cumulative-probability loss on the same '
+                            'logits (losses.py), so a grade far off costs more than one next to it; its grade is '
+                            'the median of the predicted distribution (stored as the checkpoint\'s "prediction")')
     optim.add_argument('--class_weights', action='store_true',
                        help='weight the loss by inverse grade frequency of the training split (for imbalance)')
     optim.add_argument('--early_stopping', type=int, default=0, metavar='N',
@@ -177,6 +214,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help='mixed precision on CUDA (--amp alone = bf16); ignored on CPU')
     run.add_argument('--compile', action='store_true', help='torch.compile the network (CUDA only; slow first epoch)')
     run.add_argument('--seed', type=int, default=42, help='seed of python, numpy and torch')
+    run.add_argument('--baseline', default=None, choices=['symmetry'],
+                     help='symmetry: after training, fit the landmark symmetry baseline (symmetry.py) on the '
+                          'training photos, score it on val (and --test_csv) with the same metrics, print it beside '
+                          'HTNet and write <log_dir>/baseline_metrics.json')
     run.add_argument('--threads', type=int, default=0,
                      help='CPU threads for PyTorch; 0 keeps its default (one per core). Small models on a busy or '
                           'small CPU often train fastest with 1, since threads of one operation wait for each other')
@@ -210,7 +251,7 @@ def validate_args(args: argparse.Namespace) -> None:
     if not args.learning_rate > 0:
         raise UserError(f'--learning_rate must be positive, got {args.learning_rate}')
     for name in ('weight_decay', 'mixup', 'dropout', 'warmup_epochs', 'num_workers', 'save_interval',
-                 'early_stopping', 'lr_patience', 'threads'):
+                 'early_stopping', 'lr_patience', 'threads', 'side_loss_weight'):
         if getattr(args, name) < 0:
             raise UserError(f'--{name} cannot be negative, got {getattr(args, name)}')
     if not 0 <= args.label_smoothing < 1:
@@ -252,9 +293,20 @@ def model_args_for(args: argparse.Namespace, input_size: int) -> dict[str, Any]:
         raise UserError(f'{input_size}/{args.patch_size} = {grid} patches per side cannot be split into '
                         f'{blocks}x{blocks} blocks for --num_hierarchies {args.num_hierarchies}; '
                         f'choose --patch_size or --num_hierarchies so that {grid} is divisible by {blocks}')
+    side_head = {'num_side_classes': NUM_SIDE_CLASSES} if getattr(args, 'multitask', False) else {}
     return Model.model_args_from(image_size=input_size, patch_size=args.patch_size, num_classes=args.num_classes,
                                  dim=args.dim, heads=args.heads, num_hierarchies=args.num_hierarchies,
-                                 block_repeats=args.block_repeats, dropout=args.dropout)
+                                 block_repeats=args.block_repeats, dropout=args.dropout, **side_head)
+
+
+def prediction_rule(args: argparse.Namespace) -> str:
+    """``argmax`` or ``ordinal_median``: how evaluation and inference must read this run's logits."""
+    return PREDICTION_RULES[getattr(args, 'loss', 'ce')]
+
+
+def predict_grades(logits: torch.Tensor, prediction: str = 'argmax') -> torch.Tensor:
+    """Grades from logits by the checkpoint's ``prediction`` rule."""
+    return losses.ordinal_predict(logits) if prediction == 'ordinal_median' else logits.argmax(dim=1)
 
 
 # data
@@ -501,16 +553,90 @@ def write_skipped(datasets: dict[str, Dataset], log_dir: Path) -> int:
     return len(rows)
 
 
+def mirror_face(image: np.ndarray, landmarks: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The face square mirrored left-right and its five points moved with it: x becomes ``width - x`` (pixel
+    edges, the convention of the region crops, so each mirrored crop is exactly the mirror of a crop) and the
+    left / right eye and mouth-corner points trade places, so point 0 is again the image-left eye."""
+    width = image.shape[1]
+    points = np.asarray(landmarks, dtype=np.float32).reshape(5, 2)[list(MIRRORED_POINT_ORDER)].copy()
+    points[:, 0] = width - points[:, 0]
+    return np.ascontiguousarray(image[:, ::-1]), points
+
+
+class MirrorThen:
+    """Photo transform ``(image, landmarks) -> (image, landmarks)``: ``mirror_face``, then ``then`` (the chosen
+    augmentation, whose ``mosaic_transform`` is passed on so the dataset still applies it)."""
+
+    def __init__(self, then: Callable | None = None):
+        self.then = then
+        self.mosaic_transform = getattr(then, 'mosaic_transform', None)
+
+    def __call__(self, image: np.ndarray, landmarks: Any) -> tuple[np.ndarray, np.ndarray]:
+        image, points = mirror_face(image, landmarks)
+        return self.then(image, points) if self.then is not None else (image, points)
+
+
+class SideLabelled(Dataset):
+    """``(image, label, side index)`` items of a split (a ``FacialPalsyDataset`` or a ``Subset`` of one), the side
+    coded by ``losses.side_targets`` (unknown = -100, ignored by the loss).
+
+    With ``flip_probability`` each item is, with that probability, read through a second view of the dataset whose
+    photo transform mirrors the face before the augmentation, and its side is swapped. The coin is drawn here, per
+    item, so the image and its side label can never disagree, and no state is shared between calls (safe with
+    DataLoader workers, which seed torch per worker).
+    """
+
+    def __init__(self, dataset: Dataset, flip_probability: float = 0.0):
+        if not 0.0 <= flip_probability <= 1.0:
+            raise ValueError(f'flip_probability must lie in [0, 1], got {flip_probability}')
+        self.source = dataset
+        self.base = base_dataset(dataset)
+        self.indices = list(dataset.indices) if isinstance(dataset, Subset) else list(range(len(dataset)))
+        self.sides = losses.side_targets(self.base.sides[i] for i in self.indices).tolist()
+        self.flip_probability = float(flip_probability)
+        self.mirrored = with_transform(self.base, MirrorThen(self.base.transform)) if flip_probability > 0 else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int, int]:
+        index, side = self.indices[item], self.sides[item]
+        if self.mirrored is not None and float(torch.rand(())) < self.flip_probability:
+            image, label = self.mirrored[index]
+            return image, label, MIRRORED_SIDE[side]
+        image, label = self.base[index]
+        return image, label, side
+
+
+def loader_dataset(dataset: Dataset, args: argparse.Namespace, train: bool) -> Dataset:
+    """The split as the loader reads it: with sides (and, for training, side-swapping mirrors) when the run
+    needs them, else unchanged."""
+    flip = 0.5 if train and args.flip_swap_side else 0.0
+    if args.multitask or flip:
+        return SideLabelled(dataset, flip_probability=flip)
+    return dataset
+
+
 def build_loaders(datasets: dict[str, Dataset], args: argparse.Namespace, device: torch.device,
                   seed: int) -> dict[str, DataLoader]:
     generator = torch.Generator().manual_seed(seed)
     common = dict(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=device.type == 'cuda',
                   persistent_workers=args.num_workers > 0)
-    loaders = {'train': DataLoader(datasets['train'], shuffle=True, generator=generator, **common)}
+    loaders = {'train': DataLoader(loader_dataset(datasets['train'], args, train=True), shuffle=True,
+                                   generator=generator, **common)}
     for name in ('val', 'test'):
         if name in datasets:
-            loaders[name] = DataLoader(datasets[name], shuffle=False, **common)
+            loaders[name] = DataLoader(loader_dataset(datasets[name], args, train=False), shuffle=False, **common)
     return loaders
+
+
+def unpack_batch(batch: Sequence[torch.Tensor], device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(images, labels, sides or None)`` on ``device`` from a loader batch of 2 or 3 tensors."""
+    images = batch[0].to(device, non_blocking=True)
+    labels = batch[1].to(device, non_blocking=True)
+    sides = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
+    return images, labels, sides
 
 
 # model and optimisation
@@ -558,12 +684,15 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> nn.M
 
 def build_criterion(args: argparse.Namespace, train_labels: Sequence[int], class_names: Sequence[str],
                     device: torch.device) -> nn.Module:
-    """Cross-entropy with optional inverse-frequency class weights and label smoothing."""
+    """The ``--loss`` grade criterion (cross-entropy or ordinal) with optional inverse-frequency class weights
+    and label smoothing; with ``--multitask`` wrapped in ``losses.MultiTaskLoss`` (grade + weighted side term)."""
     weights = class_weights_for(train_labels, args.num_classes) if args.class_weights else None
     if weights is not None:
         print('class weights: ' + ', '.join(f'{n} {w:.2f}' for n, w in zip(class_names, weights.tolist())))
-        weights = weights.to(device)
-    return nn.CrossEntropyLoss(weight=weights, label_smoothing=args.label_smoothing)
+    criterion = losses.build_criterion(args.loss, class_weights=weights, label_smoothing=args.label_smoothing)
+    if args.multitask:
+        criterion = losses.MultiTaskLoss(criterion, side_weight=args.side_loss_weight)
+    return criterion.to(device)
 
 
 def class_weights_for(labels: Sequence[int], num_classes: int) -> torch.Tensor:
@@ -616,6 +745,37 @@ class TrainContext:
     scheduler: Any = None
     step_per_batch: bool = False
     mixup: Any = None
+    multitask: bool = False       # the model has a side head and the criterion is a losses.MultiTaskLoss
+    prediction: str = 'argmax'    # PREDICTION_RULES value: how the training accuracy reads the logits
+
+
+def model_outputs(model: nn.Module, images: torch.Tensor, multitask: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(grade logits, side logits or None)``; one pass over the features either way."""
+    if multitask:
+        return model.forward_multitask(images)
+    return model(images), None
+
+
+def training_loss(ctx: TrainContext, images: torch.Tensor, labels: torch.Tensor, sides: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, grade logits)`` of one batch, with MixUp when configured. MixUp blends the side targets like the
+    grades: labels and sides travel through it as one ``(B, 2)`` tensor, so both follow the same permutation."""
+    if ctx.multitask:
+        def criterion(out: tuple, targets: torch.Tensor) -> torch.Tensor:
+            return ctx.criterion(out, targets[:, 0], targets[:, 1])
+        targets = torch.stack([labels, sides], dim=1)
+    else:
+        criterion, targets = ctx.criterion, labels
+    if ctx.mixup is not None:
+        images, targets_a, targets_b, lam = ctx.mixup(images, targets)
+    output = model_outputs(ctx.model, images, ctx.multitask)
+    output = output if ctx.multitask else output[0]
+    if ctx.mixup is not None:
+        loss = data_augmentation.mixup_loss(criterion, output, targets_a, targets_b, lam)
+    else:
+        loss = criterion(output, targets)
+    return loss, (output[0] if ctx.multitask else output)
 
 
 def train_one_epoch(ctx: TrainContext, loader: DataLoader, epoch: int, epochs: int) -> dict[str, float]:
@@ -624,17 +784,12 @@ def train_one_epoch(ctx: TrainContext, loader: DataLoader, epoch: int, epochs: i
     ctx.model.train()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=f'epoch {epoch}/{epochs} train', leave=False, dynamic_ncols=True, disable=None)
-    for step, (images, labels) in enumerate(bar):
-        images = images.to(ctx.device, non_blocking=True)
-        labels = labels.to(ctx.device, non_blocking=True)
+    for step, batch in enumerate(bar):
+        images, labels, sides = unpack_batch(batch, ctx.device)
+        if ctx.multitask and sides is None:
+            raise UserError('--multitask needs batches with the affected side (image, label, side)')
         with ctx.autocast:
-            if ctx.mixup is not None:
-                mixed, labels_a, labels_b, lam = ctx.mixup(images, labels)
-                logits = ctx.model(mixed)
-                loss = data_augmentation.mixup_loss(ctx.criterion, logits, labels_a, labels_b, lam)
-            else:
-                logits = ctx.model(images)
-                loss = ctx.criterion(logits, labels)
+            loss, logits = training_loss(ctx, images, labels, sides)
         if not torch.isfinite(loss):
             raise UserError(f'the training loss became {loss.item()} at epoch {epoch}, step {step + 1}; '
                             f'lower --learning_rate or drop --amp fp16')
@@ -646,7 +801,7 @@ def train_one_epoch(ctx: TrainContext, loader: DataLoader, epoch: int, epochs: i
             ctx.scheduler.step()
         batch = labels.shape[0]
         total_loss += loss.item() * batch
-        correct += (logits.argmax(dim=1) == labels).sum().item()
+        correct += (predict_grades(logits.detach(), ctx.prediction) == labels).sum().item()
         seen += batch
         bar.set_postfix(loss=f'{total_loss / seen:.4f}', acc=f'{correct / seen:.3f}')
     return {'loss': total_loss / max(seen, 1), 'accuracy': correct / max(seen, 1)}
@@ -654,30 +809,50 @@ def train_one_epoch(ctx: TrainContext, loader: DataLoader, epoch: int, epochs: i
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, autocast: AbstractContextManager,
-            desc: str = 'eval') -> tuple[np.ndarray, np.ndarray, float]:
-    """Labels, predicted labels and the mean unweighted cross-entropy over a loader."""
+            desc: str = 'eval', prediction: str = 'argmax', multitask: bool = False) -> dict[str, Any]:
+    """Over a loader: ``true`` and ``pred`` grades (by the ``prediction`` rule), the mean unweighted
+    cross-entropy ``loss`` (comparable across --loss choices), and with ``multitask`` the ``side_true`` /
+    ``side_pred`` indices (side_true -100 = unknown)."""
     model.eval()
-    true, pred, total_loss, seen = [], [], 0.0, 0
-    for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
+    true, pred, side_true, side_pred, total_loss, seen = [], [], [], [], 0.0, 0
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
+        images, labels, sides = unpack_batch(batch, device)
         with autocast:
-            logits = model(images)
+            logits, side_logits = model_outputs(model, images, multitask)
         total_loss += nn.functional.cross_entropy(logits.float(), labels, reduction='sum').item()
         seen += labels.shape[0]
         true.append(labels.cpu())
-        pred.append(logits.argmax(dim=1).cpu())
+        pred.append(predict_grades(logits, prediction).cpu())
+        if side_logits is not None and sides is not None:
+            side_true.append(sides.cpu())
+            side_pred.append(side_logits.argmax(dim=1).cpu())
     if not seen:
         raise UserError(f'{desc}: no images to evaluate')
-    return torch.cat(true).numpy(), torch.cat(pred).numpy(), total_loss / seen
+    out = {'true': torch.cat(true).numpy(), 'pred': torch.cat(pred).numpy(), 'loss': total_loss / seen}
+    if side_true:
+        out['side_true'], out['side_pred'] = torch.cat(side_true).numpy(), torch.cat(side_pred).numpy()
+    return out
+
+
+def side_metrics(side_true: np.ndarray, side_pred: np.ndarray) -> dict[str, Any]:
+    """Accuracy over the photos whose side is known, and the (true x predicted) confusion matrix in
+    ``utils.SIDES`` order; accuracy is NaN when no side is known."""
+    known = side_true != losses.SIDE_IGNORE_INDEX
+    matrix = M.confusion_matrix(side_true[known], side_pred[known], NUM_SIDE_CLASSES)
+    accuracy = float((side_true[known] == side_pred[known]).mean()) if known.any() else float('nan')
+    return {'side_accuracy': accuracy, 'side_n': int(known.sum()), 'side_confusion_matrix': matrix.tolist()}
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast: AbstractContextManager,
-             num_classes: int, desc: str = 'val') -> dict[str, Any]:
-    """Every metric of ``metrics.compute_metrics`` plus the mean ``loss``."""
-    y_true, y_pred, loss = predict(model, loader, device, autocast, desc)
-    result = M.compute_metrics(y_true, y_pred, num_classes)
-    result['loss'] = loss
+             num_classes: int, desc: str = 'val', prediction: str = 'argmax', multitask: bool = False
+             ) -> dict[str, Any]:
+    """Every metric of ``metrics.compute_metrics`` plus the mean ``loss``; with ``multitask`` also
+    ``side_accuracy``, ``side_n`` and ``side_confusion_matrix`` (``side_metrics``)."""
+    out = predict(model, loader, device, autocast, desc, prediction, multitask)
+    result = M.compute_metrics(out['true'], out['pred'], num_classes)
+    result['loss'] = out['loss']
+    if 'side_true' in out:
+        result.update(side_metrics(out['side_true'], out['side_pred']))
     return result
 
 
@@ -700,6 +875,8 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedul
         'preprocess': utils.to_plain(preprocess),
         'class_names': utils.grade_names(model_args['num_classes']),
         'num_classes': int(model_args['num_classes']),
+        'prediction': prediction_rule(args),
+        **({'side_names': list(SIDES)} if model_args.get('num_side_classes') else {}),
         'args': utils.to_plain(vars(args)),
         'history': utils.to_plain(history),
         'val_metrics': utils.to_plain(val_metrics) if val_metrics is not None else None,
@@ -740,6 +917,9 @@ def history_row(epoch: int, lr: float, train: dict, val: dict, seconds: float, i
            'val_loss': val['loss']}
     row.update({f'val_{name}': val[name] for name in SCALAR_COLUMNS})
     row['val_per_class_accuracy'] = val['per_class_accuracy']
+    if 'side_accuracy' in val:
+        row['val_side_accuracy'] = val['side_accuracy']
+        row['val_side_confusion_matrix'] = val['side_confusion_matrix']
     row['epoch_time_s'] = round(seconds, 2)
     row['is_best'] = bool(is_best)
     return row
@@ -748,7 +928,7 @@ def history_row(epoch: int, lr: float, train: dict, val: dict, seconds: float, i
 def write_logs(history: list[dict], log_dir: Path, best: BestTracker, plot: bool = True) -> None:
     """Rewrite summary.csv, training_history.json and (with ``plot``) the curves from the whole history, so a
     resumed run's logs continue the interrupted ones."""
-    columns = [k for k in history[0] if k != 'val_per_class_accuracy']
+    columns = [k for k in history[0] if not isinstance(history[0][k], list)]  # per-class / confusion lists
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction='ignore')
     writer.writeheader()
@@ -762,6 +942,10 @@ def write_logs(history: list[dict], log_dir: Path, best: BestTracker, plot: bool
                'val_loss': series['val_loss'], 'val_acc': series['val_accuracy'], 'val_f1': series['val_macro_f1'],
                **{k: v for k, v in series.items() if k not in ('train_loss', 'val_loss')},
                'select_metric': best.name, 'best_epoch': best.epoch, 'best_metric': best.value}
+    best_row = next((row for row in history if row['epoch'] == best.epoch), None)
+    if best_row is not None and 'val_side_confusion_matrix' in best_row:
+        payload['side_names'] = list(SIDES)
+        payload['side_confusion_matrix'] = best_row['val_side_confusion_matrix']  # rows true, columns predicted
     utils.atomic_write_text(log_dir / 'training_history.json', json.dumps(utils.to_plain(payload), indent=2))
     if plot:
         plot_curves(history, log_dir / 'training_curves.png', best)
@@ -847,6 +1031,9 @@ def load_resume_checkpoint(path: str, model_args: dict, preprocess: dict, args: 
     if differs:
         shown = ', '.join(f'{k} {a} in the checkpoint vs {b} now' for k, (a, b) in differs.items())
         raise UserError(f'{path}: trained with other settings ({shown}); resume with the same flags')
+    if checkpoint.get('prediction', 'argmax') != prediction_rule(args):
+        raise UserError(f'{path}: trained for {checkpoint.get("prediction", "argmax")} predictions, not those of '
+                        f'--loss {args.loss}; resume with the same --loss')
     if checkpoint.get('select_metric', args.select_metric) != args.select_metric:
         raise UserError(f'{path}: selected by {checkpoint["select_metric"]}, not --select_metric '
                         f'{args.select_metric}')
@@ -925,7 +1112,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     mixup = data_augmentation.MixUp(args.mixup) if args.mixup > 0 else None
     ctx = TrainContext(model=train_model, criterion=criterion, optimizer=optimizer, device=device,
                        autocast=autocast, scaler=scaler, scheduler=scheduler, step_per_batch=step_per_batch,
-                       mixup=mixup)
+                       mixup=mixup, multitask=args.multitask, prediction=prediction_rule(args))
 
     def state(epoch: int, val_metrics: dict | None) -> dict[str, Any]:
         return checkpoint_state(model, optimizer, scheduler, epoch, best, model_args, preprocess, args, history,
@@ -943,7 +1130,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f'best epoch {best.epoch}: validation {best.name} {best.value:.4f} -> {save_dir / "best_model.pth"}')
     if 'test' in loaders and not outcome['interrupted'] and best.epoch:
         results['test_metrics'] = score_test(model, loaders['test'], save_dir / 'best_model.pth', device, autocast,
-                                             args.num_classes, class_names, log_dir)
+                                             args.num_classes, class_names, log_dir, prediction=ctx.prediction,
+                                             multitask=args.multitask)
+    if args.baseline == 'symmetry' and not outcome['interrupted']:
+        results['baseline_metrics'] = run_symmetry_baseline(datasets, args, log_dir, outcome['best_val_metrics'],
+                                                            results['test_metrics'])
     return results
 
 
@@ -958,7 +1149,8 @@ def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namesp
         for epoch in range(start_epoch, args.epochs + 1):
             started, lr = time.time(), ctx.optimizer.param_groups[0]['lr']
             train_stats = train_one_epoch(ctx, loaders['train'], epoch, args.epochs)
-            val_metrics = evaluate(ctx.model, loaders['val'], ctx.device, ctx.autocast, args.num_classes, 'val')
+            val_metrics = evaluate(ctx.model, loaders['val'], ctx.device, ctx.autocast, args.num_classes, 'val',
+                                   prediction=ctx.prediction, multitask=ctx.multitask)
             if ctx.scheduler is not None and not ctx.step_per_batch:
                 ctx.scheduler.step(val_metrics[args.select_metric])
             improved = best.update(val_metrics[args.select_metric], epoch)
@@ -973,7 +1165,7 @@ def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namesp
             write_logs(history, log_dir, best, plot=epoch % PLOT_EVERY == 0)
             print(f'epoch {epoch}/{args.epochs} | lr {lr:.2e} | train loss {train_stats["loss"]:.4f} '
                   f'acc {train_stats["accuracy"]:.3f} | val loss {val_metrics["loss"]:.4f} '
-                  f'{M.format_metrics(val_metrics)}{" | best" if improved else ""}')
+                  f'{M.format_metrics(val_metrics)}{side_text(val_metrics)}{" | best" if improved else ""}')
             if args.early_stopping and epoch - best.epoch >= args.early_stopping:
                 print(f'early stopping: no better validation {args.select_metric} for {args.early_stopping} epochs')
                 stopped_early = True
@@ -992,21 +1184,80 @@ def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namesp
             'best_val_metrics': best_val_metrics}
 
 
+def side_text(metrics: dict[str, Any]) -> str:
+    """`` | side acc 0.750 (n 8)`` for a multi-task evaluation, else nothing."""
+    if 'side_accuracy' not in metrics:
+        return ''
+    return f' | side acc {metrics["side_accuracy"]:.3f} (n {metrics["side_n"]})'
+
+
 def score_test(model: nn.Module, loader: DataLoader, checkpoint_path: Path, device: torch.device,
                autocast: AbstractContextManager, num_classes: int, class_names: Sequence[str],
-               log_dir: Path) -> dict[str, Any]:
+               log_dir: Path, prediction: str = 'argmax', multitask: bool = False) -> dict[str, Any]:
     """Score the held-out test split once with the best checkpoint and save ``<log_dir>/test_metrics.json``."""
     checkpoint = utils.load_checkpoint(checkpoint_path, map_location='cpu')
     model.load_state_dict(Model.extract_state_dict(checkpoint))
-    test = evaluate(model.to(device), loader, device, autocast, num_classes, desc='test')
+    test = evaluate(model.to(device), loader, device, autocast, num_classes, desc='test', prediction=prediction,
+                    multitask=multitask)
     payload = {'split': 'test', 'note': 'held-out test split, scored once with best_model.pth; never used for '
                                         'model selection',
                'checkpoint': str(checkpoint_path), 'epoch': int(checkpoint['epoch']), 'class_names': list(class_names),
-               'metrics': test}
+               'prediction': prediction, 'metrics': test}
     utils.atomic_write_text(log_dir / 'test_metrics.json', json.dumps(utils.to_plain(payload), indent=2))
-    print(f'TEST (held out, epoch {checkpoint["epoch"]}): n {test["n"]} | {M.format_metrics(test)} '
+    print(f'TEST (held out, epoch {checkpoint["epoch"]}): n {test["n"]} | {M.format_metrics(test)}{side_text(test)} '
           f'-> {log_dir / "test_metrics.json"}')
     return test
+
+
+# symmetry baseline
+
+def split_landmarks(dataset: Dataset) -> list[Any]:
+    """The landmarks the dataset used for each photo of the split (``FaceLandmarks``, original-photo pixels)."""
+    if isinstance(dataset, Subset):
+        return [dataset.dataset.landmarks[i] for i in dataset.indices]
+    return list(dataset.landmarks)
+
+
+def run_symmetry_baseline(datasets: dict[str, Dataset], args: argparse.Namespace, log_dir: Path,
+                          htnet_val: dict | None, htnet_test: dict | None) -> dict[str, Any] | None:
+    """Fit ``symmetry.SymmetryBaseline`` on the training photos' landmarks and grades, score it on val (and
+    test) with the metrics HTNet gets, print both side by side and write ``<log_dir>/baseline_metrics.json``.
+    A training split the baseline cannot be fitted on (fewer than two grades with usable landmarks) is a note,
+    not a failed run: HTNet's results are already saved."""
+    baseline = symmetry.SymmetryBaseline(num_classes=args.num_classes, model='logreg', seed=args.seed)
+    try:
+        baseline.fit(split_landmarks(datasets['train']), split_labels(datasets['train']))
+    except ValueError as err:
+        print(f'note: symmetry baseline not fitted: {err}')
+        return None
+    scores: dict[str, Any] = {}
+    for name in ('val', 'test'):
+        if name in datasets:
+            labels = split_labels(datasets[name])
+            scores[name] = M.compute_metrics(labels, baseline.predict(split_landmarks(datasets[name])),
+                                             args.num_classes)
+    payload = {'baseline': 'symmetry', 'note': 'landmark symmetry baseline (symmetry.py) fitted on the training '
+                                               'photos; scored with the same metrics as HTNet',
+               'n_train': len(datasets['train']), 'val': scores.get('val'), 'test': scores.get('test'),
+               'htnet': {'val': htnet_val, 'test': htnet_test}, 'fitted_baseline': baseline.to_dict()}
+    utils.atomic_write_text(log_dir / 'baseline_metrics.json', json.dumps(utils.to_plain(payload), indent=2))
+    print(comparison_table({'val': htnet_val, 'test': htnet_test}, scores))
+    print(f'symmetry baseline -> {log_dir / "baseline_metrics.json"}')
+    return scores
+
+
+def comparison_table(htnet: dict[str, dict | None], baseline: dict[str, dict]) -> str:
+    """A plain-text table: one row per metric, HTNet and the baseline side by side for each scored split."""
+    splits = [name for name in ('val', 'test') if baseline.get(name) is not None]
+    header = f'{"metric":<20}' + ''.join(f'{f"HTNet {s}":>12}{f"baseline {s}":>14}' for s in splits)
+    lines = [header, '-' * len(header)]
+    for metric in M.METRIC_NAMES:
+        cells = ''
+        for split in splits:
+            mine = (htnet.get(split) or {}).get(metric)
+            cells += (f'{mine:>12.4f}' if mine is not None else f'{"-":>12}') + f'{baseline[split][metric]:>14.4f}'
+        lines.append(f'{metric:<20}{cells}')
+    return '\n'.join(lines)
 
 
 def _cli(argv: Sequence[str] | None = None) -> int:

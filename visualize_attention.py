@@ -50,7 +50,8 @@ from einops import rearrange
 from tqdm import tqdm
 
 import utils
-from demo_inference import FacialPalsyPredictor, HelpFormatter, ImageInput, display_grade, draw_probabilities
+from demo_inference import (FacialPalsyPredictor, HelpFormatter, ImageInput, decode_grades, display_grade,
+                            draw_probabilities)
 from facial_palsy_dataset import (LANDMARK_NAMES, REGION_NAMES, LandmarkDetector, face_square_bounds,
                                   region_boxes, to_image)
 from Model import AttentionRecorder, HTNet
@@ -319,7 +320,8 @@ class AttentionVisualizer:
         inputs = inputs.to(self.device)
         logits, attention = record_attention(self.model, inputs)
         probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
-        grade_index = int(probabilities.argmax())
+        # the grade as inference reports it (argmax, or the ordinal median for an ordinal-loss checkpoint)
+        grade_index = int(decode_grades(logits.float().cpu(), self.predictor.prediction)[0])
         saliency = gradient_saliency(self.model, inputs, grade_index)
 
         per_head = attention_to_mosaic(attention, self.model.image_size, self.model.patch_size, per_head=True)

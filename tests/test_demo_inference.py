@@ -14,13 +14,16 @@ import demo_inference as demo
 import Model
 import utils
 from facial_palsy_dataset import FaceLandmarks, default_preprocess
+from symmetry import MEASUREMENT_NAMES
 
 TINY_MODEL_ARGS = Model.model_args_from(image_size=56, patch_size=7, num_classes=6, dim=16, heads=1,
                                         num_hierarchies=3, block_repeats=[1, 1, 1])
 RESULT_KEYS = {'path', 'grade_index', 'grade', 'confidence', 'probabilities', 'face_box', 'landmarks',
-               'face_detected', 'landmark_source', 'status', 'error'}
+               'face_detected', 'landmark_source', 'status', 'error', 'side', 'side_confidence',
+               'side_probabilities', 'symmetry'}
 CSV_COLUMNS = ['path', 'status', 'grade_index', 'grade', 'confidence', 'p_I', 'p_II', 'p_III', 'p_IV', 'p_V', 'p_VI',
-               'face_detected', 'error']
+               'face_detected', 'error', *(f'sym_{name}' for name in MEASUREMENT_NAMES),
+               'sym_more_affected_image_side']
 
 
 def save_tiny_checkpoint(path: Path, model_args: dict | None = None, weights_from: dict | None = None) -> Path:

@@ -15,11 +15,13 @@ import metrics as M
 import Model
 import utils
 from facial_palsy_dataset import LANDMARK_SOURCES, default_preprocess
+from symmetry import MEASUREMENT_NAMES
 
 TINY_MODEL_ARGS = Model.model_args_from(image_size=56, patch_size=7, num_classes=6, dim=16, heads=1,
                                         num_hierarchies=3, block_repeats=[1, 1, 1])
 PREDICTION_COLUMNS = ['path', 'subject', 'side', 'true_label', 'true_grade', 'pred_label', 'pred_grade', 'correct',
-                      'confidence', 'p_I', 'p_II', 'p_III', 'p_IV', 'p_V', 'p_VI', 'landmark_source']
+                      'confidence', 'p_I', 'p_II', 'p_III', 'p_IV', 'p_V', 'p_VI', 'landmark_source',
+                      *(f'sym_{name}' for name in MEASUREMENT_NAMES), 'sym_more_affected_image_side']
 
 
 def save_tiny_checkpoint(path: Path, model_args: dict | None = None, weights_from: dict | None = None,
@@ -66,10 +68,11 @@ def evaluation(synthetic_dataset, tiny_checkpoint, test_csv, tmp_path_factory):
 def test_writes_every_output_file(evaluation):
     result, output_dir, _ = evaluation
     for name in ('metrics.json', 'confusion_matrix.png', 'per_class_accuracy.png', 'classification_report.txt',
-                 'predictions.csv', 'predictions.npz', 'args.yaml', 'skipped.csv'):
+                 'predictions.csv', 'predictions.npz', 'args.yaml', 'skipped.csv', 'symmetry_by_grade.csv',
+                 'asymmetry_by_grade.png'):
         assert (output_dir / name).is_file(), name
         assert (output_dir / name).stat().st_size > 0, name
-    for name in ('confusion_matrix.png', 'per_class_accuracy.png'):
+    for name in ('confusion_matrix.png', 'per_class_accuracy.png', 'asymmetry_by_grade.png'):
         with Image.open(output_dir / name) as image:
             assert image.format == 'PNG' and min(image.size) > 100
     assert set(result['files']) >= {'metrics.json', 'predictions.csv', 'predictions.npz'}
