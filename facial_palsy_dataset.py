@@ -12,6 +12,8 @@ inference and the attention viewer:
    micro-expressions. The two sides of the face stay apart and are never mirrored, because in palsy the difference
    between them is the signal.
 4. ``make_input`` chains these into the normalised ``(3, S, S)`` tensor (``S = 2 * region_size``, 56 by default).
+   ``make_flow_input`` does the same for the ``flow`` input mode: the optical flow (u, v, strain) between a rest
+   photo and an expression photo of one person (``optical_flow.py``), cut into the same mosaic.
 
 ``FacialPalsyDataset`` reads an annotation CSV (``image_path, grade, side, split``) or ``grade_N`` folders;
 ``CKPlusFacialPalsyDataset`` reads the CK+ sequence layout with a grade mapping made by ``prepare_dataset.py``.
@@ -47,11 +49,12 @@ from utils import GRADE_6_TO_3, UserError, atomic_write_text, grade_names, resol
 
 __all__ = [
     'LANDMARK_COLUMNS', 'REQUIRED_COLUMNS', 'LANDMARK_NAMES', 'REGION_NAMES', 'LANDMARK_SOURCES', 'INPUT_MODES',
+    'PHOTO_INPUT_MODES', 'NEUTRAL_LANDMARK_COLUMNS',
     'TEMPLATE_LANDMARKS_28', 'DEFAULT_CACHE_DIR', 'IMAGE_EXTENSIONS',
     'ImageReadError', 'load_image', 'FaceLandmarks', 'LandmarkDetector', 'template_landmarks',
     'default_preprocess', 'model_input_size', 'face_square_bounds', 'face_square', 'aligned_face',
     'region_boxes', 'region_mosaic', 'network_image', 'network_image_from_face', 'to_tensor', 'to_image',
-    'make_input', 'SampleRecord', 'read_annotation_csv', 'scan_grade_folders', 'scan_ckplus',
+    'make_input', 'make_flow_input', 'SampleRecord', 'read_annotation_csv', 'scan_grade_folders', 'scan_ckplus',
     'FacialPalsyDataset', 'CKPlusFacialPalsyDataset',
 ]
 
@@ -65,8 +68,13 @@ LANDMARK_NAMES = ('left_eye', 'right_eye', 'nose', 'left_mouth', 'right_mouth')
 # Mosaic order: [left_eye | left_mouth] over [right_eye | right_mouth]; indices into LANDMARK_NAMES.
 REGION_NAMES = ('left_eye', 'left_mouth', 'right_eye', 'right_mouth')
 _REGION_POINTS = (0, 3, 1, 4)
+# the rest photo's landmarks in an annotation CSV (synthetic pairs write them; used when MTCNN misses the face)
+NEUTRAL_LANDMARK_COLUMNS = [f'neutral_{c}' for c in LANDMARK_COLUMNS]
 LANDMARK_SOURCES = ('detected', 'annotation', 'template')
-INPUT_MODES = ('regions', 'face')
+# regions: the eye / mouth-corner mosaic of one photo; face: the whole aligned face; flow: the region mosaic of the
+# optical flow between a rest and an expression photo of one sitting (HTNet's original motion input)
+INPUT_MODES = ('regions', 'face', 'flow')
+PHOTO_INPUT_MODES = ('regions', 'face')  # the modes that read one photo (make_input); flow reads a pair
 SIDES = ('left', 'right', 'none', 'unknown')
 SPLIT_ALIASES = {'training': 'train', 'valid': 'val', 'validation': 'val', 'dev': 'val', 'testing': 'test'}
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -96,6 +104,7 @@ _MTCNN_FIXED = {'keep_all': False, 'select_largest': True, 'post_process': False
 DEFAULT_DETECTOR_SETTINGS = {'min_face_size': 20, 'thresholds': [0.6, 0.7, 0.7], 'factor': 0.709,
                              'max_side': DETECT_MAX_SIDE}
 _CACHE_VERSION = 1
+_FLOW_TRANSFORM_NOTED = False  # the note that flow inputs take no transform is printed once per run
 
 
 # reading images
@@ -511,6 +520,9 @@ def default_preprocess(input_mode: str = 'regions', image_size: int = 224, regio
 
     ``regions``: the 2x2 mosaic of ``region_size`` crops from the face square (``input_size = 2 * region_size``).
     ``face``: the whole face square, rotated so the eyes are level, resized to the same ``input_size``.
+    ``flow``: the ``regions`` mosaic of the optical flow image (u, v, strain) between a rest photo and an expression
+    photo; the flow settings (``optical_flow.FLOW_SETTINGS``) are stored under ``flow`` so that evaluation and
+    inference rebuild the same motion images.
     """
     if input_mode not in INPUT_MODES:
         raise UserError(f'input_mode {input_mode!r}: choose one of {", ".join(INPUT_MODES)}')
@@ -519,12 +531,17 @@ def default_preprocess(input_mode: str = 'regions', image_size: int = 224, regio
         raise UserError(f'image_size {image_size} / region_size {region_size}: need 2 <= region_size <= image_size')
     settings = dict(DEFAULT_DETECTOR_SETTINGS)
     settings.update(detector or {})
-    return {
+    preprocess = {
         'input_mode': input_mode, 'image_size': image_size, 'region_size': region_size,
         'input_size': 2 * region_size, 'channels': 'RGB', 'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5],
         'regions': list(REGION_NAMES), 'face_crop': FACE_CROP_RULE, 'face_margin': FACE_MARGIN,
         'landmark_face_scale': LANDMARK_FACE_SCALE, 'detector': settings,
     }
+    if input_mode == 'flow':
+        import optical_flow  # imported here: optical_flow builds on this module
+
+        preprocess = optical_flow.flow_preprocess(preprocess)
+    return preprocess
 
 
 def model_input_size(preprocess: Mapping[str, Any]) -> int:
@@ -701,8 +718,27 @@ def to_image(tensor: torch.Tensor, preprocess: Mapping[str, Any]) -> np.ndarray:
 def make_input(image: np.ndarray, landmarks: Any, preprocess: Mapping[str, Any], box: Any = None) -> torch.Tensor:
     """A photo (HxWx3 uint8 RGB) and its five landmarks (array or ``FaceLandmarks``) -> the normalised network
     input ``(3, S, S)`` float32. Training, evaluation, inference and the attention viewer all call this, so a
-    model always sees its inputs made the same way."""
+    model always sees its inputs made the same way. A ``flow`` preprocess needs two photos: ``make_flow_input``."""
+    if preprocess.get('input_mode') == 'flow':
+        raise UserError('this model reads the optical flow between a rest and an expression photo '
+                        '(input_mode flow); give both photos (make_flow_input) rather than one')
     return to_tensor(network_image(_as_rgb_image(image), landmarks, preprocess, box), preprocess)
+
+
+def make_flow_input(rest_image: np.ndarray, expression_image: np.ndarray, rest_landmarks: Any,
+                    expression_landmarks: Any, preprocess: Mapping[str, Any]) -> torch.Tensor:
+    """The normalised network input ``(3, S, S)`` of the ``flow`` mode: the optical flow (u, v, strain) from a rest
+    photo to an expression photo of one person, in the rest photo's face square, cut into the region mosaic at the
+    rest landmarks (``optical_flow.flow_input``). Both photos are HxWx3 uint8 RGB; the landmarks are (5, 2) arrays
+    or ``FaceLandmarks`` in each photo's own pixels (the expression photo is aligned onto the rest photo on the eyes
+    and nose; ``expression_landmarks=None`` trusts the two photos to share the framing). The dataset calls this,
+    so inference on a pair reuses exactly the training inputs."""
+    import optical_flow
+
+    flow_settings = preprocess if preprocess.get('input_mode') == 'flow' else default_preprocess(
+        'flow', int(preprocess.get('image_size', 224)), int(preprocess.get('region_size', 28)))
+    return optical_flow.flow_input(_as_rgb_image(rest_image), _as_rgb_image(expression_image), rest_landmarks,
+                                   flow_settings, expression_landmarks)
 
 
 # annotations
@@ -717,6 +753,7 @@ class SampleRecord:
     neutral_path: str | None = None
     annotation: np.ndarray | None = None  # (5, 2) landmarks from the annotation, original pixels
     origin: str = ''  # where the label came from, e.g. "fnp.csv row 4"
+    neutral_annotation: np.ndarray | None = None  # (5, 2) landmarks of the neutral (rest) photo, if annotated
 
 
 def _normalise_split(split: str | None) -> str | None:
@@ -775,9 +812,9 @@ def _missing_columns(csv_file: Path, columns: Sequence[str], required: Sequence[
                         f'(it has: {", ".join(columns) or "none"})')
 
 
-def _row_landmarks(row: Mapping[str, str]) -> np.ndarray | None:
+def _row_landmarks(row: Mapping[str, str], columns: Sequence[str] = LANDMARK_COLUMNS) -> np.ndarray | None:
     try:
-        values = np.array([float(row[c]) for c in LANDMARK_COLUMNS], dtype=np.float32)
+        values = np.array([float(row[c]) for c in columns], dtype=np.float32)
     except (ValueError, KeyError):
         return None
     return values.reshape(5, 2) if np.all(np.isfinite(values)) else None
@@ -785,8 +822,9 @@ def _row_landmarks(row: Mapping[str, str]) -> np.ndarray | None:
 
 def read_annotation_csv(csv_file: str | os.PathLike, data_root: str | os.PathLike, split: str | None = None
                         ) -> tuple[list[SampleRecord], list[tuple[str, str]]]:
-    """Rows of an annotation CSV (``image_path, grade, side, split`` + optional ``subject``, ``neutral_path`` and
-    landmark columns) for one split (None / ``all``: every row).
+    """Rows of an annotation CSV (``image_path, grade, side, split`` + optional ``subject``, ``neutral_path``,
+    landmark columns and the neutral photo's ``neutral_eye_l_x ... neutral_mouth_r_y``) for one split (None /
+    ``all``: every row).
 
     Returns ``(records, skipped)``; a row with a grade that is not a number 0-5 is skipped and listed with its row
     number (the header is row 1, as a spreadsheet shows it). A CSV without a required column, or without a row of
@@ -800,6 +838,7 @@ def read_annotation_csv(csv_file: str | os.PathLike, data_root: str | os.PathLik
     if 'split' not in table.columns:
         table['split'] = ''
     has_landmarks = all(c in table.columns for c in LANDMARK_COLUMNS)
+    has_neutral_landmarks = all(c in table.columns for c in NEUTRAL_LANDMARK_COLUMNS)
     records, skipped = [], []
     splits_seen = Counter()
     rows_in_split = 0
@@ -829,7 +868,9 @@ def read_annotation_csv(csv_file: str | os.PathLike, data_root: str | os.PathLik
         records.append(SampleRecord(
             path=str(path), grade=grade, side=_normalise_side(row['side']),
             subject=str(row.get('subject', '') or '').strip() or _subject_of(path),
-            neutral_path=neutral or None, annotation=_row_landmarks(row) if has_landmarks else None, origin=where))
+            neutral_path=neutral or None, annotation=_row_landmarks(row) if has_landmarks else None, origin=where,
+            neutral_annotation=(_row_landmarks(row, NEUTRAL_LANDMARK_COLUMNS)
+                                if has_neutral_landmarks and neutral else None)))
     if rows_in_split == 0:
         present = ', '.join(f'{name} ({count})' for name, count in sorted(splits_seen.items())) or 'no rows at all'
         raise UserError(f'{csv_file}: no rows with split "{split or "all"}" (splits present: {present})')
@@ -1001,7 +1042,7 @@ def scan_ckplus(data_root: str | os.PathLike, grade_mapping_csv: str | os.PathLi
         records.append(SampleRecord(
             path=str(frames[-1]), grade=entry['grade'], side=entry['side'], subject=subject,
             neutral_path=str(frames[0]), annotation=_ck_landmarks(data_root, subject, sequence, frames[-1]),
-            origin=entry['where']))
+            origin=entry['where'], neutral_annotation=_ck_landmarks(data_root, subject, sequence, frames[0])))
     unused = [e['where'] for e in (*by_sequence.values(), *by_subject.values()) if e['where'] not in used]
     if verbose and unused:
         print(f'note: {len(unused)} row(s) of {mapping_csv} match no sequence under {images_root} '
@@ -1042,6 +1083,14 @@ class FacialPalsyDataset(Dataset):
     RGB) with its five points before the regions are cut, so geometric changes move the regions along; a
     ``transform.mosaic_transform`` (if not None) is then applied to the network input tensor. ``preload=True``
     keeps every face square in memory (``len * image_size**2 * 3`` bytes) for photos that are slow to decode.
+
+    ``input_mode='flow'``: each sample is a pair, the photo (``image_path``, the expression) and its rest photo
+    (``neutral_path``; CK+ uses the first frame of the sequence). The landmarks of both come from the same detector
+    and cache (fallbacks: the ``neutral_*`` / landmark columns, then the template); rows without a usable rest photo
+    are skipped and listed. The input is ``make_flow_input`` of the pair. No ``transform`` is applied in this mode
+    (a photo augmentation would have to move both photos identically, and a changed photo reads as motion); the
+    flow mosaic of a sample is therefore fixed, and is computed once and kept in memory (``len * S**2 * 3`` bytes;
+    ``preload=True`` computes them all while building).
     """
 
     def __init__(self, data_root: str | os.PathLike, csv_file: str | os.PathLike | None = None,
@@ -1061,17 +1110,31 @@ class FacialPalsyDataset(Dataset):
         self.split = _normalise_split(split)
         self.num_classes = int(num_classes)
         self.class_names = grade_names(self.num_classes)
+        self.input_mode = input_mode  # before the transform, whose setter reads it
         self.transform = transform
         self.verbose = verbose
         self.image_size = int(image_size)
         self.region_size = int(region_size)
-        self.input_mode = input_mode
         detector = detector or LandmarkDetector(device=device, cache_dir=cache_dir, progress=verbose)
         self.preprocess = default_preprocess(input_mode, image_size, region_size, detector=detector.settings)
         self.cache_dir = detector.cache_dir
+        self._flow_images: dict[int, np.ndarray] = {}  # flow mode: network images (uint8) computed so far
         records, skipped = self._read_records()
         self._build(records, skipped, detector)
         self._faces = self._preload() if preload else None
+
+    @property
+    def transform(self) -> Callable | None:
+        return self._transform
+
+    @transform.setter
+    def transform(self, transform: Callable | None) -> None:
+        global _FLOW_TRANSFORM_NOTED
+        self._transform = transform
+        if transform is not None and self.input_mode == 'flow' and not _FLOW_TRANSFORM_NOTED:
+            _FLOW_TRANSFORM_NOTED = True
+            print('note: input_mode flow applies no augmentation or mirroring (the transform is ignored): a photo '
+                  'change would read as motion, and both photos of a pair would have to change alike')
 
     # reading the annotations
 
@@ -1097,15 +1160,21 @@ class FacialPalsyDataset(Dataset):
 
     def _build(self, records: list[SampleRecord], skipped: list[tuple[str, str]], detector: LandmarkDetector
                ) -> None:
-        faces = detector.detect_paths([r.path for r in records], [r.annotation for r in records], on_error='skip')
-        kept = []
-        for record, face in zip(records, faces):
-            if face is None:
-                skipped.append((record.path, detector.errors.get(record.path, 'unreadable')))
-            else:
-                kept.append((record, face))
+        if self.input_mode == 'flow':
+            kept, neutral_faces = self._detect_pairs(records, skipped, detector)
+        else:
+            faces = detector.detect_paths([r.path for r in records], [r.annotation for r in records],
+                                          on_error='skip')
+            kept, neutral_faces = [], None
+            for record, face in zip(records, faces):
+                if face is None:
+                    skipped.append((record.path, detector.errors.get(record.path, 'unreadable')))
+                else:
+                    kept.append((record, face))
         self.records = [record for record, _ in kept]
         self.landmarks = [face for _, face in kept]
+        # flow mode: the rest photo's landmarks, aligned with self.records; None in the other modes
+        self.neutral_landmarks = neutral_faces
         self.paths = [r.path for r in self.records]
         self.grades = [r.grade for r in self.records]
         self.labels = [GRADE_6_TO_3[g] if self.num_classes == 3 else g for g in self.grades]
@@ -1123,6 +1192,33 @@ class FacialPalsyDataset(Dataset):
             listed = f'; reasons in {self.skipped_csv}' if self.skipped_csv else ''
             raise UserError(f'{source}: no usable image for split "{self.split or "all"}" '
                             f'({len(skipped)} skipped{listed})')
+
+    def _detect_pairs(self, records: list[SampleRecord], skipped: list[tuple[str, str]],
+                      detector: LandmarkDetector) -> tuple[list[tuple[SampleRecord, FaceLandmarks]],
+                                                           list[FaceLandmarks]]:
+        """Landmarks of the expression and the rest photo of every pair, in one batched and cached pass; pairs
+        with no rest photo, or one of the two photos unusable, go to ``skipped`` with the reason."""
+        paired = []
+        for record in records:
+            if record.neutral_path:
+                paired.append(record)
+            else:
+                skipped.append((record.path, 'no neutral_path (rest photo), which input_mode flow needs'))
+        count = len(paired)
+        faces = detector.detect_paths([r.path for r in paired] + [r.neutral_path for r in paired],
+                                      [r.annotation for r in paired] + [r.neutral_annotation for r in paired],
+                                      on_error='skip')
+        kept, neutral_faces = [], []
+        for record, face, neutral_face in zip(paired, faces[:count], faces[count:]):
+            if face is None:
+                skipped.append((record.path, detector.errors.get(record.path, 'unreadable')))
+            elif neutral_face is None:
+                reason = detector.errors.get(record.neutral_path, 'unreadable')
+                skipped.append((record.path, f'rest photo {record.neutral_path}: {reason}'))
+            else:
+                kept.append((record, face))
+                neutral_faces.append(neutral_face)
+        return kept, neutral_faces
 
     def _write_skipped(self) -> Path | None:
         if self.cache_dir is None:
@@ -1144,11 +1240,20 @@ class FacialPalsyDataset(Dataset):
         missed = self.landmark_counts['annotation'] + self.landmark_counts['template']
         print(f'{self.dataset_type} {self.split or "all"}: {len(self)} images; landmarks: {counts}; '
               f'faces not detected: {missed}')
+        if self.neutral_landmarks is not None:
+            rest = Counter(face.source for face in self.neutral_landmarks)
+            print(f'  rest photos of the pairs: landmarks: '
+                  f'{", ".join(f"{source} {rest.get(source, 0)}" for source in LANDMARK_SOURCES)}')
         if self.skipped:
             print(f'  skipped {len(self.skipped)} (listed in {self.skipped_csv or "dataset.skipped"}); first: '
                   f'{self.skipped[0][0]}: {self.skipped[0][1]}')
 
-    def _preload(self) -> np.ndarray:
+    def _preload(self) -> np.ndarray | None:
+        if self.input_mode == 'flow':
+            for index in tqdm(range(len(self)), desc='computing optical flow', unit='pair',
+                              disable=not self.verbose):
+                self._flow_image(index)
+            return None
         faces = np.empty((len(self), self.image_size, self.image_size, 3), dtype=np.uint8)
         points = np.empty((len(self), 5, 2), dtype=np.float32)
         for index in tqdm(range(len(self)), desc='loading faces', unit='img', disable=not self.verbose):
@@ -1162,12 +1267,15 @@ class FacialPalsyDataset(Dataset):
         return len(self.records)
 
     def _load(self, index: int) -> np.ndarray:
-        path = self.paths[index]
+        return self._load_checked(self.paths[index], self.landmarks[index])
+
+    @staticmethod
+    def _load_checked(path: str, landmarks: FaceLandmarks) -> np.ndarray:
         try:
             image = load_image(path)
         except ImageReadError as err:
             raise ImageReadError(f'{err} (it was readable when the dataset was built; has it changed?)') from None
-        expected = self.landmarks[index].image_size
+        expected = landmarks.image_size
         if expected is not None and (image.shape[1], image.shape[0]) != tuple(expected):
             raise ImageReadError(f'{path}: changed after the dataset was built (was {expected[0]}x{expected[1]}, '
                                  f'now {image.shape[1]}x{image.shape[0]}); build the dataset again')
@@ -1184,7 +1292,20 @@ class FacialPalsyDataset(Dataset):
             return self._faces[index].copy(), self._face_points[index].copy()
         return self._face_from_disk(index)
 
+    def _flow_image(self, index: int) -> np.ndarray:
+        """The un-normalised flow mosaic (uint8) of pair ``index``, computed on first use."""
+        image = self._flow_images.get(index)
+        if image is None:
+            rest_face = self.neutral_landmarks[index]
+            rest = self._load_checked(self.neutral_paths[index], rest_face)
+            tensor = make_flow_input(rest, self._load(index), rest_face, self.landmarks[index], self.preprocess)
+            image = to_image(tensor, self.preprocess)
+            self._flow_images[index] = image
+        return image
+
     def _input(self, index: int) -> torch.Tensor:
+        if self.input_mode == 'flow':
+            return to_tensor(self._flow_image(index), self.preprocess)
         face, points = self._face(index)
         if self.transform is not None:
             result = self.transform(face, points)
@@ -1201,13 +1322,18 @@ class FacialPalsyDataset(Dataset):
     def get_sample(self, index: int) -> dict[str, Any]:
         """Item ``index`` with everything known about it: ``image`` (the network input), ``label``, ``grade``
         (0-5), ``side``, ``subject``, ``path``, ``neutral_path``, ``landmark_source``, ``landmarks`` (5, 2) and
-        ``box`` in original-photo pixels, ``score`` (MTCNN's confidence or None)."""
+        ``box`` in original-photo pixels, ``score`` (MTCNN's confidence or None); in flow mode also the rest
+        photo's ``neutral_landmarks`` and ``neutral_landmark_source``."""
         face = self.landmarks[index]
-        return {'image': self._input(index), 'label': self.labels[index], 'grade': self.grades[index],
-                'side': self.sides[index], 'subject': self.subjects[index], 'path': self.paths[index],
-                'neutral_path': self.neutral_paths[index], 'landmark_source': face.source,
-                'landmarks': face.points.copy(), 'box': None if face.box is None else face.box.copy(),
-                'score': face.score}
+        sample = {'image': self._input(index), 'label': self.labels[index], 'grade': self.grades[index],
+                  'side': self.sides[index], 'subject': self.subjects[index], 'path': self.paths[index],
+                  'neutral_path': self.neutral_paths[index], 'landmark_source': face.source,
+                  'landmarks': face.points.copy(), 'box': None if face.box is None else face.box.copy(),
+                  'score': face.score}
+        if self.neutral_landmarks is not None:
+            rest = self.neutral_landmarks[index]
+            sample.update(neutral_landmark_source=rest.source, neutral_landmarks=rest.points.copy())
+        return sample
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}({self.dataset_type}, split={self.split or "all"}, {len(self)} images, '

@@ -26,14 +26,17 @@ from utils import (GRADE_3_TO_6, GRADE_6_TO_3, HB_GRADES, SIMPLIFIED_GRADES, Use
                    atomic_write_text, parse_args_with_config, run_cli)
 
 LANDMARK_COLUMNS = synthetic_faces.LANDMARK_COLUMNS
+# the rest photo's landmarks of a rest / expression pair (the fallback when MTCNN misses the rest photo)
+NEUTRAL_LANDMARK_COLUMNS = synthetic_faces.NEUTRAL_LANDMARK_COLUMNS
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 SPLITS = ('train', 'val', 'test')
 SIDE_VALUES = ('left', 'right', 'none', 'unknown')
 SIDE_ALIASES = {'l': 'left', 'r': 'right', 'n': 'none', 'no': 'none', 'normal': 'none', '': 'unknown'}
 DEFAULT_SUBJECT_REGEX = r'^([^_]+)'
 # columns taken over from a generator's <data_root>/annotation.csv
-MERGED_COLUMNS = ('subject', 'side', 'neutral_path', *LANDMARK_COLUMNS)
-FIRST_COLUMNS = ['image_path', 'grade', 'side', 'split', 'subject', 'neutral_path', *LANDMARK_COLUMNS]
+MERGED_COLUMNS = ('subject', 'side', 'neutral_path', *LANDMARK_COLUMNS, *NEUTRAL_LANDMARK_COLUMNS)
+FIRST_COLUMNS = ['image_path', 'grade', 'side', 'split', 'subject', 'neutral_path', *LANDMARK_COLUMNS,
+                 *NEUTRAL_LANDMARK_COLUMNS]
 
 EPILOG = """\
 examples:
@@ -41,6 +44,11 @@ examples:
   python prepare_dataset.py --dataset_type synthetic --output_root ./datasets/facial_palsy/FNP
   python prepare_dataset.py --dataset_type FNP --data_root ./datasets/facial_palsy/FNP \\
       --output_csv ./datasets/facial_palsy/fnp_annotation.csv --split_ratio 0.7 0.15 0.15
+
+  # synthetic rest / expression pairs (rest photos in rest/grade_N/, neutral_path in the CSV) for --input_mode flow
+  python prepare_dataset.py --dataset_type synthetic --pairs --output_root ./datasets/facial_palsy/FNP_pairs
+  python prepare_dataset.py --dataset_type FNP --data_root ./datasets/facial_palsy/FNP_pairs \
+      --output_csv ./datasets/facial_palsy/fnp_pairs_annotation.csv
 
   # your own photos in grade_0 .. grade_5 folders (subject = file name before the first _)
   python prepare_dataset.py --dataset_type FNP --data_root ./my_photos --output_csv ./my_photos.csv
@@ -320,8 +328,9 @@ def read_input_csv(path: Path) -> pd.DataFrame:
 
 
 def merge_generator_annotation(table: pd.DataFrame, data_root: Path) -> pd.DataFrame:
-    """Take subject, side, neutral_path and landmark columns from ``<data_root>/annotation.csv`` (which the synthetic
-    generator and the CK+ conversion write) for the photos it lists; values already in ``table`` win."""
+    """Take subject, side, neutral_path, landmark and neutral (rest photo) landmark columns from
+    ``<data_root>/annotation.csv`` (which the synthetic generator and the CK+ conversion write) for the photos it
+    lists; values already in ``table`` win."""
     path = data_root / 'annotation.csv'
     if not path.is_file():
         return table
@@ -345,8 +354,9 @@ def merge_generator_annotation(table: pd.DataFrame, data_root: Path) -> pd.DataF
             table[column] = current.where(current != '', values)
         else:
             table[column] = values
-    names = [c for c in columns if c not in LANDMARK_COLUMNS]
+    names = [c for c in columns if c not in LANDMARK_COLUMNS and c not in NEUTRAL_LANDMARK_COLUMNS]
     names += ['landmark'] if any(c in LANDMARK_COLUMNS for c in columns) else []
+    names += ['rest photo landmark'] if any(c in NEUTRAL_LANDMARK_COLUMNS for c in columns) else []
     print(f'merged {", ".join(names) or "no"} columns from {path} ({matched} of {len(table)} photos listed there)')
     return table
 
@@ -568,14 +578,16 @@ def run_ckplus(args: argparse.Namespace) -> pd.DataFrame:
 # synthetic
 
 def synthetic_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings that decide whether an existing synthetic set is the one asked for (as its manifest stores
+    them; ``pairs`` is False where a manifest has no entry, as generate_dataset writes it only for pairs)."""
     return {'generator': 'synthetic_faces.py', 'version': synthetic_faces.GENERATOR_VERSION, 'seed': args.seed,
             'num_subjects': args.num_subjects, 'images_per_subject': args.images_per_subject,
-            'image_size': args.image_size, 'expressions': args.expressions}
+            'image_size': args.image_size, 'expressions': args.expressions, 'pairs': bool(args.pairs)}
 
 
 def _synthetic_is_current(root: Path, settings: dict[str, Any]) -> bool:
     manifest = synthetic_faces.read_manifest(root)
-    if manifest is None or any(manifest.get(k) != v for k, v in settings.items()):
+    if manifest is None or any(manifest.get(k, False if k == 'pairs' else None) != v for k, v in settings.items()):
         return False
     return (root / 'annotation.csv').is_file() and all((root / f).is_file() for f in manifest.get('files', []))
 
@@ -599,11 +611,15 @@ def run_synthetic(args: argparse.Namespace) -> pd.DataFrame:
         raise UserError('--dataset_type synthetic needs --output_root (the folder to draw the faces into)')
     if root.exists() and not root.is_dir():
         raise UserError(f'--output_root {root}: is a file, not a folder')
+    if args.pairs and args.expressions != 'protocol':  # before anything already there is removed
+        raise UserError(f'--pairs needs --expressions protocol (with {args.expressions} the expression photo of a '
+                        f'pair would not move)')
     settings = synthetic_settings(args)
+    what = 'rest / expression pairs' if args.pairs else 'photos'
     previous = synthetic_faces.read_manifest(root) if root.is_dir() else None
     if previous is not None and not args.overwrite and _synthetic_is_current(root, settings):
         print(f'{root}: already holds this synthetic set (seed {args.seed}, {args.num_subjects} subjects x '
-              f'{args.images_per_subject} photos); nothing to do (--overwrite draws it again)')
+              f'{args.images_per_subject} {what}); nothing to do (--overwrite draws it again)')
         table = pd.read_csv(root / 'annotation.csv')
     else:
         if previous is not None:
@@ -617,9 +633,11 @@ def run_synthetic(args: argparse.Namespace) -> pd.DataFrame:
             print(f'note: writing into the non-empty folder {root} (--overwrite); files with the same names are '
                   f'replaced')
         table = synthetic_faces.generate_dataset(root, args.num_subjects, args.images_per_subject, args.image_size,
-                                                 args.seed, progress=not args.quiet, expressions=args.expressions)
-        print(f'{root}: {len(table)} synthetic photos of {args.num_subjects} subjects written '
-              f'(grade_N/, annotation.csv, preview.jpg, README.md)')
+                                                 args.seed, progress=not args.quiet, expressions=args.expressions,
+                                                 pairs=args.pairs)
+        rest = f', rest photos in {synthetic_faces.REST_FOLDER}/grade_N/' if args.pairs else ''
+        print(f'{root}: {len(table)} synthetic {what} of {args.num_subjects} subjects written '
+              f'(grade_N/{rest}, annotation.csv, preview.jpg, README.md)')
         check_synthetic_detection(root, table, args)
     if args.output_csv is not None:
         run_fnp(argparse.Namespace(**{**vars(args), 'data_root': root, 'input_csv': None}))
@@ -641,7 +659,21 @@ def check_synthetic_detection(root: Path, table: pd.DataFrame, args: argparse.Na
     if result['rate'] < 0.9:
         print(f'warning: the detection rate is below 90%; photos without a detected face fall back to the true '
               f'landmarks in annotation.csv. Missed: {", ".join(result["missed"][:5])}')
+    if args.detection_check is None and 'neutral_path' in table.columns:
+        cache_rest_photos(root, table, args)
     return result
+
+
+def cache_rest_photos(root: Path, table: pd.DataFrame, args: argparse.Namespace) -> None:
+    """Detect the rest photos of pairs into the landmark cache as well, so that flow training finds both photos
+    of every pair there."""
+    from facial_palsy_dataset import LandmarkDetector
+
+    detector = LandmarkDetector(device=args.device, cache_dir=args.cache_dir, progress=not args.quiet)
+    paths = [str(root / p) for p in table['neutral_path'] if isinstance(p, str) and p]
+    found = detector.detect_paths(paths, on_error='skip')
+    detected = sum(1 for face in found if face is not None and face.source == 'detected')
+    print(f'MTCNN found a face in {detected}/{len(paths)} rest photos (cached for training)')
 
 
 # merging datasets
@@ -758,6 +790,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help='protocol: each subject\'s photos cycle through rest, brow raise, eye closure and smile '
                             '(the affected side moves less), as in a facial nerve examination; rest: resting faces '
                             'only (default: protocol)')
+    synth.add_argument('--pairs', action='store_true',
+                       help='draw rest / expression pairs for --input_mode flow: every photo in grade_N/ is a '
+                            'movement (brow raise, eye closure, smile) and its rest photo of the same sitting goes to '
+                            'rest/grade_N/; annotation.csv gains neutral_path and the rest landmarks neutral_eye_l_x '
+                            '... (needs --expressions protocol)')
     synth.add_argument('--detection_check', type=parse_detection_check, default=None, metavar='N|all',
                        help='run MTCNN on the new photos (all), on N of them spread over the set, or not at all (0), '
                             'and report how many faces and landmarks it finds; the landmarks go into the cache '

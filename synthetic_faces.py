@@ -952,10 +952,11 @@ def record_detection(root: str | Path, detection: dict[str, Any]) -> None:
 def readme_text(settings: dict[str, Any], table: pd.DataFrame, detection: dict[str, Any] | None = None) -> str:
     counts = table.groupby('grade').agg(images=('image_path', 'size'), subjects=('subject', 'nunique'))
     counts = counts.reindex(range(len(HB_GRADES)), fill_value=0)
-    if settings.get('pairs'):  # prepare_dataset.py has no flag for pairs
-        regenerate = (f'    python -c "import synthetic_faces as sf; sf.generate_dataset(\'<this folder>\', '
-                      f'{settings["num_subjects"]}, {settings["images_per_subject"]}, {settings["image_size"]}, '
-                      f'{settings["seed"]}, pairs=True)"')
+    if settings.get('pairs'):
+        regenerate = (f'    python prepare_dataset.py --dataset_type synthetic --pairs --output_root <this folder> '
+                      f'--num_subjects {settings["num_subjects"]} --images_per_subject '
+                      f'{settings["images_per_subject"]} --image_size {settings["image_size"]} '
+                      f'--seed {settings["seed"]} --overwrite')
         series = ('Each photo of a subject is a movement of the examination series (brow raise, eye closure, smile '
                   'in turn from a random start, random effort 0.6-1) with its own rest photo. ')
     else:

@@ -94,9 +94,22 @@ EPILOG = '''examples:
   # also fit the landmark symmetry baseline on the training photos and compare it with HTNet on val and test
   python train_facial_palsy.py ... --test_csv ./datasets/facial_palsy/fnp_annotation.csv --baseline symmetry
 
+  # subject-wise 5-fold cross-validation over the train + val rows (grade-stratified; each fold picks its best
+  # epoch on validation subjects carved from its own training subjects, then scores its held-out subjects once)
+  python train_facial_palsy.py --data_root ./datasets/facial_palsy/FNP \
+      --train_csv ./datasets/facial_palsy/fnp_annotation.csv --cv 5 --epochs 30 \
+      --save_dir ./checkpoints/fnp_cv --log_dir ./logs/fnp_cv
+
+  # leave one subject out (one fold per patient; long): a quick look at the first 3 folds only
+  python train_facial_palsy.py --data_root ./datasets/facial_palsy/FNP \
+      --train_csv ./datasets/facial_palsy/fnp_annotation.csv --cv loso --cv_folds_limit 3 \
+      --save_dir ./checkpoints/fnp_loso --log_dir ./logs/fnp_loso
+
 outputs: <save_dir>/best_model.pth (best validation --select_metric), last.pth, epoch_N.pth;
 <log_dir>/summary.csv, training_history.json, training_curves.png, args.yaml, test_metrics.json (with --test_csv),
-skipped_images.csv (photos that could not be used), baseline_metrics.json (with --baseline symmetry)
+skipped_images.csv (photos that could not be used), baseline_metrics.json (with --baseline symmetry);
+with --cv: <save_dir>/fold_<k>/ and <log_dir>/fold_<k>/ as above for each fold, then <log_dir>/cv_summary.json,
+cv_predictions.csv (path, subject, fold, true, predicted) and cv_folds.png
 '''
 
 
@@ -218,6 +231,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help='symmetry: after training, fit the landmark symmetry baseline (symmetry.py) on the '
                           'training photos, score it on val (and --test_csv) with the same metrics, print it beside '
                           'HTNet and write <log_dir>/baseline_metrics.json')
+    cv = parser.add_argument_group('cross-validation (instead of one train / val run)')
+    cv.add_argument('--cv', default=None, metavar='K|loso',
+                    help='K (2 or more): subject-wise K-fold cross-validation, stratified by each subject\'s grade, '
+                         'over every non-test row (train + val rows of the CSV, or the grade folders); loso: leave '
+                         'one subject out (one fold per subject). Each fold selects its best epoch on validation '
+                         'subjects carved from its training subjects (--val_fraction), never on the held-out fold, '
+                         'which is scored once with that best checkpoint. --test_csv rows stay out of every fold '
+                         'and are not scored. Writes <save_dir>/fold_<k>/, <log_dir>/fold_<k>/ and '
+                         '<log_dir>/cv_summary.json, cv_predictions.csv, cv_folds.png')
+    cv.add_argument('--cv_folds_limit', type=int, default=None, metavar='N',
+                    help='with --cv: run only the first N folds (a quick look; cv_summary.json is marked partial)')
     run.add_argument('--threads', type=int, default=0,
                      help='CPU threads for PyTorch; 0 keeps its default (one per core). Small models on a busy or '
                           'small CPU often train fastest with 1, since threads of one operation wait for each other')
@@ -242,6 +266,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def validate_args(args: argparse.Namespace) -> None:
     """Refuse impossible settings up front with one clear line, before any slow landmark detection."""
+    if args.flip_swap_side and args.input_mode == 'flow':
+        raise UserError('--flip_swap_side mirrors photos, which --input_mode flow does not read one at a time; '
+                        'drop one of them')
     positive = {'epochs': args.epochs, 'batch_size': args.batch_size, 'image_size': args.image_size,
                 'region_size': args.region_size, 'patch_size': args.patch_size, 'dim': args.dim,
                 'heads': args.heads, 'num_hierarchies': args.num_hierarchies}
@@ -268,6 +295,7 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.scheduler == 'cosine' and args.warmup_epochs >= args.epochs:
         raise UserError(f'--warmup_epochs {args.warmup_epochs} leaves no epoch of cosine decay in --epochs '
                         f'{args.epochs}')
+    validate_cv_args(args)
     if args.train_csv is None and args.val_csv is not None:
         raise UserError('--val_csv needs --train_csv (or drop it and use --val_fraction with a grade folder layout)')
     if args.data_root is None and args.train_csv is None:
@@ -281,6 +309,45 @@ def validate_args(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and not Path(value).is_file():
             raise UserError(f'--{name} {value}: file not found')
+
+
+def parse_cv(value: Any) -> int | str | None:
+    """``--cv`` as a fold count (2 or more) or ``'loso'``; None when cross-validation is off."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text in ('loso', 'leave-one-subject-out', 'leave_one_subject_out'):
+        return 'loso'
+    try:
+        folds = int(text)
+    except ValueError:
+        raise UserError(f'--cv {value}: give a number of folds (2 or more) or loso') from None
+    if folds < 2:
+        raise UserError(f'--cv {value}: cross-validation needs at least 2 folds (or loso)')
+    return folds
+
+
+def validate_cv_args(args: argparse.Namespace) -> None:
+    """Check the --cv flags and the ones that do not combine with it, before any landmark detection."""
+    args.cv = parse_cv(getattr(args, 'cv', None))
+    limit = getattr(args, 'cv_folds_limit', None)
+    if args.cv is None:
+        if limit is not None:
+            raise UserError('--cv_folds_limit needs --cv K or --cv loso')
+        return
+    if limit is not None and limit < 1:
+        raise UserError(f'--cv_folds_limit must be at least 1, got {limit}')
+    if args.resume:
+        raise UserError('--resume continues one run; it does not combine with --cv (start the cross-validation '
+                        'again, or resume a single fold without --cv)')
+    if args.baseline:
+        raise UserError('--baseline does not combine with --cv; run it on a single train / val split')
+    if args.dataset_type == 'CK+':
+        raise UserError('--cv reads FNP data (an annotation CSV or grade folders); convert CK+ with '
+                        'prepare_dataset.py first')
+    if args.val_csv is not None and args.train_csv is not None and not _same_file(args.val_csv, args.train_csv):
+        raise UserError('--cv pools the train and val rows of --train_csv and carves validation subjects from '
+                        'each fold; a separate --val_csv does not fit: drop it or put its rows into --train_csv')
 
 
 def model_args_for(args: argparse.Namespace, input_size: int) -> dict[str, Any]:
@@ -1069,6 +1136,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     utils.seed_everything(args.seed)
     device = setup_device(args)
+    if args.cv is not None:
+        return run_cross_validation(args, device)
     autocast, scaler = utils.amp_context(device, args.amp)
     save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
     check_outputs_free(save_dir, log_dir, args)
@@ -1092,13 +1161,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     utils.seed_everything(args.seed + done)  # a resumed run draws fresh but repeatable batches and augmentations
     loaders = build_loaders(datasets, args, device, seed=args.seed + done)
 
-    model = build_model(model_args, args).to(device)
+    model, ctx = make_train_context(model_args, args, datasets, loaders, device, autocast, scaler)
+    optimizer, scheduler = ctx.optimizer, ctx.scheduler
     print(f'HTNet: {Model.count_parameters(model) / 1e6:.3f}M parameters; input {input_size}x{input_size} '
           f'({args.input_mode}; face {args.image_size}px, regions {args.region_size}px); '
           f'{len(loaders["train"])} steps per epoch')
-    train_model = maybe_compile(model, args.compile, device)
-    criterion = build_criterion(args, split_labels(datasets['train']), class_names, device)
-    optimizer, scheduler, step_per_batch = build_optimizer(model, args, len(loaders['train']))
     if args.scheduler != 'cosine' and args.warmup_epochs:
         print('note: --warmup_epochs only applies to --scheduler cosine')
 
@@ -1108,11 +1175,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                       args.select_metric)
         del resume_checkpoint
         start_epoch = done + 1
-
-    mixup = data_augmentation.MixUp(args.mixup) if args.mixup > 0 else None
-    ctx = TrainContext(model=train_model, criterion=criterion, optimizer=optimizer, device=device,
-                       autocast=autocast, scaler=scaler, scheduler=scheduler, step_per_batch=step_per_batch,
-                       mixup=mixup, multitask=args.multitask, prediction=prediction_rule(args))
 
     def state(epoch: int, val_metrics: dict | None) -> dict[str, Any]:
         return checkpoint_state(model, optimizer, scheduler, epoch, best, model_args, preprocess, args, history,
@@ -1136,6 +1198,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results['baseline_metrics'] = run_symmetry_baseline(datasets, args, log_dir, outcome['best_val_metrics'],
                                                             results['test_metrics'])
     return results
+
+
+def make_train_context(model_args: dict[str, Any], args: argparse.Namespace, datasets: dict[str, Dataset],
+                       loaders: dict[str, DataLoader], device: torch.device, autocast: AbstractContextManager,
+                       scaler: torch.amp.GradScaler) -> tuple[nn.Module, TrainContext]:
+    """A fresh network (with --pretrained_path weights), its criterion (class weights from this training split),
+    optimizer and schedule. Returns the uncompiled model (what checkpoints store) and the context ``fit`` runs."""
+    model = build_model(model_args, args).to(device)
+    train_model = maybe_compile(model, args.compile, device)
+    criterion = build_criterion(args, split_labels(datasets['train']), utils.grade_names(args.num_classes), device)
+    optimizer, scheduler, step_per_batch = build_optimizer(model, args, len(loaders['train']))
+    mixup = data_augmentation.MixUp(args.mixup) if args.mixup > 0 else None
+    ctx = TrainContext(model=train_model, criterion=criterion, optimizer=optimizer, device=device,
+                       autocast=autocast, scaler=scaler, scheduler=scheduler, step_per_batch=step_per_batch,
+                       mixup=mixup, multitask=args.multitask, prediction=prediction_rule(args))
+    return model, ctx
 
 
 def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namespace, start_epoch: int,
@@ -1258,6 +1336,354 @@ def comparison_table(htnet: dict[str, dict | None], baseline: dict[str, dict]) -
             cells += (f'{mine:>12.4f}' if mine is not None else f'{"-":>12}') + f'{baseline[split][metric]:>14.4f}'
         lines.append(f'{metric:<20}{cells}')
     return '\n'.join(lines)
+
+
+# cross-validation
+
+CV_FILES = ('cv_summary.json', 'cv_predictions.csv', 'cv_folds.png')
+
+
+def cv_earlier_outputs(save_dir: Path, log_dir: Path) -> list[Path]:
+    """Files an earlier cross-validation left: every ``fold_<k>`` run and the pooled summary files."""
+    found = [log_dir / name for name in CV_FILES if (log_dir / name).is_file()]
+    folds = sorted({p.name for base in (save_dir, log_dir) if base.is_dir() for p in base.glob('fold_*') if p.is_dir()})
+    for name in folds:
+        found += earlier_outputs(save_dir / name, log_dir / name)
+    return found
+
+
+def check_cv_outputs_free(save_dir: Path, log_dir: Path, args: argparse.Namespace) -> None:
+    """``check_outputs_free`` for a cross-validation: refuse to replace an earlier one, or clear it with
+    --overwrite, before any fold starts (so no stale fold of a larger K is mistaken for this run's)."""
+    found = cv_earlier_outputs(save_dir, log_dir)
+    if not found:
+        return
+    if not args.overwrite:
+        raise UserError(f'{found[0]} is from an earlier cross-validation; replace it with --overwrite or choose '
+                        f'another --save_dir/--log_dir')
+    if args.pretrained_path and any(_same_file(args.pretrained_path, str(path)) for path in found):
+        raise UserError(f'--pretrained_path {args.pretrained_path} would be removed by --overwrite; copy it out of '
+                        f'{save_dir} first or choose another --save_dir')
+    for path in found:
+        path.unlink()
+    print(f'--overwrite: removed {len(found)} files of an earlier cross-validation from {save_dir} and {log_dir}')
+
+
+def _csv_paths(csv_path: str, data_root: str, split: str | None) -> set[str]:
+    """Photo paths of one split of an annotation CSV, as the dataset resolves them (no photo is opened)."""
+    records, _ = fpd.read_annotation_csv(csv_path, data_root, split)
+    return {record.path for record in records}
+
+
+def _under_folder(path: str, root: Path, folder: str) -> bool:
+    try:
+        return Path(path).relative_to(root).parts[:1] == (folder,)
+    except ValueError:
+        return False
+
+
+def build_cv_pool(args: argparse.Namespace, device: torch.device) -> tuple[Dataset, list[int]]:
+    """One dataset over every photo of the training data (landmarks detected once, for all folds) and the indices
+    of the pool: the train and val rows of the CSV (every row when it has no split column), or every grade
+    folder except ``test/``. Rows of --test_csv never enter the pool."""
+    source = SplitSource(args.train_csv, None)
+    dataset = make_dataset(args, source, fpd.LandmarkDetector(device=device, cache_dir=args.cache_dir, progress=True))
+    paths = [str(p) for p in dataset.paths]
+    keep = [True] * len(paths)
+    if args.train_csv is not None:
+        counts = _read_split_counts(args.train_csv)
+        if counts is not None:
+            allowed = set().union(*(_csv_paths(args.train_csv, args.data_root, split)
+                                    for split in ('train', 'val') if counts.get(split, 0)))
+            if not allowed:
+                raise UserError(f'{args.train_csv} has no split=train or split=val rows (splits: '
+                                f'{_fmt_counts(counts)})')
+            keep = [path in allowed for path in paths]
+            if counts.get('test', 0):
+                print(f'note: the {counts["test"]} split=test rows of {args.train_csv} stay out of every fold')
+    else:
+        root = Path(args.data_root)
+        keep = [not _under_folder(path, root, 'test') for path in paths]
+    if args.test_csv is not None:
+        counts = _read_split_counts(args.test_csv)
+        test_paths = _csv_paths(args.test_csv, args.data_root, 'test' if counts is not None else None)
+        keep = [k and path not in test_paths for k, path in zip(keep, paths)]
+        print(f'note: --test_csv is not scored with --cv; its {len(test_paths)} rows stay out of every fold '
+              f'(score them with a final model trained without --cv)')
+    pool = [i for i, k in enumerate(keep) if k]
+    if not pool:
+        raise UserError('no usable training photos left for cross-validation (see the skipped images above)')
+    return dataset, pool
+
+
+def subject_grades(labels: Sequence[int], subjects: Sequence[str]) -> dict[str, int]:
+    """Each subject's most common grade (ties: the lower grade), the stratum of its fold."""
+    by_subject: dict[str, Counter] = {}
+    for label, subject in zip(labels, subjects):
+        by_subject.setdefault(str(subject), Counter())[int(label)] += 1
+    return {subject: min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+            for subject, counts in sorted(by_subject.items())}
+
+
+def assign_folds(labels: Sequence[int], subjects: Sequence[str], cv: int | str, seed: int) -> dict[str, int]:
+    """Subject -> fold (1-based). K-fold: the subjects of each grade are shuffled and dealt to the folds in turn,
+    the deal carrying on from grade to grade, so folds differ by at most one subject and every grade spreads over
+    as many folds as it has subjects. ``loso``: one fold per subject, in sorted order."""
+    grades = subject_grades(labels, subjects)
+    if cv == 'loso':
+        return {subject: k + 1 for k, subject in enumerate(sorted(grades))}
+    if cv > len(grades):
+        raise UserError(f'--cv {cv}: the pool has only {len(grades)} subjects; choose at most {len(grades)} folds '
+                        f'(or --cv loso)')
+    rng = random.Random(seed)
+    folds, turn = {}, 0
+    for grade in sorted(set(grades.values())):
+        members = sorted(s for s, g in grades.items() if g == grade)
+        rng.shuffle(members)
+        for subject in members:
+            folds[subject] = turn % cv + 1
+            turn += 1
+    return dict(sorted(folds.items()))
+
+
+@dataclass
+class FoldResult:
+    """One fold's held-out predictions (base-dataset indices, in loader order) and its selection record."""
+    fold: int
+    indices: list[int]
+    true: np.ndarray
+    pred: np.ndarray
+    side_true: np.ndarray | None
+    side_pred: np.ndarray | None
+    summary: dict[str, Any]
+
+
+def run_fold(fold: int, dataset: Dataset, train_idx: list[int], heldout_idx: list[int], args: argparse.Namespace,
+             device: torch.device, model_args: dict, preprocess: dict) -> FoldResult | None:
+    """Train one fold as a normal run in ``<save_dir>/fold_<k>`` and ``<log_dir>/fold_<k>`` (validation carved
+    from the fold's training subjects), then score its held-out subjects once with the fold's best checkpoint.
+    Returns None when the fold was interrupted before any best checkpoint existed."""
+    fold_args = copy.copy(args)
+    fold_args.save_dir = str(Path(args.save_dir) / f'fold_{fold}')
+    fold_args.log_dir = str(Path(args.log_dir) / f'fold_{fold}')
+    save_dir, log_dir = Path(fold_args.save_dir), Path(fold_args.log_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    labels, subjects = split_labels(dataset), split_subjects(dataset)
+    try:
+        fit_pos, val_pos = carve_validation([labels[i] for i in train_idx], [subjects[i] for i in train_idx],
+                                            args.val_fraction, args.seed + fold)
+    except UserError as err:
+        raise UserError(f'fold {fold}: {err} (validation subjects come from the fold\'s training subjects; '
+                        f'use fewer folds or a larger --val_fraction)') from err
+    datasets = {'train': Subset(with_transform(dataset, build_transform(args.augmentation)),
+                                [train_idx[p] for p in fit_pos]),
+                'val': Subset(dataset, [train_idx[p] for p in val_pos]),
+                'test': Subset(dataset, heldout_idx)}
+    check_subject_overlap(datasets)
+    utils.save_args(fold_args, log_dir / 'args.yaml')
+    utils.seed_everything(args.seed + fold)
+    loaders = build_loaders(datasets, fold_args, device, seed=args.seed + fold)
+    autocast, scaler = utils.amp_context(device, args.amp)
+    model, ctx = make_train_context(model_args, fold_args, datasets, loaders, device, autocast, scaler)
+    best, history = BestTracker(args.select_metric), []
+
+    def state(epoch: int, val_metrics: dict | None) -> dict[str, Any]:
+        return checkpoint_state(model, ctx.optimizer, ctx.scheduler, epoch, best, model_args, preprocess, fold_args,
+                                history, val_metrics)
+
+    outcome = fit(ctx, loaders, fold_args, 1, best, history, state)
+    summary = {'fold': fold, 'heldout_subjects': sorted(set(split_subjects(datasets['test']))),
+               'val_subjects': sorted(set(split_subjects(datasets['val']))),
+               'n_train': len(datasets['train']), 'n_val': len(datasets['val']), 'n_heldout': len(heldout_idx),
+               'best_epoch': best.epoch, 'best_val_metric': best.value, 'select_metric': best.name,
+               'interrupted': outcome['interrupted'], 'checkpoint': str(save_dir / 'best_model.pth')}
+    if not best.epoch:
+        return None
+    checkpoint = utils.load_checkpoint(save_dir / 'best_model.pth', map_location='cpu')
+    model.load_state_dict(Model.extract_state_dict(checkpoint))
+    out = predict(model.to(device), loaders['test'], device, autocast, desc=f'fold {fold} held out',
+                  prediction=ctx.prediction, multitask=args.multitask)
+    summary['metrics'] = M.compute_metrics(out['true'], out['pred'], args.num_classes)
+    if 'side_true' in out:
+        summary['metrics'].update(side_metrics(out['side_true'], out['side_pred']))
+    return FoldResult(fold=fold, indices=list(heldout_idx), true=out['true'], pred=out['pred'],
+                      side_true=out.get('side_true'), side_pred=out.get('side_pred'), summary=summary)
+
+
+def fold_statistics(results: Sequence[FoldResult]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample standard deviation over folds of each scalar metric (NaN folds left out)."""
+    mean, std = {}, {}
+    for name in M.METRIC_NAMES:
+        values = np.array([r.summary['metrics'][name] for r in results], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        mean[name] = float(values.mean()) if values.size else float('nan')
+        std[name] = float(values.std(ddof=1)) if values.size > 1 else float('nan')
+    return mean, std
+
+
+def write_cv_predictions(results: Sequence[FoldResult], dataset: Dataset, path: Path, multitask: bool) -> None:
+    """One row per held-out photo: ``path, subject, fold, true, predicted`` (+ the sides with --multitask)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(['path', 'subject', 'fold', 'true', 'predicted'] +
+                    (['side_true', 'side_predicted'] if multitask else []))
+    for result in results:
+        for row, index in enumerate(result.indices):
+            cells = [dataset.paths[index], dataset.subjects[index], result.fold, int(result.true[row]),
+                     int(result.pred[row])]
+            if multitask and result.side_true is not None:
+                side = int(result.side_true[row])
+                cells += [SIDES[side] if 0 <= side < len(SIDES) else 'unknown', SIDES[int(result.side_pred[row])]]
+            writer.writerow(cells)
+    utils.atomic_write_text(path, buffer.getvalue())
+
+
+def plot_cv_folds(results: Sequence[FoldResult], pooled: dict[str, Any], path: Path, title: str) -> None:
+    """Per-fold macro F1 and QWK as bars, the pooled values over all held-out photos as lines."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    folds = np.arange(len(results))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(results) + 3), 4))
+    width = 0.4
+    for offset, (name, label, color) in zip((-width / 2, width / 2), (('macro_f1', 'macro F1', 'tab:blue'),
+                                                                      ('qwk', 'QWK', 'tab:orange'))):
+        ax.bar(folds + offset, [r.summary['metrics'][name] for r in results], width, label=f'{label} per fold',
+               color=color, alpha=0.7)
+        ax.axhline(pooled[name], color=color, linestyle='--', linewidth=1.5,
+                   label=f'{label} pooled {pooled[name]:.3f}')
+    ax.set_xticks(folds, [str(r.fold) for r in results])
+    ax.set_xlabel('fold')
+    ax.set_ylabel('score on the held-out subjects')
+    ax.set_title(title)
+    ax.grid(axis='y', alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.png')
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+
+
+def cv_table(results: Sequence[FoldResult], pooled: dict[str, Any], mean: dict, std: dict) -> str:
+    """The per-fold table printed at the end, then mean +- std over folds and the pooled line."""
+    names = ('accuracy', 'macro_f1', 'qwk', 'mae', 'within_one')
+    header = f'{"fold":>6}{"n":>6}{"best ep":>9}' + ''.join(f'{n:>12}' for n in names)
+    lines = [header, '-' * len(header)]
+    for r in results:
+        lines.append(f'{r.fold:>6}{r.summary["n_heldout"]:>6}{r.summary["best_epoch"]:>9}' +
+                     ''.join(f'{r.summary["metrics"][n]:>12.4f}' for n in names))
+    lines.append(f'{"mean":>6}{"":>6}{"":>9}' + ''.join(f'{mean[n]:>12.4f}' for n in names))
+    lines.append(f'{"std":>6}{"":>6}{"":>9}' + ''.join(f'{std[n]:>12.4f}' for n in names))
+    lines.append(f'{"pooled":>6}{pooled["n"]:>6}{"":>9}' + ''.join(f'{pooled[n]:>12.4f}' for n in names))
+    return '\n'.join(lines)
+
+
+def run_cross_validation(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """``--cv K`` / ``--cv loso``: detect the pool's landmarks once, train one run per fold on index subsets of
+    that dataset, pool every held-out prediction and write ``cv_summary.json``, ``cv_predictions.csv`` and
+    ``cv_folds.png`` in --log_dir. Returns the summary dict."""
+    save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
+    check_cv_outputs_free(save_dir, log_dir, args)
+    if args.val_fraction is None:
+        args.val_fraction = DEFAULT_VAL_FRACTION
+    preprocess = fpd.default_preprocess(input_mode=args.input_mode, image_size=args.image_size,
+                                        region_size=args.region_size)
+    model_args = model_args_for(args, fpd.model_input_size(preprocess))
+    class_names = utils.grade_names(args.num_classes)
+
+    dataset, pool = build_cv_pool(args, device)
+    preprocess = dict(getattr(dataset, 'preprocess', None) or preprocess)
+    labels, subjects = split_labels(dataset), split_subjects(dataset)
+    folds = assign_folds([labels[i] for i in pool], [subjects[i] for i in pool], args.cv, args.seed)
+    num_folds = max(folds.values())
+    to_run = min(num_folds, args.cv_folds_limit or num_folds)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    write_skipped({'pool': dataset}, log_dir)
+    utils.save_args(args, log_dir / 'args.yaml')
+    counts = Counter(labels[i] for i in pool)
+    print(f'cross-validation ({"leave one subject out" if args.cv == "loso" else f"{args.cv}-fold, by subject"}): '
+          f'{len(pool)} images of {len(folds)} subjects ('
+          + ', '.join(f'{class_names[k]}: {counts.get(k, 0)}' for k in range(len(class_names))) + ')')
+    print(f'{num_folds} folds' + (f'; running the first {to_run} (--cv_folds_limit)' if to_run < num_folds else ''))
+
+    results: list[FoldResult] = []
+    interrupted, started = False, time.time()
+    for fold in range(1, to_run + 1):
+        heldout = [i for i in pool if folds[subjects[i]] == fold]
+        training = [i for i in pool if folds[subjects[i]] != fold]
+        print(f'\n=== fold {fold}/{num_folds}: {len(heldout)} held-out images of '
+              f'{len({subjects[i] for i in heldout})} subjects ===')
+        result = run_fold(fold, dataset, training, heldout, args, device, model_args, preprocess)
+        if result is not None:
+            results.append(result)
+            print(f'fold {fold} held out (best epoch {result.summary["best_epoch"]}): n {len(heldout)} | '
+                  f'{M.format_metrics(result.summary["metrics"])}{side_text(result.summary["metrics"])}')
+        if result is None or result.summary['interrupted']:
+            interrupted = True
+            print(f'cross-validation stopped at fold {fold}; the completed folds are summarised')
+            break
+        if fold == 1 and to_run > 1:
+            per_fold = time.time() - started
+            left = per_fold * (to_run - 1)
+            print(f'fold 1 took {per_fold:.0f} s; the remaining {to_run - 1} folds need about '
+                  + (f'{left / 60:.1f} min' if left >= 120 else f'{left:.0f} s'))
+    if not results:
+        raise UserError('cross-validation interrupted before any fold finished; nothing to summarise')
+    return summarise_cv(results, dataset, folds, num_folds, len(pool), interrupted, args, log_dir, class_names)
+
+
+def summarise_cv(results: Sequence[FoldResult], dataset: Dataset, folds: dict[str, int], num_folds: int,
+                 pool_size: int, interrupted: bool, args: argparse.Namespace, log_dir: Path,
+                 class_names: Sequence[str]) -> dict[str, Any]:
+    """Pool the held-out predictions of every fold run: metrics with subject-resampled 95% bootstrap intervals,
+    mean and std over folds; write the summary, the predictions and the plot, and print the table."""
+    true = np.concatenate([r.true for r in results])
+    pred = np.concatenate([r.pred for r in results])
+    groups = [dataset.subjects[i] for r in results for i in r.indices]
+    pooled = M.compute_metrics(true, pred, args.num_classes)
+    if args.multitask and all(r.side_true is not None for r in results):
+        pooled.update(side_metrics(np.concatenate([r.side_true for r in results]),
+                                   np.concatenate([r.side_pred for r in results])))
+    intervals = M.bootstrap_metrics(true, pred, args.num_classes, groups=groups, seed=args.seed)
+    mean, std = fold_statistics(results)
+    partial = len(results) < num_folds
+    summary = {
+        'cv': args.cv, 'num_folds': num_folds, 'folds_run': len(results), 'partial': partial,
+        'interrupted': interrupted,
+        'note': ('held-out folds are whole subjects; each fold chose its best epoch on validation subjects carved '
+                 'from its own training subjects and scored its held-out subjects once; --test_csv rows are in '
+                 'no fold and not scored' + ('; PARTIAL: not every fold was run, so the pooled metrics cover only '
+                                            'the subjects of the folds run' if partial else '')),
+        'select_metric': args.select_metric, 'prediction': prediction_rule(args), 'class_names': list(class_names),
+        'val_fraction': args.val_fraction, 'seed': args.seed,
+        'pool': {'images': pool_size, 'subjects': len(folds)},
+        'pooled': {'metrics': pooled, 'ci95': intervals, 'bootstrap': 'subjects resampled, 1000 draws'},
+        'fold_mean': mean, 'fold_std': std,
+        'folds': [r.summary for r in results],
+        'fold_assignment': folds,
+    }
+    utils.atomic_write_text(log_dir / 'cv_summary.json', json.dumps(utils.to_plain(summary), indent=2))
+    write_cv_predictions(results, dataset, log_dir / 'cv_predictions.csv', args.multitask)
+    label = f'{"leave one subject out" if args.cv == "loso" else f"{args.cv}-fold"} cross-validation'
+    plot_cv_folds(results, pooled, log_dir / 'cv_folds.png',
+                  f'{label}' + (f' (partial: {len(results)} of {num_folds} folds)' if partial else ''))
+    print('\n' + cv_table(results, pooled, mean, std))
+    ci = intervals
+    print(f'POOLED ({label}{", partial" if partial else ""}; n {pooled["n"]} held-out images of '
+          f'{len(set(groups))} subjects): {M.format_metrics(pooled)}{side_text(pooled)} | macro_f1 95% CI '
+          f'[{ci["macro_f1"]["ci_low"]:.3f}, {ci["macro_f1"]["ci_high"]:.3f}] | qwk 95% CI '
+          f'[{ci["qwk"]["ci_low"]:.3f}, {ci["qwk"]["ci_high"]:.3f}] -> {log_dir / "cv_summary.json"}')
+    return {**summary, 'summary_path': str(log_dir / 'cv_summary.json'),
+            'predictions_path': str(log_dir / 'cv_predictions.csv'), 'plot_path': str(log_dir / 'cv_folds.png'),
+            'interrupted': interrupted}
 
 
 def _cli(argv: Sequence[str] | None = None) -> int:

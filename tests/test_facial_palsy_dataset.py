@@ -214,7 +214,7 @@ def test_face_mode_rotates_the_eyes_level():
 
 def test_make_input_shapes_modes_and_normalisation():
     photo = coloured_points_photo()
-    for mode in fpd.INPUT_MODES:
+    for mode in fpd.PHOTO_INPUT_MODES:  # flow reads pairs: tests/test_flow_input.py
         preprocess = fpd.default_preprocess(mode, image_size=112, region_size=14)
         tensor = fpd.make_input(photo, POINTS_200, preprocess)
         assert fpd.model_input_size(preprocess) == 28
@@ -555,7 +555,7 @@ def test_transform_gets_face_and_landmarks_and_mosaic_transform_runs(tmp_path, f
 def test_dataset_items_equal_make_input_on_the_photo(tmp_path, fake_mtcnn):
     """Training and inference share make_input: the same photo and landmarks give the same tensor."""
     root = grade_folders(tmp_path / 'data', grades=[2])
-    for mode in fpd.INPUT_MODES:
+    for mode in fpd.PHOTO_INPUT_MODES:  # flow reads pairs: tests/test_flow_input.py
         dataset = fpd.FacialPalsyDataset(root, split='all', input_mode=mode, cache_dir=tmp_path / 'cache',
                                          verbose=False)
         sample = dataset.get_sample(0)
@@ -584,3 +584,27 @@ def test_csv_without_split_column_gives_every_row_but_no_named_split(tmp_path):
     assert len(records) == 1
     with pytest.raises(UserError, match='split'):
         read_annotation_csv(tmp_path / 'rows.csv', tmp_path, split='val')
+
+
+def test_annotation_csv_gives_the_rest_photo_and_its_landmarks(tmp_path):
+    points = POINTS_200
+    row = {'image_path': 'grade_2/a_1.jpg', 'grade': 2, 'side': 'left', 'split': 'train',
+           'neutral_path': 'rest/grade_2/a_1_rest.jpg', **landmark_columns(points),
+           **{f'neutral_{k}': v + 1.0 for k, v in landmark_columns(points).items()}}
+    plain = {k: v for k, v in row.items() if not k.startswith('neutral')}
+    csv_path = write_csv(tmp_path / 'pairs.csv', [row, plain])
+    records, skipped = fpd.read_annotation_csv(csv_path, tmp_path, 'train')
+    assert not skipped and len(records) == 2
+    assert records[0].neutral_path == str(tmp_path / 'rest/grade_2/a_1_rest.jpg')
+    np.testing.assert_allclose(records[0].neutral_annotation, np.asarray(points, np.float32) + 1.0)
+    np.testing.assert_allclose(records[0].annotation, points)
+    assert records[1].neutral_path is None and records[1].neutral_annotation is None
+
+
+def test_photo_modes_keep_their_preprocess_and_flow_adds_its_settings():
+    regions = fpd.default_preprocess('regions')
+    assert 'flow' not in regions and 'input_kind' not in regions and regions['channels'] == 'RGB'
+    flow = fpd.default_preprocess('flow', 128, 16)
+    assert {k: v for k, v in flow.items() if k not in ('flow', 'input_kind', 'input_mode')} == \
+        {k: v for k, v in fpd.default_preprocess('regions', 128, 16).items() if k != 'input_mode'}
+    assert flow['input_mode'] == 'flow' and flow['input_size'] == 32 and flow['flow']['method'] == 'farneback'

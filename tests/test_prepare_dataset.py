@@ -251,3 +251,40 @@ def test_merge_keeps_splits_makes_paths_absolute_and_subjects_distinct(tmp_path)
               '--data_root', str(roots[0]), '--output_csv', str(tmp_path / 'x.csv')])
     with pytest.raises(UserError, match='takes one path'):
         main(['--dataset_type', 'FNP', '--data_root', str(roots[0]), str(roots[1]), '--output_csv', str(out)])
+
+
+def test_pairs_are_part_of_the_settings_and_their_columns_reach_the_csv(tmp_path, capsys):
+    root = tmp_path / 'pairs'
+    args = ['--dataset_type', 'synthetic', '--output_root', str(root), '--num_subjects', '6',
+            '--images_per_subject', '1', '--image_size', '64', '--detection_check', '0', '--quiet']
+    prep.main(args + ['--pairs'])
+    assert sf.read_manifest(root)['pairs'] is True
+    capsys.readouterr()
+    prep.main(args + ['--pairs'])
+    assert 'nothing to do' in capsys.readouterr().out
+    prep.main(args)  # the same subjects without pairs is another set: drawn again, rest photos removed
+    assert 'replacing' in capsys.readouterr().out
+    assert 'pairs' not in sf.read_manifest(root) and not list(root.glob('rest/grade_*/*.jpg'))
+    prep.main(args)
+    assert 'nothing to do' in capsys.readouterr().out
+    prep.main(args + ['--pairs'])
+    assert 'replacing' in capsys.readouterr().out
+
+    table = fnp(root, tmp_path / 'pairs.csv')
+    generated = pd.read_csv(root / 'annotation.csv').set_index('image_path')
+    assert list(table.columns[:6]) == ['image_path', 'grade', 'side', 'split', 'subject', 'neutral_path']
+    for column in ('neutral_path', *sf.NEUTRAL_LANDMARK_COLUMNS):
+        assert column in table.columns
+        assert table[column].tolist() == generated.loc[table['image_path'], column].tolist()
+
+
+def test_pairs_refuse_resting_expressions_before_touching_the_folder(tmp_path):
+    root = tmp_path / 'kept'
+    prep.main(['--dataset_type', 'synthetic', '--output_root', str(root), '--num_subjects', '2',
+               '--images_per_subject', '1', '--image_size', '64', '--detection_check', '0', '--quiet'])
+    before = sorted(p.name for p in root.rglob('*.jpg'))
+    with pytest.raises(UserError, match='--pairs needs --expressions protocol'):
+        prep.main(['--dataset_type', 'synthetic', '--output_root', str(root), '--num_subjects', '2',
+                   '--images_per_subject', '1', '--image_size', '64', '--pairs', '--expressions', 'rest',
+                   '--detection_check', '0', '--quiet'])
+    assert sorted(p.name for p in root.rglob('*.jpg')) == before

@@ -150,3 +150,10 @@ def test_new_flags_are_documented_and_checked(tmp_path):
         train.parse_args(['--data_root', str(tmp_path), '--side_loss_weight', '-1'])
     args = train.parse_args(['--data_root', str(tmp_path), '--multitask'])
     assert train.model_args_for(args, 56)['num_side_classes'] == 3
+
+
+def test_flip_swap_side_is_refused_for_flow_inputs(synthetic_dataset, tmp_path):
+    with pytest.raises(utils.UserError, match="--flip_swap_side"):
+        train.main(['--data_root', str(synthetic_dataset.root), '--train_csv', str(synthetic_dataset.csv),
+                    '--input_mode', 'flow', '--flip_swap_side', '--save_dir', str(tmp_path / 'c'),
+                    '--log_dir', str(tmp_path / 'l')])

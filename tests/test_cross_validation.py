@@ -1,0 +1,155 @@
+"""train_facial_palsy.py --cv K / --cv loso: subject-disjoint folds, pooled held-out scores, refusals."""
+import csv
+import json
+
+import pytest
+
+import train_facial_palsy as train
+from utils import UserError
+
+
+def cv_args(data, tmp_path, *extra):
+    return ['--data_root', str(data.root), '--train_csv', str(data.csv), '--cache_dir', str(data.cache_dir),
+            '--save_dir', str(tmp_path / 'c'), '--log_dir', str(tmp_path / 'l'), '--device', 'cpu',
+            '--batch_size', '8', '--learning_rate', '2e-3', '--augmentation', 'none', '--threads', '1',
+            '--epochs', '1', *data.tiny_flags, *extra]
+
+
+def read_rows(path):
+    with open(path, newline='') as handle:
+        return list(csv.DictReader(handle))
+
+
+def pool_rows(data):
+    """(path, subject) of the train and val rows of the annotation CSV: the cross-validation pool."""
+    return [row for row in read_rows(data.csv) if row['split'] in ('train', 'val')]
+
+
+@pytest.fixture(scope='module')
+def three_fold_run(synthetic_dataset, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp('cv3')
+    results = train.main(cv_args(synthetic_dataset, tmp_path, '--cv', '3', '--test_csv', str(synthetic_dataset.csv)))
+    return results, tmp_path
+
+
+def test_three_folds_hold_out_every_subject_once(three_fold_run, synthetic_dataset):
+    results, tmp_path = three_fold_run
+    log_dir, save_dir = tmp_path / 'l', tmp_path / 'c'
+    pool = pool_rows(synthetic_dataset)
+    pool_subjects = {row['subject'] for row in pool}
+    test_subjects = {row['subject'] for row in read_rows(synthetic_dataset.csv) if row['split'] == 'test'}
+
+    summary = json.loads((log_dir / 'cv_summary.json').read_text())
+    assert summary['cv'] == 3 and summary['num_folds'] == summary['folds_run'] == 3 and not summary['partial']
+    assert set(summary['fold_assignment']) == pool_subjects and not pool_subjects & test_subjects
+    assert sorted(set(summary['fold_assignment'].values())) == [1, 2, 3]
+    assert summary['pooled']['metrics']['n'] == len(pool) == summary['pool']['images']
+    for name in ('macro_f1', 'qwk'):
+        interval = summary['pooled']['ci95'][name]
+        assert interval['ci_low'] <= interval['value'] <= interval['ci_high']
+    assert set(summary['fold_mean']) == set(summary['fold_std']) and 'macro_f1' in summary['fold_mean']
+
+    predictions = read_rows(log_dir / 'cv_predictions.csv')
+    assert list(predictions[0]) == ['path', 'subject', 'fold', 'true', 'predicted']
+    assert len(predictions) == len(pool)
+    held_out_by = {}
+    for row in predictions:
+        held_out_by.setdefault(row['subject'], set()).add(int(row['fold']))
+    assert set(held_out_by) == pool_subjects
+    assert all(len(folds) == 1 for folds in held_out_by.values())  # every subject in exactly one held-out fold
+    assert {s: f.pop() for s, f in held_out_by.items()} == summary['fold_assignment']
+
+    for fold in summary['folds']:
+        k = fold['fold']
+        held = set(fold['heldout_subjects'])
+        assert held == {s for s, f in summary['fold_assignment'].items() if f == k}
+        assert fold['metrics']['n'] == fold['n_heldout']
+        assert (save_dir / f'fold_{k}' / 'best_model.pth').is_file()
+        assert (log_dir / f'fold_{k}' / 'summary.csv').is_file()
+        assert fold['n_train'] + fold['n_val'] + fold['n_heldout'] == len(pool)
+    assert (log_dir / 'cv_folds.png').stat().st_size > 0
+    assert results['folds_run'] == 3 and results['pooled']['metrics']['n'] == len(pool)
+
+
+def test_fold_training_and_validation_subjects_are_disjoint_from_the_held_out_ones(three_fold_run):
+    _, tmp_path = three_fold_run
+    import torch
+    summary = json.loads((tmp_path / 'l' / 'cv_summary.json').read_text())
+    for fold in summary['folds']:
+        # the validation subjects are carved from the fold's training subjects with the fold's seed
+        checkpoint = torch.load(tmp_path / 'c' / f'fold_{fold["fold"]}' / 'best_model.pth', weights_only=True)
+        assert checkpoint['args']['save_dir'].endswith(f'fold_{fold["fold"]}')
+    datasets = _fold_datasets(tmp_path, summary)
+    for fold, parts in datasets.items():
+        held = set(summary['folds'][fold - 1]['heldout_subjects'])
+        assert parts['train'] and parts['val']
+        assert not held & parts['train'] and not held & parts['val'] and not parts['train'] & parts['val']
+        assert parts['val'] == set(summary['folds'][fold - 1]['val_subjects'])
+
+
+def _fold_datasets(tmp_path, summary):
+    """Rebuild each fold's train / val subjects the way run_fold does, from the recorded assignment."""
+    rows = read_rows(tmp_path / 'l' / 'cv_predictions.csv')
+    labels = {row['subject']: int(row['true']) for row in rows}
+    out = {}
+    for fold in summary['folds']:
+        k = fold['fold']
+        training = [row for row in rows if int(row['fold']) != k]
+        fit_pos, val_pos = train.carve_validation([int(r['true']) for r in training],
+                                                  [r['subject'] for r in training], summary['val_fraction'],
+                                                  summary['seed'] + k)
+        out[k] = {'train': {training[p]['subject'] for p in fit_pos}, 'val': {training[p]['subject'] for p in val_pos}}
+        assert len(fit_pos) + len(val_pos) == fold['n_train'] + fold['n_val'] and len(val_pos) == fold['n_val']
+    assert labels
+    return out
+
+
+def test_an_earlier_cross_validation_is_not_overwritten(three_fold_run, synthetic_dataset):
+    _, tmp_path = three_fold_run
+    with pytest.raises(UserError, match='earlier cross-validation'):
+        train.main(cv_args(synthetic_dataset, tmp_path, '--cv', '3'))
+
+
+def test_loso_with_a_folds_limit_is_partial(synthetic_dataset, tmp_path, capsys):
+    results = train.main(cv_args(synthetic_dataset, tmp_path, '--cv', 'loso', '--cv_folds_limit', '2',
+                                 '--multitask', '--loss', 'ordinal'))
+    out = capsys.readouterr().out
+    pool_subjects = {row['subject'] for row in pool_rows(synthetic_dataset)}
+    summary = json.loads((tmp_path / 'l' / 'cv_summary.json').read_text())
+    assert summary['cv'] == 'loso' and summary['num_folds'] == len(pool_subjects)
+    assert summary['folds_run'] == 2 and summary['partial'] and 'PARTIAL' in summary['note']
+    assert [len(f['heldout_subjects']) for f in summary['folds']] == [1, 1]
+    assert summary['prediction'] == 'ordinal_median' and 'side_accuracy' in summary['pooled']['metrics']
+    assert f'{len(pool_subjects)} folds' in out and 'remaining 1 folds need about' in out
+    predictions = read_rows(tmp_path / 'l' / 'cv_predictions.csv')
+    assert {int(r['fold']) for r in predictions} == {1, 2}
+    assert {'side_true', 'side_predicted'} <= set(predictions[0])
+    assert not (tmp_path / 'c' / 'fold_3').exists() and results['partial']
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--cv', '1'], 'at least 2 folds'),
+    (['--cv', 'abc'], 'number of folds'),
+    (['--cv', '50'], 'only'),
+    (['--cv_folds_limit', '2'], 'needs --cv'),
+    (['--cv', '3', '--cv_folds_limit', '0'], 'at least 1'),
+])
+def test_bad_cv_values_are_one_line_errors(synthetic_dataset, tmp_path, flags, message):
+    with pytest.raises(UserError, match=message) as err:
+        train.main(cv_args(synthetic_dataset, tmp_path, *flags))
+    assert '\n' not in str(err.value)
+
+
+def test_assign_folds_is_subject_wise_and_stratified():
+    subjects = [f's{i:02d}' for i in range(12) for _ in range(2)]
+    labels = [i % 3 for i in range(12) for _ in range(2)]
+    folds = train.assign_folds(labels, subjects, 4, seed=0)
+    assert set(folds) == set(subjects) and sorted(set(folds.values())) == [1, 2, 3, 4]
+    sizes = [list(folds.values()).count(k) for k in (1, 2, 3, 4)]
+    assert max(sizes) - min(sizes) <= 1
+    grade_of = {s: int(s[1:]) % 3 for s in folds}
+    for grade in range(3):  # four subjects per grade over four folds: one in each
+        assert sorted(folds[s] for s in folds if grade_of[s] == grade) == [1, 2, 3, 4]
+    assert train.assign_folds(labels, subjects, 'loso', seed=0) == {s: k + 1 for k, s in enumerate(sorted(folds))}
+    with pytest.raises(UserError, match='only 12 subjects'):
+        train.assign_folds(labels, subjects, 13, seed=0)
