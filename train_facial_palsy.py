@@ -66,7 +66,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 EPILOG = '''examples:
-  # the seed's example: one annotation CSV whose split column gives train and val
+  # basic training: one annotation CSV whose split column gives train and val
   python train_facial_palsy.py --data_root ./datasets/facial_palsy/FNP \\
       --train_csv ./datasets/facial_palsy/fnp_annotation.csv --val_csv ./datasets/facial_palsy/fnp_annotation.csv \\
       --dataset_type FNP --num_classes 6 --batch_size 32 --epochs 100

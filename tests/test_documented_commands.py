@@ -1,7 +1,7 @@
 """Every command line shown in the docs runs as written.
 
 The ``python ...`` lines of the ```bash blocks in README.md, README_FACIAL_PALSY.md, README_CN.md,
-MIGRATION_SUMMARY.md and docs/*.md (and the usage examples of the design card in ../shared/seed/ when it is there)
+MIGRATION_SUMMARY.md and docs/*.md (and of the project's original migration summary in ../shared/seed/ when it is there)
 run in a scratch folder laid out as after ``bash quick_start.sh``: synthetic faces in ./datasets/facial_palsy/FNP,
 the annotation CSV, a checkpoint in ./checkpoints/fnp, ./test_image.jpg, ./test_images/, micro-expression data in
 the original layout under ./datasets and its weights in ./ourmodel_threedatasets_weights. Each command is parsed
