@@ -269,6 +269,23 @@ def score(labels: np.ndarray, predictions: np.ndarray, groups: list[str] | None,
     return {'point': point, 'intervals': intervals, 'per_class': per_class}
 
 
+def score_symmetry_baseline(checkpoint: dict, dataset, indices: Sequence[int], labels: np.ndarray,
+                            groups: list[str] | None, num_classes: int, args: argparse.Namespace) -> dict | None:
+    """The interpretable baseline stored by ``train_facial_palsy.py --baseline symmetry``, scored on the same photos
+    and landmarks as HTNet, with the same intervals; None when the checkpoint holds none."""
+    stored = checkpoint.get('symmetry_baseline')
+    if not stored:
+        return None
+    from symmetry import SymmetryBaseline  # local import: only checkpoints with a baseline need it
+
+    baseline = SymmetryBaseline.from_dict(stored)
+    predictions = np.asarray(baseline.predict([dataset.landmarks[i] for i in indices]), dtype=np.int64)
+    scores = score(labels, predictions, groups, num_classes, args)
+    return {'note': 'logistic regression on the five-landmark symmetry measurements (symmetry.py), fitted on the '
+                    'training photos; scored on the same photos as HTNet',
+            'metrics': {name: scores['intervals'][name] for name in M.METRIC_NAMES}}
+
+
 def side_score(true_sides: Sequence[str], side_probabilities: np.ndarray, groups: list[str] | None,
                args: argparse.Namespace) -> dict[str, Any]:
     """Side accuracy over the photos whose side is known (left / right / none), with a 95% bootstrap interval
@@ -560,6 +577,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         [dataset.sides[i] for i in indices], side_probabilities, groups, args)
     payload = metrics_payload(scores, class_names, args, checkpoint, resampled_by, groups, dataset, skipped,
                               rule=rule, side=side)
+    baseline = score_symmetry_baseline(checkpoint, dataset, indices, labels, groups, num_classes, args)
+    if baseline is not None:
+        payload['symmetry_baseline'] = baseline
     table = predictions_table(dataset, indices, labels, probabilities, grades, predictions, side_probabilities)
 
     output_dir = Path(args.output_dir)
@@ -573,6 +593,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     print()
     print(metrics_table(payload))
+    if baseline is not None:
+        print(f'symmetry baseline (fitted in training on the training photos\' landmarks), same photos: ' +
+              ', '.join(f'{name} {baseline["metrics"][name]["value"]:.3f}' for name in ('accuracy', 'macro_f1', 'qwk')))
     if skipped:
         print(f'{len(skipped)} photo(s) skipped, listed in {output_dir / "skipped.csv"}')
     print(f'results written to {output_dir}: {", ".join(written)}')

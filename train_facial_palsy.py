@@ -1061,23 +1061,27 @@ def earlier_outputs(save_dir: Path, log_dir: Path) -> list[Path]:
     return found
 
 
-def check_outputs_free(save_dir: Path, log_dir: Path, args: argparse.Namespace) -> None:
+def clear_earlier_outputs(found: list[Path], save_dir: Path, log_dir: Path, args: argparse.Namespace,
+                          what: str = 'run', advice: str = '') -> None:
     """Never replace an earlier run's checkpoints or logs without being told to; with ``--overwrite`` remove them
     all up front, so no stale epoch_N.pth or test_metrics.json sits beside the new run's files."""
-    if args.resume:
-        return
-    found = earlier_outputs(save_dir, log_dir)
     if not found:
         return
     if not args.overwrite:
-        raise UserError(f'{found[0]} is from an earlier run; continue it with --resume {save_dir / "last.pth"}, '
-                        f'replace it with --overwrite, or choose another --save_dir/--log_dir')
+        raise UserError(f'{found[0]} is from an earlier {what}; {advice}replace it with --overwrite, or choose '
+                        f'another --save_dir/--log_dir')
     if args.pretrained_path and any(_same_file(args.pretrained_path, str(path)) for path in found):
         raise UserError(f'--pretrained_path {args.pretrained_path} would be removed by --overwrite; copy it out of '
                         f'{save_dir} first or choose another --save_dir')
     for path in found:
         path.unlink()
-    print(f'--overwrite: removed {len(found)} files of an earlier run from {save_dir} and {log_dir}')
+    print(f'--overwrite: removed {len(found)} files of an earlier {what} from {save_dir} and {log_dir}')
+
+
+def check_outputs_free(save_dir: Path, log_dir: Path, args: argparse.Namespace) -> None:
+    if not args.resume:
+        clear_earlier_outputs(earlier_outputs(save_dir, log_dir), save_dir, log_dir, args, 'run',
+                              f'continue it with --resume {save_dir / "last.pth"}, ')
 
 
 # resume
@@ -1319,6 +1323,11 @@ def run_symmetry_baseline(datasets: dict[str, Dataset], args: argparse.Namespace
                'n_train': len(datasets['train']), 'val': scores.get('val'), 'test': scores.get('test'),
                'htnet': {'val': htnet_val, 'test': htnet_test}, 'fitted_baseline': baseline.to_dict()}
     utils.atomic_write_text(log_dir / 'baseline_metrics.json', json.dumps(utils.to_plain(payload), indent=2))
+    best_path = Path(args.save_dir) / 'best_model.pth'
+    if best_path.is_file():  # evaluate_facial_palsy.py then scores the baseline beside HTNet on the same photos
+        checkpoint = torch.load(best_path, map_location='cpu', weights_only=True)
+        checkpoint['symmetry_baseline'] = utils.to_plain(baseline.to_dict())
+        utils.save_checkpoint(checkpoint, best_path)
     print(comparison_table({'val': htnet_val, 'test': htnet_test}, scores))
     print(f'symmetry baseline -> {log_dir / "baseline_metrics.json"}')
     return scores
@@ -1353,20 +1362,9 @@ def cv_earlier_outputs(save_dir: Path, log_dir: Path) -> list[Path]:
 
 
 def check_cv_outputs_free(save_dir: Path, log_dir: Path, args: argparse.Namespace) -> None:
-    """``check_outputs_free`` for a cross-validation: refuse to replace an earlier one, or clear it with
-    --overwrite, before any fold starts (so no stale fold of a larger K is mistaken for this run's)."""
-    found = cv_earlier_outputs(save_dir, log_dir)
-    if not found:
-        return
-    if not args.overwrite:
-        raise UserError(f'{found[0]} is from an earlier cross-validation; replace it with --overwrite or choose '
-                        f'another --save_dir/--log_dir')
-    if args.pretrained_path and any(_same_file(args.pretrained_path, str(path)) for path in found):
-        raise UserError(f'--pretrained_path {args.pretrained_path} would be removed by --overwrite; copy it out of '
-                        f'{save_dir} first or choose another --save_dir')
-    for path in found:
-        path.unlink()
-    print(f'--overwrite: removed {len(found)} files of an earlier cross-validation from {save_dir} and {log_dir}')
+    """Refuse to replace an earlier cross-validation, or clear it with --overwrite, before any fold starts (so no
+    stale fold of a larger K is mistaken for this run's)."""
+    clear_earlier_outputs(cv_earlier_outputs(save_dir, log_dir), save_dir, log_dir, args, 'cross-validation')
 
 
 def _csv_paths(csv_path: str, data_root: str, split: str | None) -> set[str]:

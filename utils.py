@@ -190,19 +190,6 @@ def save_args(args: argparse.Namespace | dict, path: str | os.PathLike) -> None:
 
 # files and checkpoints
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Temporary file + ``os.replace``: an interrupted run never leaves half a file in place of an old one."""
     path = Path(path)
@@ -216,6 +203,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode('utf-8'))
 
 
 def save_figure(figure, path: str | os.PathLike, dpi: int = 110) -> Path:

@@ -141,6 +141,17 @@ def test_symmetry_baseline_is_scored_on_val_and_test(synthetic_dataset, tmp_path
     out = capsys.readouterr().out
     assert 'baseline test' in out and 'macro_f1' in out
 
+    # evaluation scores the stored baseline beside HTNet on the same test photos
+    import evaluate_facial_palsy
+    evaluated = evaluate_facial_palsy.main([
+        '--model_path', str(tmp_path / 'c' / 'best_model.pth'), '--data_root', str(synthetic_dataset.root),
+        '--test_csv', str(synthetic_dataset.csv), '--cache_dir', str(synthetic_dataset.cache_dir),
+        '--output_dir', str(tmp_path / 'eval'), '--n_boot', '20', '--device', 'cpu'])
+    stored = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())['symmetry_baseline']['metrics']
+    assert stored['macro_f1']['value'] == pytest.approx(saved['test']['macro_f1'])
+    assert stored['accuracy']['ci_low'] <= stored['accuracy']['value'] <= stored['accuracy']['ci_high']
+    assert 'symmetry baseline' in capsys.readouterr().out and evaluated['metrics']['symmetry_baseline']
+
 
 def test_new_flags_are_documented_and_checked(tmp_path):
     help_text = train.get_args_parser().format_help()
