@@ -449,7 +449,7 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path, t
         ax.tick_params(axis='x', labelrotation=45)
         ax.tick_params(axis='y', labelrotation=0)
     figure.suptitle(title)
-    figure.savefig(path, dpi=120)
+    utils.save_figure(figure, path, dpi=120)
 
 
 def plot_per_class(per_class: Sequence[dict[str, Any]], class_names: Sequence[str], path: Path, title: str) -> None:
@@ -471,7 +471,7 @@ def plot_per_class(per_class: Sequence[dict[str, Any]], class_names: Sequence[st
     ax.set_ylim(0, 1.12)
     ax.set_ylabel('accuracy (recall) with 95% interval')
     ax.set_title(title, fontsize=10)
-    figure.savefig(path, dpi=120)
+    utils.save_figure(figure, path, dpi=120)
 
 
 def plot_asymmetry_by_grade(table: pd.DataFrame, grades: Sequence[str], path: Path, title: str) -> None:

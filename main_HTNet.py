@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from Model import HTNet, build_model, count_parameters, extract_state_dict, model_args_from
 from utils import (UserError, add_config_args, atomic_write_text, load_checkpoint, parse_args_with_config,
-                   resolve_device, run_cli, save_args, save_checkpoint, seed_everything, to_plain)
+                   resolve_device, run_cli, save_args, save_checkpoint, save_figure, seed_everything, to_plain)
 
 CLASS_NAMES = ('negative', 'positive', 'surprise')
 CSV_NAME = 'combined_3_class2_for_optical_flow.csv'
@@ -585,9 +585,10 @@ def plot_results(results: Sequence[SubjectResult], history: Sequence[dict[str, A
         ax.set(xticks=range(len(CLASS_NAMES)), yticks=range(len(CLASS_NAMES)), xticklabels=CLASS_NAMES,
                yticklabels=CLASS_NAMES, xlabel='predicted', ylabel='true', title=PLOT_TITLES[section])
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 # whole-composite model for transfer learning

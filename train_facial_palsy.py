@@ -18,9 +18,7 @@ import csv
 import io
 import json
 import math
-import os
 import random
-import tempfile
 import time
 from collections import Counter
 from contextlib import AbstractContextManager
@@ -1042,15 +1040,10 @@ def plot_curves(history: list[dict], path: Path, best: BestTracker) -> None:
         ax.set_xlabel('epoch')
     fig.suptitle(f'training curves (best epoch chosen by validation {best.name})')
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.png')
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        utils.save_figure(fig, path, dpi=110)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def earlier_outputs(save_dir: Path, log_dir: Path) -> list[Path]:
@@ -1559,14 +1552,10 @@ def plot_cv_folds(results: Sequence[FoldResult], pooled: dict[str, Any], path: P
     ax.grid(axis='y', alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.png')
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        utils.save_figure(fig, path, dpi=110)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def cv_table(results: Sequence[FoldResult], pooled: dict[str, Any], mean: dict, std: dict) -> str:
