@@ -39,6 +39,7 @@ from tqdm import tqdm
 from symmetry import MEASUREMENT_NAMES, draw_measurements, symmetry_measurements
 
 import utils
+from losses import decode_grades
 from facial_palsy_dataset import (REGION_NAMES, ImageReadError, LandmarkDetector, default_preprocess, load_image,
                                   make_input, model_input_size, network_image, region_boxes, template_landmarks)
 
@@ -115,17 +116,6 @@ def prediction_rule(checkpoint: dict[str, Any], model_path: str | os.PathLike) -
         raise utils.UserError(f'{model_path}: unknown prediction rule {rule!r} (expected one of '
                               f'{", ".join(PREDICTION_RULES)})')
     return str(rule)
-
-
-def decode_grades(logits: torch.Tensor, rule: str = 'argmax') -> torch.Tensor:
-    """``(N,)`` int64 grades of ``(N, C)`` logits: the most probable grade, or for ``ordinal_median`` the median
-    of the predicted distribution, which is what an ordinally trained network was fitted to get right (it
-    minimises the expected absolute grade error)."""
-    if rule == 'ordinal_median':
-        from losses import ordinal_predict  # local import: only ordinal checkpoints need it
-
-        return ordinal_predict(logits.float())
-    return logits.argmax(dim=1)
 
 
 def side_head_size(model: torch.nn.Module, model_path: str | os.PathLike) -> int:

@@ -42,7 +42,8 @@ from tqdm import tqdm
 
 import metrics as M
 import utils
-from demo_inference import (SYMMETRY_COLUMNS, HelpFormatter, decode_grades, face_symmetry, grade_labels,
+from losses import decode_grades
+from demo_inference import (SYMMETRY_COLUMNS, HelpFormatter, face_symmetry, grade_labels,
                             prediction_rule, probability_column, side_head_size, symmetry_row)
 from symmetry import MEASUREMENT_NAMES
 from facial_palsy_dataset import (INPUT_MODES, CKPlusFacialPalsyDataset, FacialPalsyDataset, ImageReadError,

@@ -54,7 +54,7 @@ __all__ = [
     'ImageReadError', 'load_image', 'FaceLandmarks', 'LandmarkDetector', 'template_landmarks',
     'default_preprocess', 'model_input_size', 'face_square_bounds', 'face_square', 'aligned_face',
     'region_boxes', 'region_mosaic', 'network_image', 'network_image_from_face', 'to_tensor', 'to_image',
-    'make_input', 'make_flow_input', 'SampleRecord', 'read_annotation_csv', 'scan_grade_folders', 'scan_ckplus',
+    'make_input', 'make_flow_input', 'make_flow_network_image', 'SampleRecord', 'read_annotation_csv', 'scan_grade_folders', 'scan_ckplus',
     'FacialPalsyDataset', 'CKPlusFacialPalsyDataset',
 ]
 
@@ -699,18 +699,27 @@ def network_image(image: np.ndarray, landmarks: Any, preprocess: Mapping[str, An
     return network_image_from_face(face, points, preprocess)
 
 
+@lru_cache(maxsize=8)
+def _normalisation(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std as (C, 1, 1) tensors, built once per setting rather than per sample."""
+    return (torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1),
+            torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
+
+
+def _normalisation_of(preprocess: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _normalisation(tuple(preprocess.get('mean', (0.5,) * 3)), tuple(preprocess.get('std', (0.5,) * 3)))
+
+
 def to_tensor(image: np.ndarray, preprocess: Mapping[str, Any]) -> torch.Tensor:
     """uint8 ``(S, S, 3)`` -> float32 ``(3, S, S)``: scaled to [0, 1], then ``(x - mean) / std``."""
     tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(preprocess.get('mean', [0.5] * 3), dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(preprocess.get('std', [0.5] * 3), dtype=torch.float32).view(-1, 1, 1)
+    mean, std = _normalisation_of(preprocess)
     return tensor.sub_(mean).div_(std).contiguous()
 
 
 def to_image(tensor: torch.Tensor, preprocess: Mapping[str, Any]) -> np.ndarray:
     """Inverse of ``to_tensor``: a network input ``(3, S, S)`` back to uint8 ``(S, S, 3)`` for display."""
-    mean = torch.tensor(preprocess.get('mean', [0.5] * 3), dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(preprocess.get('std', [0.5] * 3), dtype=torch.float32).view(-1, 1, 1)
+    mean, std = _normalisation_of(preprocess)
     values = (tensor.detach().float().cpu() * std + mean).clamp(0, 1).mul(255).round()
     return values.byte().permute(1, 2, 0).numpy()
 
@@ -725,20 +734,27 @@ def make_input(image: np.ndarray, landmarks: Any, preprocess: Mapping[str, Any],
     return to_tensor(network_image(_as_rgb_image(image), landmarks, preprocess, box), preprocess)
 
 
+def make_flow_network_image(rest_image: np.ndarray, expression_image: np.ndarray, rest_landmarks: Any,
+                            expression_landmarks: Any, preprocess: Mapping[str, Any]) -> np.ndarray:
+    """The un-normalised ``flow`` network image ``(S, S, 3)`` uint8 of a pair (see ``make_flow_input``)."""
+    import optical_flow
+
+    flow_settings = preprocess if preprocess.get('input_mode') == 'flow' else default_preprocess(
+        'flow', int(preprocess.get('image_size', 224)), int(preprocess.get('region_size', 28)))
+    return optical_flow.flow_network_image(_as_rgb_image(rest_image), _as_rgb_image(expression_image),
+                                           rest_landmarks, flow_settings, expression_landmarks)
+
+
 def make_flow_input(rest_image: np.ndarray, expression_image: np.ndarray, rest_landmarks: Any,
                     expression_landmarks: Any, preprocess: Mapping[str, Any]) -> torch.Tensor:
     """The normalised network input ``(3, S, S)`` of the ``flow`` mode: the optical flow (u, v, strain) from a rest
     photo to an expression photo of one person, in the rest photo's face square, cut into the region mosaic at the
     rest landmarks (``optical_flow.flow_input``). Both photos are HxWx3 uint8 RGB; the landmarks are (5, 2) arrays
     or ``FaceLandmarks`` in each photo's own pixels (the expression photo is aligned onto the rest photo on the eyes
-    and nose; ``expression_landmarks=None`` trusts the two photos to share the framing). The dataset calls this,
-    so inference on a pair reuses exactly the training inputs."""
-    import optical_flow
-
-    flow_settings = preprocess if preprocess.get('input_mode') == 'flow' else default_preprocess(
-        'flow', int(preprocess.get('image_size', 224)), int(preprocess.get('region_size', 28)))
-    return optical_flow.flow_input(_as_rgb_image(rest_image), _as_rgb_image(expression_image), rest_landmarks,
-                                   flow_settings, expression_landmarks)
+    and nose; ``expression_landmarks=None`` trusts the two photos to share the framing). The dataset uses the same
+    images, so inference on a pair reuses exactly the training inputs."""
+    return to_tensor(make_flow_network_image(rest_image, expression_image, rest_landmarks, expression_landmarks,
+                                             preprocess), preprocess)
 
 
 # annotations
@@ -1118,7 +1134,9 @@ class FacialPalsyDataset(Dataset):
         detector = detector or LandmarkDetector(device=device, cache_dir=cache_dir, progress=verbose)
         self.preprocess = default_preprocess(input_mode, image_size, region_size, detector=detector.settings)
         self.cache_dir = detector.cache_dir
-        self._flow_images: dict[int, np.ndarray] = {}  # flow mode: network images (uint8) computed so far
+        # network images (uint8) that never change: every flow image, and every image of a split read without a
+        # transform (validation, test); computed on first use, so later epochs skip reading and cropping the photo
+        self._network_images: dict[int, np.ndarray] = {}
         records, skipped = self._read_records()
         self._build(records, skipped, detector)
         self._faces = self._preload() if preload else None
@@ -1252,7 +1270,7 @@ class FacialPalsyDataset(Dataset):
         if self.input_mode == 'flow':
             for index in tqdm(range(len(self)), desc='computing optical flow', unit='pair',
                               disable=not self.verbose):
-                self._flow_image(index)
+                self._network_images[index] = self._network_image(index)
             return None
         faces = np.empty((len(self), self.image_size, self.image_size, 3), dtype=np.uint8)
         points = np.empty((len(self), 5, 2), dtype=np.float32)
@@ -1292,26 +1310,25 @@ class FacialPalsyDataset(Dataset):
             return self._faces[index].copy(), self._face_points[index].copy()
         return self._face_from_disk(index)
 
-    def _flow_image(self, index: int) -> np.ndarray:
-        """The un-normalised flow mosaic (uint8) of pair ``index``, computed on first use."""
-        image = self._flow_images.get(index)
-        if image is None:
+    def _network_image(self, index: int) -> np.ndarray:
+        """The un-normalised network image (uint8) of photo or pair ``index`` without any transform."""
+        if self.input_mode == 'flow':
             rest_face = self.neutral_landmarks[index]
             rest = self._load_checked(self.neutral_paths[index], rest_face)
-            tensor = make_flow_input(rest, self._load(index), rest_face, self.landmarks[index], self.preprocess)
-            image = to_image(tensor, self.preprocess)
-            self._flow_images[index] = image
-        return image
+            return make_flow_network_image(rest, self._load(index), rest_face, self.landmarks[index], self.preprocess)
+        return network_image_from_face(*self._face(index), self.preprocess)
 
     def _input(self, index: int) -> torch.Tensor:
-        if self.input_mode == 'flow':
-            return to_tensor(self._flow_image(index), self.preprocess)
+        if self.input_mode == 'flow' or self.transform is None:
+            image = self._network_images.get(index)
+            if image is None:
+                image = self._network_images[index] = self._network_image(index)
+            return to_tensor(image, self.preprocess)
         face, points = self._face(index)
-        if self.transform is not None:
-            result = self.transform(face, points)
-            if not (isinstance(result, tuple) and len(result) == 2):
-                raise TypeError('transform(image, landmarks) must return (image, landmarks)')
-            face, points = np.ascontiguousarray(result[0]), np.asarray(result[1], dtype=np.float32)
+        result = self.transform(face, points)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise TypeError('transform(image, landmarks) must return (image, landmarks)')
+        face, points = np.ascontiguousarray(result[0]), np.asarray(result[1], dtype=np.float32)
         tensor = to_tensor(network_image_from_face(face, points, self.preprocess), self.preprocess)
         mosaic_transform = getattr(self.transform, 'mosaic_transform', None)
         return mosaic_transform(tensor) if mosaic_transform is not None else tensor

@@ -231,3 +231,10 @@ def build_criterion(name: str = 'ce', class_weights: Sequence[float] | torch.Ten
             raise ValueError('ce_weight only applies to the ordinal loss')
         return nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
     return OrdinalLoss(class_weights=weights, label_smoothing=label_smoothing, ce_weight=ce_weight)
+
+
+def decode_grades(logits: torch.Tensor, rule: str = 'argmax') -> torch.Tensor:
+    """``(N,)`` int64 grades of ``(N, C)`` logits by a checkpoint's ``prediction`` rule: the most probable grade, or
+    for ``ordinal_median`` the median of the predicted distribution, which is what an ordinally trained network was
+    fitted to get right (it minimises the expected absolute grade error)."""
+    return ordinal_predict(logits) if rule == 'ordinal_median' else logits.argmax(dim=1)

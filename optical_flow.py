@@ -282,17 +282,24 @@ def flow_preprocess(preprocess: Mapping[str, Any], settings: Mapping[str, Any] |
     return {**preprocess, 'input_kind': 'flow', 'flow': _settings(settings)}
 
 
-def flow_input(rest_rgb: np.ndarray, expression_rgb: np.ndarray, rest_landmarks: Any,
-               preprocess: Mapping[str, Any], expression_landmarks: Any = None) -> torch.Tensor:
-    """The normalised network input (3, S, S) float32 of a rest / expression pair: the flow image in the rest face
-    square (size, margin and flow settings from ``preprocess``, its ``flow`` entry if present), cut into the
-    region mosaic (or aligned face) at the rest landmarks and normalised exactly like
-    ``facial_palsy_dataset.make_input``."""
+def flow_network_image(rest_rgb: np.ndarray, expression_rgb: np.ndarray, rest_landmarks: Any,
+                       preprocess: Mapping[str, Any], expression_landmarks: Any = None) -> np.ndarray:
+    """The un-normalised network image (S, S, 3) uint8 of a rest / expression pair: the flow image in the rest face
+    square (size, margin and flow settings from ``preprocess``, its ``flow`` entry if present), cut into the region
+    mosaic (or aligned face) at the rest landmarks."""
     flow_img, face_points = flow_face(
         rest_rgb, expression_rgb, rest_landmarks, expression_landmarks, int(preprocess.get('image_size', 224)),
         margin=preprocess.get('face_margin', FACE_MARGIN),
         landmark_scale=preprocess.get('landmark_face_scale', LANDMARK_FACE_SCALE), settings=preprocess.get('flow'))
-    return to_tensor(network_image_from_face(flow_img, face_points, preprocess), preprocess)
+    return network_image_from_face(flow_img, face_points, preprocess)
+
+
+def flow_input(rest_rgb: np.ndarray, expression_rgb: np.ndarray, rest_landmarks: Any,
+               preprocess: Mapping[str, Any], expression_landmarks: Any = None) -> torch.Tensor:
+    """``flow_network_image`` as the normalised network input (3, S, S) float32, exactly like
+    ``facial_palsy_dataset.make_input``."""
+    return to_tensor(flow_network_image(rest_rgb, expression_rgb, rest_landmarks, preprocess, expression_landmarks),
+                     preprocess)
 
 
 # motion summaries

@@ -369,11 +369,6 @@ def prediction_rule(args: argparse.Namespace) -> str:
     return PREDICTION_RULES[getattr(args, 'loss', 'ce')]
 
 
-def predict_grades(logits: torch.Tensor, prediction: str = 'argmax') -> torch.Tensor:
-    """Grades from logits by the checkpoint's ``prediction`` rule."""
-    return losses.ordinal_predict(logits) if prediction == 'ordinal_median' else logits.argmax(dim=1)
-
-
 # data
 
 @dataclass
@@ -476,11 +471,6 @@ def _fmt_counts(counts: Counter | dict) -> str:
     return ', '.join(f'{k} {v}' for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))) or 'none'
 
 
-def build_transform(name: str | None) -> Callable | None:
-    """The training augmentation from data_augmentation.py, or None."""
-    return data_augmentation.get_augmentation_pipeline(name)
-
-
 def make_dataset(args: argparse.Namespace, source: SplitSource, detector: fpd.LandmarkDetector,
                  transform: Callable | None = None) -> Dataset:
     """One split as a ``FacialPalsyDataset`` (or the CK+ variant); all splits share one landmark detector."""
@@ -546,7 +536,7 @@ def carve_validation(labels: Sequence[int], subjects: Sequence[str], fraction: f
 def build_datasets(args: argparse.Namespace, device: torch.device) -> dict[str, Dataset]:
     """The train (augmented), val and optional test datasets, after the split rules of ``resolve_split_sources``."""
     sources, carve = resolve_split_sources(args)
-    transform = build_transform(args.augmentation)
+    transform = data_augmentation.get_augmentation_pipeline(args.augmentation)
     detector = fpd.LandmarkDetector(device=device, cache_dir=args.cache_dir, progress=True)
     datasets: dict[str, Dataset] = {}
     plain_train = make_dataset(args, sources['train'], detector)
@@ -855,8 +845,9 @@ def train_one_epoch(ctx: TrainContext, loader: DataLoader, epoch: int, epochs: i
             raise UserError('--multitask needs batches with the affected side (image, label, side)')
         with ctx.autocast:
             loss, logits = training_loss(ctx, images, labels, sides)
-        if not torch.isfinite(loss):
-            raise UserError(f'the training loss became {loss.item()} at epoch {epoch}, step {step + 1}; '
+        loss_value = loss.item()  # one device sync per step
+        if not math.isfinite(loss_value):
+            raise UserError(f'the training loss became {loss_value} at epoch {epoch}, step {step + 1}; '
                             f'lower --learning_rate or drop --amp fp16')
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.scaler.scale(loss).backward()
@@ -865,8 +856,8 @@ def train_one_epoch(ctx: TrainContext, loader: DataLoader, epoch: int, epochs: i
         if ctx.step_per_batch and ctx.scheduler is not None:
             ctx.scheduler.step()
         batch = labels.shape[0]
-        total_loss += loss.item() * batch
-        correct += (predict_grades(logits.detach(), ctx.prediction) == labels).sum().item()
+        total_loss += loss_value * batch
+        correct += (losses.decode_grades(logits.detach(), ctx.prediction) == labels).sum().item()
         seen += batch
         bar.set_postfix(loss=f'{total_loss / seen:.4f}', acc=f'{correct / seen:.3f}')
     return {'loss': total_loss / max(seen, 1), 'accuracy': correct / max(seen, 1)}
@@ -887,7 +878,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, autocast
         total_loss += nn.functional.cross_entropy(logits.float(), labels, reduction='sum').item()
         seen += labels.shape[0]
         true.append(labels.cpu())
-        pred.append(predict_grades(logits, prediction).cpu())
+        pred.append(losses.decode_grades(logits, prediction).cpu())
         if side_logits is not None and sides is not None:
             side_true.append(sides.cpu())
             side_pred.append(side_logits.argmax(dim=1).cpu())
@@ -957,10 +948,6 @@ def to_cpu(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(to_cpu(v) for v in value)
     return value
-
-
-def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
-    return utils.save_checkpoint(state, path)
 
 
 @dataclass
@@ -1231,12 +1218,13 @@ def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namesp
             improved = best.update(val_metrics[args.select_metric], epoch)
             history.append(history_row(epoch, lr, train_stats, val_metrics, time.time() - started, improved))
             last_epoch = epoch
+            snapshot = state(epoch, val_metrics)  # built once, written up to three times
             if improved:
                 best_val_metrics = val_metrics
-                save_checkpoint(state(epoch, val_metrics), save_dir / 'best_model.pth')
-            save_checkpoint(state(epoch, val_metrics), save_dir / 'last.pth')
+                utils.save_checkpoint(snapshot, save_dir / 'best_model.pth')
+            utils.save_checkpoint(snapshot, save_dir / 'last.pth')
             if args.save_interval and epoch % args.save_interval == 0:
-                save_checkpoint(state(epoch, val_metrics), save_dir / f'epoch_{epoch}.pth')
+                utils.save_checkpoint(snapshot, save_dir / f'epoch_{epoch}.pth')
             write_logs(history, log_dir, best, plot=epoch % PLOT_EVERY == 0)
             print(f'epoch {epoch}/{args.epochs} | lr {lr:.2e} | train loss {train_stats["loss"]:.4f} '
                   f'acc {train_stats["accuracy"]:.3f} | val loss {val_metrics["loss"]:.4f} '
@@ -1247,7 +1235,7 @@ def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namesp
                 break
     except KeyboardInterrupt:
         interrupted = True
-        save_checkpoint(state(last_epoch, None), save_dir / 'last.pth')
+        utils.save_checkpoint(state(last_epoch, None), save_dir / 'last.pth')
         print(f'\ninterrupted: saved {save_dir / "last.pth"} (epoch {last_epoch} completed); continue with '
               f'--resume {save_dir / "last.pth"}')
     if history:
@@ -1318,7 +1306,7 @@ def run_symmetry_baseline(datasets: dict[str, Dataset], args: argparse.Namespace
     utils.atomic_write_text(log_dir / 'baseline_metrics.json', json.dumps(utils.to_plain(payload), indent=2))
     best_path = Path(args.save_dir) / 'best_model.pth'
     if best_path.is_file():  # evaluate_facial_palsy.py then scores the baseline beside HTNet on the same photos
-        checkpoint = torch.load(best_path, map_location='cpu', weights_only=True)
+        checkpoint = utils.load_checkpoint(best_path)
         checkpoint['symmetry_baseline'] = utils.to_plain(baseline.to_dict())
         utils.save_checkpoint(checkpoint, best_path)
     print(comparison_table({'val': htnet_val, 'test': htnet_test}, scores))
@@ -1467,7 +1455,7 @@ def run_fold(fold: int, dataset: Dataset, train_idx: list[int], heldout_idx: lis
     except UserError as err:
         raise UserError(f'fold {fold}: {err} (validation subjects come from the fold\'s training subjects; '
                         f'use fewer folds or a larger --val_fraction)') from err
-    datasets = {'train': Subset(with_transform(dataset, build_transform(args.augmentation)),
+    datasets = {'train': Subset(with_transform(dataset, data_augmentation.get_augmentation_pipeline(args.augmentation)),
                                 [train_idx[p] for p in fit_pos]),
                 'val': Subset(dataset, [train_idx[p] for p in val_pos]),
                 'test': Subset(dataset, heldout_idx)}

@@ -50,7 +50,8 @@ from einops import rearrange
 from tqdm import tqdm
 
 import utils
-from demo_inference import (FacialPalsyPredictor, HelpFormatter, ImageInput, decode_grades, display_grade,
+from losses import decode_grades
+from demo_inference import (FacialPalsyPredictor, HelpFormatter, ImageInput, display_grade,
                             draw_probabilities)
 from facial_palsy_dataset import (LANDMARK_NAMES, REGION_NAMES, LandmarkDetector, face_square_bounds,
                                   region_boxes, to_image)
