@@ -23,8 +23,6 @@ This is a research tool, not a clinical diagnosis.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import re
 from collections import Counter
@@ -495,15 +493,6 @@ def csv_columns(grades: Sequence[str], sides: Sequence[str]) -> list[str]:
     return columns
 
 
-def write_csv(rows: list[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
-    """Write the rows atomically, so an interrupted run never leaves half a CSV in place of an earlier one."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns))
-    writer.writeheader()
-    writer.writerows({k: ('' if v is None else v) for k, v in row.items()} for row in rows)
-    utils.atomic_write_text(path, buffer.getvalue())
-
-
 def format_result(result: dict[str, Any]) -> str:
     """A few readable lines for the terminal."""
     if result['status'] == 'unreadable':
@@ -576,7 +565,7 @@ def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) ->
     columns = csv_columns(predictor.grades, predictor.sides)
     if output_csv.exists():
         print(f'note: replacing {output_csv}')
-    write_csv([csv_row(r, predictor.grades, predictor.sides) for r in results], columns, output_csv)
+    utils.atomic_write_csv(output_csv, columns, [csv_row(r, predictor.grades, predictor.sides) for r in results])
     counts = Counter(r['status'] for r in results)
     for result in results:
         if result['status'] == 'unreadable':

@@ -28,8 +28,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -281,10 +279,11 @@ def score_symmetry_baseline(checkpoint: dict, dataset, indices: Sequence[int], l
 
     baseline = SymmetryBaseline.from_dict(stored)
     predictions = np.asarray(baseline.predict([dataset.landmarks[i] for i in indices]), dtype=np.int64)
-    scores = score(labels, predictions, groups, num_classes, args)
+    intervals = M.bootstrap_metrics(labels, predictions, num_classes, groups=groups, n_boot=args.n_boot,
+                                    seed=args.seed, alpha=1.0 - CONFIDENCE)
     return {'note': 'logistic regression on the five-landmark symmetry measurements (symmetry.py), fitted on the '
                     'training photos; scored on the same photos as HTNet',
-            'metrics': {name: scores['intervals'][name] for name in M.METRIC_NAMES}}
+            'metrics': {name: intervals[name] for name in M.METRIC_NAMES}}
 
 
 def side_score(true_sides: Sequence[str], side_probabilities: np.ndarray, groups: list[str] | None,
@@ -503,11 +502,7 @@ def write_csv_table(table: pd.DataFrame, path: Path) -> None:
 
 
 def write_skipped(skipped: list[tuple[str, str]], path: Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(['path', 'reason'])
-    writer.writerows(skipped)
-    utils.atomic_write_text(path, buffer.getvalue())
+    utils.atomic_write_csv(path, ['path', 'reason'], [{'path': p, 'reason': r} for p, r in skipped])
 
 
 def announce_replacements(output_dir: Path) -> list[str]:

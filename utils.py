@@ -209,6 +209,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode('utf-8'))
 
 
+def atomic_write_csv(path: str | os.PathLike, columns: Sequence[str], rows) -> Path:
+    """Write dict rows as CSV atomically, so an interrupted run never leaves half a CSV in place of an earlier one."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
+
+
 def save_figure(figure, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Render a ``matplotlib.figure.Figure`` to PNG with the Agg canvas (no pyplot, so no figure is left open) and
     write it atomically."""

@@ -31,7 +31,6 @@ research tool, not a clinical diagnosis.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import math
 import os
@@ -732,14 +731,6 @@ def summary_row(path: Path, analysis: Mapping[str, Any], stem: str) -> dict[str,
     return row
 
 
-def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns))
-    writer.writeheader()
-    writer.writerows(rows)
-    utils.atomic_write_text(path, buffer.getvalue())
-
-
 def check_output_dir(output_dir: Path) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise utils.UserError(f'--output_dir {output_dir}: is a file, not a folder')
@@ -795,11 +786,11 @@ def visualize_folder(visualizer: AttentionVisualizer, args: argparse.Namespace) 
             rows.append(summary_row(path, analysis, stems[path]))
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(output_dir / 'skipped.csv', ['path', 'reason'], [{'path': p, 'reason': r} for p, r in skipped])
+    utils.atomic_write_csv(output_dir / 'skipped.csv', ['path', 'reason'], [{'path': p, 'reason': r} for p, r in skipped])
     names = visualizer.region_names
     columns = ['path', 'stem', 'status', 'grade_index', 'grade', 'confidence',
                *[f'attention_{n}' for n in names], *[f'saliency_{n}' for n in names]]
-    write_csv(output_dir / 'attention_summary.csv', columns, rows)
+    utils.atomic_write_csv(output_dir / 'attention_summary.csv', columns, rows)
     utils.save_args(args, output_dir / 'args.yaml')
     fallbacks = sum(row['status'] == 'no_face_fallback' for row in rows)
     print(f'{len(outputs)} of {len(files)} photos drawn into {output_dir} ({fallbacks} on template landmarks, '
