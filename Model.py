@@ -420,24 +420,23 @@ def _resize_pos_emb(pos_emb: torch.Tensor, length: int) -> torch.Tensor:
     return grid.flatten().to(pos_emb.dtype)
 
 
-def load_pretrained(model: nn.Module, path_or_state_dict: Any, pos_emb: str = 'interpolate',
-                    verbose: bool = True, map_location: str | torch.device = 'cpu') -> dict[str, list]:
+def load_pretrained(model: nn.Module, checkpoint: Mapping[str, Any] | nn.Module, pos_emb: str = 'interpolate',
+                    verbose: bool = True) -> dict[str, list]:
     """Load every tensor whose name and shape match; skip the rest and report which.
 
-    ``path_or_state_dict``: a file saved by ``main_HTNet.py`` or ``train_facial_palsy.py``, a plain state_dict,
-    or a checkpoint dict holding one. The classifier head differs between 3 emotions and 6 grades and is
-    skipped; the positional embeddings differ between 28x28 input (length 1) and 56x56 (length 4) and are
-    interpolated (``pos_emb='interpolate'``) or skipped (``'skip'``).
+    ``checkpoint``: a plain state_dict, or a checkpoint dict holding one (``checkpoints.load_pretrained`` reads
+    it from a file first). The classifier head differs between 3 emotions and 6 grades and is skipped; the
+    positional embeddings differ between 28x28 input (length 1) and 56x56 (length 4) and are interpolated
+    (``pos_emb='interpolate'``) or skipped (``'skip'``).
 
     Returns ``{'loaded': [...], 'interpolated': [...], 'skipped': [(name, reason), ...], 'missing': [...]}``,
     where ``missing`` lists the model's tensors that received nothing and keep their initialisation.
     """
     assert pos_emb in ('interpolate', 'skip'), f"pos_emb must be 'interpolate' or 'skip', not {pos_emb!r}"
-    source = path_or_state_dict
-    if isinstance(source, (str, bytes)) or hasattr(source, '__fspath__'):
-        from utils import load_checkpoint  # a missing or corrupt file becomes one line naming it
-        source = load_checkpoint(source, map_location=map_location)
-    state = extract_state_dict(source)
+    if isinstance(checkpoint, (str, bytes)) or hasattr(checkpoint, '__fspath__'):
+        raise TypeError('load_pretrained takes a state_dict or checkpoint dict; read a file with '
+                        'checkpoints.load_pretrained(model, path)')
+    state = extract_state_dict(checkpoint)
     target = model.state_dict()
 
     report: dict[str, list] = {'loaded': [], 'interpolated': [], 'skipped': [], 'missing': []}

@@ -1,10 +1,13 @@
-"""Data augmentation for facial palsy grading that never swaps the two sides of the face.
+"""Data augmentation for facial palsy grading: transforms that keep the two sides of the face apart, and one
+mirror that swaps them together with the side label.
 
 In palsy the signal *is* the difference between the patient's left and right side (a drooping mouth corner, an eye
 that does not close), and the region mosaic keeps the sides apart: the top row holds the image-left eye and mouth
-corner, the bottom row the image-right ones. A horizontal flip, the default augmentation of most vision pipelines,
-would turn a left-sided palsy into a right-sided one and put each region in the other side's slot, so nothing here
-flips or swaps the left/right landmarks.
+corner, the bottom row the image-right ones. A plain horizontal flip, the default augmentation of most vision
+pipelines, would turn a left-sided palsy into a right-sided one while its side label still says left, so the
+photo transforms here never flip. The one exception is explicit: ``SideLabelled`` (``--flip_swap_side``) mirrors
+the face *and* swaps its affected-side label in the same step (a mirrored left palsy is a right palsy of the same
+grade), so image and label never disagree.
 
 Where each class acts:
 
@@ -20,6 +23,8 @@ Where each class acts:
   erased patch lies inside one quadrant (one facial region), so it never spans the left and right regions. They are
   attached to a photo augmentation as its ``mosaic_transform`` (the ``strong`` pipeline), which the dataset applies
   after ``make_input``.
+* ``SideLabelled`` wraps a split as ``(image, grade, side)`` items; with a flip probability it reads some photos
+  through ``MirrorThen`` (``mirror_face``, then the chosen augmentation) and swaps their side label.
 * ``MixUp`` acts on a **batch** in the training loop: ``MixUp(alpha)(images, labels) -> (mixed, labels_a,
   labels_b, lam)``, with ``mixup_loss`` for the mixed loss.
 
@@ -30,6 +35,7 @@ derived from the worker seed PyTorch hands out, so workers never repeat each oth
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +44,9 @@ from typing import Any, Union
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Subset
 
+import losses
 from utils import UserError
 
 __all__ = [
@@ -546,3 +554,79 @@ def get_augmentation_pipeline(name: str | None, **kwargs: Any) -> FacialPalsyAug
     erasing_args = {k[len('erasing_'):]: kwargs.pop(k) for k in list(kwargs) if k.startswith('erasing_')}
     mosaic = MosaicCompose([CutOut(rng=rng, **cutout_args), RandomErasing(rng=rng, **erasing_args)])
     return FacialPalsyAugmentation(rng=rng, mosaic_transform=mosaic, **kwargs)
+
+
+# mirror with side swap
+
+# the five points after a left-right mirror: the eyes trade places, the nose stays, the mouth corners trade places
+MIRRORED_POINT_ORDER = (1, 0, 2, 4, 3)
+# side class after a mirror (losses.side_targets codes): the patient's left <-> right; none and unknown stay
+MIRRORED_SIDE = {0: 1, 1: 0, 2: 2, losses.SIDE_IGNORE_INDEX: losses.SIDE_IGNORE_INDEX}
+
+
+def with_transform(dataset: Dataset, transform: Callable | None) -> Dataset:
+    """A second view of an already loaded dataset (landmarks detected once) that applies ``transform``."""
+    view = copy.copy(dataset)
+    view.transform = transform
+    return view
+
+
+def base_dataset(dataset: Dataset) -> Dataset:
+    """The dataset under a ``Subset`` (the dataset itself otherwise)."""
+    return dataset.dataset if isinstance(dataset, Subset) else dataset
+
+
+def mirror_face(image: np.ndarray, landmarks: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The face square mirrored left-right and its five points moved with it: x becomes ``width - x`` (pixel
+    edges, the convention of the region crops, so each mirrored crop is exactly the mirror of a crop) and the
+    left / right eye and mouth-corner points trade places, so point 0 is again the image-left eye."""
+    width = image.shape[1]
+    points = np.asarray(landmarks, dtype=np.float32).reshape(5, 2)[list(MIRRORED_POINT_ORDER)].copy()
+    points[:, 0] = width - points[:, 0]
+    return np.ascontiguousarray(image[:, ::-1]), points
+
+
+class MirrorThen:
+    """Photo transform ``(image, landmarks) -> (image, landmarks)``: ``mirror_face``, then ``then`` (the chosen
+    augmentation, whose ``mosaic_transform`` is passed on so the dataset still applies it)."""
+
+    def __init__(self, then: Callable | None = None):
+        self.then = then
+        self.mosaic_transform = getattr(then, 'mosaic_transform', None)
+
+    def __call__(self, image: np.ndarray, landmarks: Any) -> tuple[np.ndarray, np.ndarray]:
+        image, points = mirror_face(image, landmarks)
+        return self.then(image, points) if self.then is not None else (image, points)
+
+
+class SideLabelled(Dataset):
+    """``(image, label, side index)`` items of a split (a ``FacialPalsyDataset`` or a ``Subset`` of one), the side
+    coded by ``losses.side_targets`` (unknown = -100, ignored by the loss).
+
+    With ``flip_probability`` each item is, with that probability, read through a second view of the dataset whose
+    photo transform mirrors the face before the augmentation, and its side is swapped. The coin is drawn here, per
+    item, so the image and its side label can never disagree, and no state is shared between calls (safe with
+    DataLoader workers, which seed torch per worker).
+    """
+
+    def __init__(self, dataset: Dataset, flip_probability: float = 0.0):
+        if not 0.0 <= flip_probability <= 1.0:
+            raise ValueError(f'flip_probability must lie in [0, 1], got {flip_probability}')
+        self.source = dataset
+        self.base = base_dataset(dataset)
+        self.indices = list(dataset.indices) if isinstance(dataset, Subset) else list(range(len(dataset)))
+        self.sides = losses.side_targets(self.base.sides[i] for i in self.indices).tolist()
+        self.flip_probability = float(flip_probability)
+        self.mirrored = with_transform(self.base, MirrorThen(self.base.transform)) if flip_probability > 0 else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int, int]:
+        index, side = self.indices[item], self.sides[item]
+        if self.mirrored is not None and float(torch.rand(())) < self.flip_probability:
+            image, label = self.mirrored[index]
+            return image, label, MIRRORED_SIDE[side]
+        image, label = self.base[index]
+        return image, label, side
+

@@ -40,19 +40,20 @@ from tqdm import tqdm
 
 import metrics as M
 import utils
-from losses import decode_grades
-from demo_inference import (SYMMETRY_COLUMNS, HelpFormatter, face_symmetry, grade_labels,
-                            prediction_rule, probability_column, side_head_size, symmetry_row)
-from symmetry import MEASUREMENT_NAMES
+from annotations import SIDE_CLASSES, grade_names
+from checkpoints import check_input_size, load_trained
 from facial_palsy_dataset import (INPUT_MODES, CKPlusFacialPalsyDataset, FacialPalsyDataset, ImageReadError,
-                                  LandmarkDetector, default_preprocess, model_input_size)
+                                  LandmarkDetector)
+from inference import SYMMETRY_COLUMNS, face_symmetry, probability_column, symmetry_row
+from losses import decode_grades
+from symmetry import MEASUREMENT_NAMES
 
 CONFIDENCE = 0.95
 OUTPUT_FILES = ('metrics.json', 'confusion_matrix.png', 'per_class_accuracy.png', 'classification_report.txt',
                 'predictions.csv', 'predictions.npz', 'args.yaml', 'skipped.csv', 'symmetry_by_grade.csv',
                 'asymmetry_by_grade.png')
-# preprocess entries a flag may override (the face crop size and the regions; the network must still fit)
-PREPROCESS_FLAGS = ('image_size', 'region_size', 'input_mode')
+# flag -> the preprocess entry it may override (the face square, the regions; the network must still fit)
+PREPROCESS_FLAGS = {'image_size': 'face_size', 'region_size': 'region_size', 'input_mode': 'input_mode'}
 
 
 # command line
@@ -61,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description='Evaluate a trained HTNet facial palsy checkpoint: metrics with 95% bootstrap intervals, '
                     'confusion matrix, classification report and per-photo predictions.',
-        formatter_class=HelpFormatter)
+        formatter_class=utils.HelpFormatter)
     utils.add_config_args(parser)
     parser.add_argument('--model_path', required=True,
                         help='checkpoint written by train_facial_palsy.py (best_model.pth); the network and its '
@@ -125,39 +126,25 @@ def check_args(args: argparse.Namespace) -> None:
 
 # checkpoint and data
 
-def resolve_preprocess(checkpoint: dict[str, Any], args: argparse.Namespace, model_path: str) -> dict[str, Any]:
+def resolve_preprocess(preprocess: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The checkpoint's preprocessing with the override flags applied (each one announced)."""
-    stored = checkpoint.get('preprocess')
-    if not stored:
-        stored = default_preprocess()
-        print(f'note: {model_path} stores no preprocess settings; using the defaults')
-    preprocess = dict(stored)
-    for name in PREPROCESS_FLAGS:
-        value = getattr(args, name)
-        if value is not None and value != preprocess.get(name):
-            print(f'note: --{name} {value} overrides the checkpoint\'s {name} {preprocess.get(name)}')
-            preprocess[name] = value
+    preprocess = dict(preprocess)
+    for flag, key in PREPROCESS_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None and value != preprocess.get(key):
+            print(f'note: --{flag} {value} overrides the checkpoint\'s {key} {preprocess.get(key)}')
+            preprocess[key] = value
     if args.region_size is not None:
         preprocess['input_size'] = 2 * int(preprocess['region_size'])
     return preprocess
 
 
-def check_model_fits(model: torch.nn.Module, checkpoint: dict[str, Any], preprocess: dict[str, Any],
-                     args: argparse.Namespace) -> int:
-    """The number of classes to score, after checking ``--num_classes`` and the input size against the network."""
-    num_classes = int(checkpoint.get('num_classes') or model.num_classes)
-    if num_classes != model.num_classes:
-        raise utils.UserError(f'{args.model_path}: says num_classes {num_classes} but its network has '
-                              f'{model.num_classes} outputs')
+def check_num_classes(num_classes: int, args: argparse.Namespace) -> None:
+    """``--num_classes`` is only a check: a network scores the classes it was trained for."""
     if args.num_classes is not None and args.num_classes != num_classes:
         raise utils.UserError(f'--num_classes {args.num_classes}: {args.model_path} was trained for {num_classes} '
-                              f'classes ({", ".join(utils.grade_names(num_classes))}); drop the flag or evaluate a '
+                              f'classes ({", ".join(grade_names(num_classes))}); drop the flag or evaluate a '
                               f'{args.num_classes}-class checkpoint')
-    size = model_input_size(preprocess)
-    if size != model.image_size:
-        raise utils.UserError(f'the preprocessing makes {size}x{size} inputs but the network in {args.model_path} '
-                              f'takes {model.image_size}x{model.image_size}; drop --region_size / --input_mode')
-    return num_classes
 
 
 def build_dataset(args: argparse.Namespace, preprocess: dict[str, Any], num_classes: int,
@@ -165,16 +152,10 @@ def build_dataset(args: argparse.Namespace, preprocess: dict[str, Any], num_clas
     """The rows to score, read exactly as in training: the checkpoint's detector settings and preprocessing."""
     detector = LandmarkDetector(device=device, cache_dir=args.cache_dir, progress=True,
                                 **dict(preprocess.get('detector') or {}))
-    common = dict(image_size=int(preprocess['image_size']), region_size=int(preprocess['region_size']),
-                  input_mode=preprocess.get('input_mode', 'regions'), num_classes=num_classes, split=args.split,
-                  detector=detector, verbose=True)
+    common = dict(preprocess=preprocess, num_classes=num_classes, split=args.split, detector=detector, verbose=True)
     if args.dataset_type == 'CK+':
-        dataset = CKPlusFacialPalsyDataset(args.data_root, grade_mapping_csv=args.test_csv, **common)
-    else:
-        dataset = FacialPalsyDataset(args.data_root, csv_file=args.test_csv, dataset_type=args.dataset_type,
-                                     **common)
-    dataset.preprocess = dict(preprocess)  # mean, std and crop margins exactly as the checkpoint recorded them
-    return dataset
+        return CKPlusFacialPalsyDataset(args.data_root, grade_mapping_csv=args.test_csv, **common)
+    return FacialPalsyDataset(args.data_root, csv_file=args.test_csv, dataset_type=args.dataset_type, **common)
 
 
 class IndexedSamples(Dataset):
@@ -290,18 +271,18 @@ def side_score(true_sides: Sequence[str], side_probabilities: np.ndarray, groups
                args: argparse.Namespace) -> dict[str, Any]:
     """Side accuracy over the photos whose side is known (left / right / none), with a 95% bootstrap interval
     resampling subjects as for the grades, and the side confusion matrix (rows = true side)."""
-    known = np.array([str(side) in utils.SIDES for side in true_sides], dtype=bool)
-    matrix = np.zeros((len(utils.SIDES), len(utils.SIDES)), dtype=np.int64)
+    known = np.array([str(side) in SIDE_CLASSES for side in true_sides], dtype=bool)
+    matrix = np.zeros((len(SIDE_CLASSES), len(SIDE_CLASSES)), dtype=np.int64)
     entry: dict[str, Any] = {'value': None, 'ci_low': None, 'ci_high': None, 'n': int(known.sum())}
     if known.any():
-        true = np.array([utils.SIDES.index(str(s)) for s, k in zip(true_sides, known) if k], dtype=np.int64)
+        true = np.array([SIDE_CLASSES.index(str(s)) for s, k in zip(true_sides, known) if k], dtype=np.int64)
         predicted = side_probabilities[known].argmax(axis=1).astype(np.int64)
-        matrix = M.confusion_matrix(true, predicted, len(utils.SIDES))
+        matrix = M.confusion_matrix(true, predicted, len(SIDE_CLASSES))
         subset_groups = None if groups is None else [g for g, k in zip(groups, known) if k]
-        interval = M.bootstrap_metrics(true, predicted, len(utils.SIDES), groups=subset_groups, n_boot=args.n_boot,
+        interval = M.bootstrap_metrics(true, predicted, len(SIDE_CLASSES), groups=subset_groups, n_boot=args.n_boot,
                                        seed=args.seed, alpha=1.0 - CONFIDENCE)['accuracy']
         entry.update(interval)
-    return {'side_accuracy': entry, 'side_classes': list(utils.SIDES), 'side_confusion_matrix': matrix.tolist()}
+    return {'side_accuracy': entry, 'side_classes': list(SIDE_CLASSES), 'side_confusion_matrix': matrix.tolist()}
 
 
 def predictions_table(dataset: FacialPalsyDataset, indices: np.ndarray, labels: np.ndarray,
@@ -329,9 +310,9 @@ def predictions_table(dataset: FacialPalsyDataset, indices: np.ndarray, labels: 
         table[column] = measurements[column].to_numpy()
     if side_probabilities is not None:
         side_index = side_probabilities.argmax(axis=1)
-        table['predicted_side'] = [utils.SIDES[k] for k in side_index]
+        table['predicted_side'] = [SIDE_CLASSES[k] for k in side_index]
         table['side_confidence'] = side_probabilities.max(axis=1).round(6)
-        for k, side in enumerate(utils.SIDES):
+        for k, side in enumerate(SIDE_CLASSES):
             table[f'side_p_{side}'] = side_probabilities[:, k].round(6)
     return table
 
@@ -554,13 +535,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = utils.parse_args_with_config(get_args_parser(), argv)
     check_args(args)
     device = utils.resolve_device(args.device)
-    model, checkpoint = utils.load_trained_model(args.model_path, device)
-    preprocess = resolve_preprocess(checkpoint, args, args.model_path)
-    num_classes = check_model_fits(model, checkpoint, preprocess, args)
-    class_names = list(checkpoint.get('class_names') or utils.grade_names(num_classes))
-    grades = grade_labels(num_classes, class_names)
-    rule = prediction_rule(checkpoint, args.model_path)
-    with_side = bool(side_head_size(model, args.model_path))
+    trained = load_trained(args.model_path, device)
+    model, checkpoint, num_classes = trained.model, trained.checkpoint, trained.num_classes
+    check_num_classes(num_classes, args)
+    preprocess = resolve_preprocess(trained.preprocess, args)
+    check_input_size(preprocess, model, args.model_path, hint='; drop --region_size / --input_mode')
+    class_names, grades, rule = trained.class_names, trained.grades, trained.prediction
+    with_side = bool(trained.sides)
 
     dataset = build_dataset(args, preprocess, num_classes, device)
     outputs = predict(model, dataset, args, device, rule=rule, with_side=with_side)
@@ -590,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print()
     print(metrics_table(payload))
     if baseline is not None:
-        print(f'symmetry baseline (fitted in training on the training photos\' landmarks), same photos: ' +
+        print('symmetry baseline (fitted in training on the training photos\' landmarks), same photos: ' +
               ', '.join(f'{name} {baseline["metrics"][name]["value"]:.3f}' for name in ('accuracy', 'macro_f1', 'qwk')))
     if skipped:
         print(f'{len(skipped)} photo(s) skipped, listed in {output_dir / "skipped.csv"}')
@@ -599,11 +580,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             'skipped': skipped}
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
-    """Shell entry point: ``main`` returns its results for Python callers, the shell only needs an exit status."""
-    main(argv)
-    return 0
-
-
 if __name__ == '__main__':
-    utils.run_cli(cli)
+    utils.run_cli(main)

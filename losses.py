@@ -21,14 +21,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import SIDES
+from annotations import SIDE_CLASSES
+from utils import UserError
 
-__all__ = ['CRITERIA', 'SIDE_IGNORE_INDEX', 'cumulative_log_probs', 'ordinal_loss', 'OrdinalLoss',
-           'ordinal_predict', 'expected_grade', 'side_targets', 'MultiTaskLoss', 'build_criterion']
+__all__ = ['CRITERIA', 'PREDICTION_RULES', 'LOSS_PREDICTION', 'SIDE_IGNORE_INDEX', 'cumulative_log_probs',
+           'ordinal_loss', 'OrdinalLoss', 'ordinal_predict', 'expected_grade', 'side_targets', 'MultiTaskLoss',
+           'build_criterion', 'prediction_for', 'check_prediction_rule', 'decode_grades']
 
 CRITERIA = ('ce', 'ordinal')
+# how grade logits become a grade (a checkpoint's ``prediction`` entry; ``argmax`` when it names none)
+PREDICTION_RULES = ('argmax', 'ordinal_median')
+# the rule each training loss is fitted for: the ordinal loss gets the median grade right
+LOSS_PREDICTION = {'ce': 'argmax', 'ordinal': 'ordinal_median'}
 SIDE_IGNORE_INDEX = -100   # nn.CrossEntropyLoss's default ignore_index: photos whose affected side is unknown
-_SIDE_INDEX = {name: i for i, name in enumerate(SIDES)}   # left 0, right 1, none 2 (the patient's side)
+_SIDE_INDEX = {name: i for i, name in enumerate(SIDE_CLASSES)}   # left 0, right 1, none 2 (the patient's side)
 _UNKNOWN_SIDES = frozenset({'unknown', '', 'nan'})
 
 
@@ -153,23 +159,26 @@ def expected_grade(logits: torch.Tensor) -> torch.Tensor:
 # affected side
 
 def side_targets(sides: Iterable[Any]) -> torch.LongTensor:
-    """Side class indices for ``MultiTaskLoss``: the patient's ``left`` 0, ``right`` 1, ``none`` 2 (``utils.SIDES``
-    order); ``unknown``, an empty value, ``None`` or NaN give ``SIDE_IGNORE_INDEX`` (-100), which the loss skips.
-    Integers already in that coding pass through. Any other value is a ``ValueError`` naming it."""
+    """Side class indices for ``MultiTaskLoss``: the patient's ``left`` 0, ``right`` 1, ``none`` 2
+    (``annotations.SIDE_CLASSES`` order); ``unknown``, an empty value, ``None`` or NaN give ``SIDE_IGNORE_INDEX``
+    (-100), which the loss skips. Integers already in that coding pass through. Any other value is a ``ValueError``
+    naming it."""
     indices = []
     for side in sides:
         if side is None or (isinstance(side, float) and math.isnan(side)):
             indices.append(SIDE_IGNORE_INDEX)
         elif isinstance(side, (int,)) and not isinstance(side, bool):
-            if side not in (*range(len(SIDES)), SIDE_IGNORE_INDEX):
-                raise ValueError(f'side index {side} is not one of 0..{len(SIDES) - 1} or {SIDE_IGNORE_INDEX}')
+            if side not in (*range(len(SIDE_CLASSES)), SIDE_IGNORE_INDEX):
+                raise ValueError(f'side index {side} is not one of 0..{len(SIDE_CLASSES) - 1} or '
+                                 f'{SIDE_IGNORE_INDEX}')
             indices.append(int(side))
         elif isinstance(side, str) and side.strip().lower() in _SIDE_INDEX:
             indices.append(_SIDE_INDEX[side.strip().lower()])
         elif isinstance(side, str) and side.strip().lower() in _UNKNOWN_SIDES:
             indices.append(SIDE_IGNORE_INDEX)
         else:
-            raise ValueError(f'unknown affected side {side!r}; expected one of {", ".join(SIDES)} or unknown')
+            raise ValueError(f'unknown affected side {side!r}; expected one of {", ".join(SIDE_CLASSES)} or '
+                             f'unknown')
     return torch.tensor(indices, dtype=torch.long)
 
 
@@ -233,8 +242,30 @@ def build_criterion(name: str = 'ce', class_weights: Sequence[float] | torch.Ten
     return OrdinalLoss(class_weights=weights, label_smoothing=label_smoothing, ce_weight=ce_weight)
 
 
+# prediction rules
+
+def prediction_for(loss: str) -> str:
+    """The ``prediction`` rule a network trained with ``--loss loss`` is read with."""
+    if loss not in LOSS_PREDICTION:
+        raise ValueError(f'unknown loss {loss!r}; choose one of {", ".join(CRITERIA)}')
+    return LOSS_PREDICTION[loss]
+
+
+def check_prediction_rule(rule: str | None, source: str) -> str:
+    """``rule`` (``argmax`` when None or empty) if it is one of ``PREDICTION_RULES``; an unknown rule is a
+    ``UserError`` naming ``source`` (a checkpoint path), never a silent argmax, since it would change every grade."""
+    rule = rule or 'argmax'
+    if rule not in PREDICTION_RULES:
+        raise UserError(f'{source}: unknown prediction rule {rule!r} (expected one of {", ".join(PREDICTION_RULES)})')
+    return str(rule)
+
+
 def decode_grades(logits: torch.Tensor, rule: str = 'argmax') -> torch.Tensor:
     """``(N,)`` int64 grades of ``(N, C)`` logits by a checkpoint's ``prediction`` rule: the most probable grade, or
     for ``ordinal_median`` the median of the predicted distribution, which is what an ordinally trained network was
-    fitted to get right (it minimises the expected absolute grade error)."""
-    return ordinal_predict(logits) if rule == 'ordinal_median' else logits.argmax(dim=1)
+    fitted to get right (it minimises the expected absolute grade error). Any other rule is a ``ValueError``."""
+    if rule == 'ordinal_median':
+        return ordinal_predict(logits)
+    if rule != 'argmax':
+        raise ValueError(f'unknown prediction rule {rule!r}; expected one of {", ".join(PREDICTION_RULES)}')
+    return logits.argmax(dim=1)

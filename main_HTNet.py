@@ -36,9 +36,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from checkpoints import describe_mismatches, load_checkpoint, save_checkpoint, state_dict_mismatches
 from Model import HTNet, build_model, count_parameters, extract_state_dict, model_args_from
-from utils import (UserError, add_config_args, atomic_write_text, load_checkpoint, parse_args_with_config,
-                   resolve_device, run_cli, save_args, save_checkpoint, save_figure, seed_everything, to_plain)
+from utils import (UserError, add_config_args, atomic_write_text, parse_args_with_config, resolve_device, run_cli,
+                   save_args, save_figure, seed_everything, to_plain)
 
 CLASS_NAMES = ('negative', 'positive', 'surprise')
 CSV_NAME = 'combined_3_class2_for_optical_flow.csv'
@@ -480,16 +481,9 @@ def load_subject_weights(model: nn.Module, path: Path) -> str | None:
         state = extract_state_dict(load_checkpoint(path))
     except (UserError, ValueError, TypeError) as err:
         return str(err).removeprefix(f'{path}: ')
-    target = model.state_dict()
-    wrong = [f'{k} {tuple(v.shape)} in the file vs {tuple(target[k].shape)}'
-             for k, v in state.items() if k in target and v.shape != target[k].shape]
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    if wrong or missing or unexpected:
-        detail = f'shape differs: {wrong[0]}' if wrong else \
-            (f'missing {missing[0]}' if missing else f'unexpected {unexpected[0]}')
-        count = len(wrong) + len(missing) + len(unexpected)
-        return f'weights do not fit this HTNet ({detail}, {count} tensor(s) in all; ' \
+    mismatches = state_dict_mismatches(state, model)
+    if any(mismatches.values()):
+        return f'weights do not fit this HTNet ({describe_mismatches(mismatches, limit=1)}; ' \
                f'set --dim/--heads/--num_hierarchies/--block_repeats/--patch_size to the values it was trained with)'
     model.load_state_dict(state)
     return None

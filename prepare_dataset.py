@@ -1,13 +1,14 @@
 """Prepare facial palsy datasets: annotation CSVs with subject-disjoint splits, CK+ conversion, 6 <-> 3 classes,
 and the built-in synthetic demo faces.
 
-The annotation CSV this writes is what every other script reads (``facial_palsy_dataset.py``): ``image_path``
+The annotation CSV this writes is what every other script reads (its contract: ``annotations.py``): ``image_path``
 (relative to the data root), ``grade`` (0-5 = House-Brackmann I-VI), ``side`` (the patient's affected side:
 left / right / none / unknown), ``split`` (train / val / test), ``subject`` and, where known, ``neutral_path`` and
 the landmark columns ``eye_l_x ... mouth_r_y``.
 
 Splits are subject-disjoint (no person in two splits, or a model would be graded on faces it has seen) and
-stratified by grade (each split gets its share of every grade).
+stratified by grade (each split gets its share of every grade): ``annotations.split_subjects``, the rule training
+uses for its validation subjects and cross-validation folds too.
 """
 from __future__ import annotations
 
@@ -22,21 +23,14 @@ import pandas as pd
 from tqdm import tqdm
 
 import synthetic_faces
-from utils import (GRADE_3_TO_6, GRADE_6_TO_3, HB_GRADES, SIMPLIFIED_GRADES, UserError, add_config_args,
-                   atomic_write_text, parse_args_with_config, run_cli)
+from annotations import (DEFAULT_SUBJECT_REGEX, GRADE_3_TO_6, GRADE_6_TO_3, HB_GRADES, LANDMARK_COLUMNS,
+                         NEUTRAL_LANDMARK_COLUMNS, SIMPLIFIED_GRADES, SPLITS, compile_subject_regex, grade_folders,
+                         image_files, order_columns, parse_grades, read_table, require_columns, row_number,
+                         scan_ckplus, side_of, split_subjects, subject_from_name)
+from utils import UserError, add_config_args, atomic_write_text, parse_args_with_config, run_cli
 
-LANDMARK_COLUMNS = synthetic_faces.LANDMARK_COLUMNS
-# the rest photo's landmarks of a rest / expression pair (the fallback when MTCNN misses the rest photo)
-NEUTRAL_LANDMARK_COLUMNS = synthetic_faces.NEUTRAL_LANDMARK_COLUMNS
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
-SPLITS = ('train', 'val', 'test')
-SIDE_VALUES = ('left', 'right', 'none', 'unknown')
-SIDE_ALIASES = {'l': 'left', 'r': 'right', 'n': 'none', 'no': 'none', 'normal': 'none', '': 'unknown'}
-DEFAULT_SUBJECT_REGEX = r'^([^_]+)'
 # columns taken over from a generator's <data_root>/annotation.csv
 MERGED_COLUMNS = ('subject', 'side', 'neutral_path', *LANDMARK_COLUMNS, *NEUTRAL_LANDMARK_COLUMNS)
-FIRST_COLUMNS = ['image_path', 'grade', 'side', 'split', 'subject', 'neutral_path', *LANDMARK_COLUMNS,
-                 *NEUTRAL_LANDMARK_COLUMNS]
 
 EPILOG = """\
 examples:
@@ -77,70 +71,6 @@ examples:
 
 
 # helpers
-
-def read_csv(path: Path, what: str) -> pd.DataFrame:
-    """A CSV as strings with stripped, lower-case column names; unreadable or empty is a one-line error."""
-    if not path.is_file():
-        raise UserError(f'{path}: {what} not found')
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        raise UserError(f'{path}: {what} is empty') from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f'{path}: {what} is not a readable CSV ({first})') from None
-    table.columns = [str(c).strip().lower() for c in table.columns]
-    table = table[[any(str(v).strip() for v in row) for row in table.itertuples(index=False)]]
-    if table.empty:
-        raise UserError(f'{path}: {what} has no rows')
-    return table.reset_index(drop=True)
-
-
-def require_columns(table: pd.DataFrame, columns: Sequence[str], path: Path, what: str) -> None:
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise UserError(f'{path}: {what} lacks the column(s) {", ".join(missing)} '
-                        f'(it has: {", ".join(table.columns) or "none"})')
-
-
-def parse_grades(values: pd.Series, path: Path, valid: range = range(6), scale: str = 'House-Brackmann 0-5'
-                 ) -> pd.Series:
-    """Integer grades, or one error naming the CSV, the first bad rows (spreadsheet numbering) and their values."""
-    numbers = pd.to_numeric(values.astype(str).str.strip(), errors='coerce')
-    bad = numbers.isna() | ~numbers.isin(list(valid))
-    if bad.any():
-        rows = [f'row {i + 2} ({values.iloc[i]!r})' for i in np.flatnonzero(bad.to_numpy())[:5]]
-        more = f' and {int(bad.sum()) - 5} more' if bad.sum() > 5 else ''
-        raise UserError(f'{path}: grade must be an integer {scale}; bad: {", ".join(rows)}{more}')
-    return numbers.astype(int)
-
-
-def normalise_sides(sides: pd.Series, grades: pd.Series) -> tuple[pd.Series, int]:
-    """left / right / none / unknown (l, r, normal ... accepted); an empty side is none for grade 0 and unknown
-    otherwise. Returns the sides and how many unrecognised values became unknown."""
-    text = sides.astype(str).str.strip().str.lower()
-    mapped = text.map(lambda s: SIDE_ALIASES.get(s, s))
-    unknown = ~mapped.isin(SIDE_VALUES)
-    mapped = mapped.where(~unknown, 'unknown')
-    mapped = mapped.where(~((text == '') & (grades == 0)), 'none')
-    return mapped, int((unknown & (text != '')).sum())
-
-
-def subject_from_name(name: str, pattern: re.Pattern) -> str | None:
-    """The subject of a file: the regex's first group (or whole match) on the file name without extension."""
-    match = pattern.search(Path(name).stem)
-    if match is None:
-        return None
-    subject = match.group(1) if pattern.groups else match.group(0)
-    return subject or None
-
-
-def compile_subject_regex(text: str) -> re.Pattern:
-    try:
-        return re.compile(text)
-    except re.error as err:
-        raise UserError(f'--subject_regex {text!r}: not a valid regular expression ({err})') from None
-
 
 def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
     if len(ratios) != 3:
@@ -204,58 +134,20 @@ def write_skipped(skipped: list[tuple[str, str]], output: Path) -> Path | None:
 
 # splitting
 
-def allocate(count: int, ratios: Sequence[float]) -> list[int]:
-    """Split ``count`` subjects by ``ratios`` (largest remainders); every split with a ratio > 0 gets at least one
-    subject when there are enough, so that each grade appears in validation and test (with fewer subjects than
-    such splits: one each to train, then val)."""
-    wanted = [i for i, r in enumerate(ratios) if r > 0]
-    if count < len(wanted):
-        return [1 if i in wanted[:count] else 0 for i in range(len(ratios))]
-    exact = [count * r for r in ratios]
-    sizes = [int(np.floor(e)) for e in exact]
-    order = sorted(range(len(ratios)), key=lambda i: (-(exact[i] - sizes[i]), i))
-    for i in order[:count - sum(sizes)]:
-        sizes[i] += 1
-    for i in wanted:
-        if sizes[i] == 0:
-            donor = max(range(len(sizes)), key=lambda j: sizes[j])
-            sizes[donor] -= 1
-            sizes[i] += 1
-    return sizes
-
-
-def subject_grades(table: pd.DataFrame) -> tuple[dict[str, int], list[str]]:
-    """The grade each subject is stratified by (its most frequent; ties -> the higher grade) and the subjects
-    whose photos carry more than one grade."""
-    grades, mixed = {}, []
-    for subject, group in table.groupby('subject', sort=True):
-        counts = group['grade'].value_counts()
-        top = counts.max()
-        grades[subject] = int(max(g for g, c in counts.items() if c == top))
-        if len(counts) > 1:
-            mixed.append(f'{subject} (grades {", ".join(str(g) for g in sorted(counts.index))})')
-    return grades, mixed
-
-
 def assign_splits(table: pd.DataFrame, ratios: Sequence[float], seed: int) -> pd.Series:
-    """A split per row: subject-disjoint, stratified by each subject's grade, reproducible for ``seed``."""
-    grades, mixed = subject_grades(table)
+    """A split per row: subject-disjoint, stratified by each subject's grade, reproducible for ``seed``
+    (``annotations.split_subjects``)."""
+    grades = table.groupby('subject', sort=True)['grade'].unique()
+    mixed = [f'{subject} (grades {", ".join(str(g) for g in sorted(values))})'
+             for subject, values in grades.items() if len(values) > 1]
     if mixed:
         print(f'note: {len(mixed)} subject(s) have photos of different grades; each is stratified by its most '
               f'frequent grade (ties: the higher): {", ".join(mixed[:5])}{" ..." if len(mixed) > 5 else ""}')
-    rng = np.random.default_rng(seed)
-    split_of: dict[str, str] = {}
-    for grade in sorted(set(grades.values())):
-        subjects = sorted(s for s, g in grades.items() if g == grade)
-        subjects = [subjects[i] for i in rng.permutation(len(subjects))]
-        start = 0
-        for name, size in zip(SPLITS, allocate(len(subjects), ratios)):
-            split_of.update({s: name for s in subjects[start:start + size]})
-            start += size
-    splits = table['subject'].map(split_of)
+    part_of = split_subjects(table['subject'], table['grade'], ratios, seed)
+    splits = table['subject'].map(lambda subject: SPLITS[part_of[subject]])
     empty = [name for name, ratio in zip(SPLITS, ratios) if ratio > 0 and not (splits == name).any()]
     if empty:
-        print(f'warning: {" and ".join(empty)} received no subject ({len(grades)} subjects are too few for '
+        print(f'warning: {" and ".join(empty)} received no subject ({len(part_of)} subjects are too few for '
               f'--split_ratio {" ".join(f"{r:g}" for r in ratios)})')
     return splits
 
@@ -283,48 +175,34 @@ def _summary_row(label: str, part: pd.DataFrame, splits: Sequence[str]) -> list[
     return cells
 
 
-def order_columns(table: pd.DataFrame) -> pd.DataFrame:
-    first = [c for c in FIRST_COLUMNS if c in table.columns]
-    return table[first + [c for c in table.columns if c not in first]]
-
-
 # FNP (grade folders or a CSV)
 
 def scan_grade_folders(data_root: Path) -> pd.DataFrame:
     """``image_path`` (relative, posix) and ``grade`` of every photo in ``data_root/grade_0 .. grade_5``."""
     if not data_root.is_dir():
         raise UserError(f'--data_root {data_root}: folder not found')
-    rows, outside = [], []
-    for folder in sorted(data_root.iterdir()):
-        match = re.fullmatch(r'grade[_\- ]?(\d+)', folder.name.lower())
-        if not (match and folder.is_dir()):
-            continue
-        grade = int(match.group(1))
-        images = sorted(p for p in folder.iterdir()
-                        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith('.'))
-        if grade > 5:
-            outside.append(folder.name)
-            continue
-        rows += [{'image_path': p.relative_to(data_root).as_posix(), 'grade': grade} for p in images]
+    folders = grade_folders(data_root)
+    outside = [folder.name for grade, folder in folders if grade is None]
     if outside:
         raise UserError(f'{data_root}: folder(s) {", ".join(outside)} are outside House-Brackmann grades 0-5 '
                         f'(grade_0 = HB I .. grade_5 = HB VI); rename or move them')
+    rows = [{'image_path': p.relative_to(data_root).as_posix(), 'grade': grade}
+            for grade, folder in folders for p in image_files(folder)]
     if not rows:
-        has_folders = any(re.fullmatch(r'grade[_\- ]?\d+', p.name.lower()) for p in data_root.iterdir())
-        raise UserError(f'{data_root}: ' + ('the grade_N folders hold no images' if has_folders else
+        raise UserError(f'{data_root}: ' + ('the grade_N folders hold no images' if folders else
                                             'no grade_0 .. grade_5 folders inside (or give --input_csv)'))
     return pd.DataFrame(rows)
 
 
 def read_input_csv(path: Path) -> pd.DataFrame:
-    table = read_csv(path, 'input CSV')
+    table = read_table(path, 'input CSV')
     require_columns(table, ['image_path', 'grade'], path, 'input CSV')
     table['grade'] = parse_grades(table['grade'], path)
     table['image_path'] = table['image_path'].astype(str).str.strip()
-    if (table['image_path'] == '').any():
-        row = int(np.flatnonzero((table['image_path'] == '').to_numpy())[0]) + 2
-        raise UserError(f'{path}: image_path is empty in row {row}')
-    return table
+    empty = table.index[table['image_path'] == '']
+    if len(empty):
+        raise UserError(f'{path}: image_path is empty in row {row_number(empty[0])}')
+    return table.reset_index(drop=True)
 
 
 def merge_generator_annotation(table: pd.DataFrame, data_root: Path) -> pd.DataFrame:
@@ -335,7 +213,7 @@ def merge_generator_annotation(table: pd.DataFrame, data_root: Path) -> pd.DataF
     if not path.is_file():
         return table
     try:
-        extra = read_csv(path, 'annotation CSV')
+        extra = read_table(path, 'annotation CSV')
     except UserError as err:  # an extra, not the input: the split can still be made without it
         print(f'warning: {err}; its columns are not merged')
         return table
@@ -415,7 +293,9 @@ def build_fnp_table(data_root: Path | None, input_csv: Path | None, subject_rege
         table = table.rename(columns={'split': 'original_split'})
     table = fill_subjects(table, pattern)
     sides = table['side'] if 'side' in table.columns else pd.Series('', index=table.index)
-    table['side'], odd = normalise_sides(sides, table['grade'])
+    read = [side_of(side, grade) for side, grade in zip(sides, table['grade'])]
+    table['side'] = [side for side, _ in read]
+    odd = sum(not recognised for _, recognised in read)
     if odd:
         print(f'note: {odd} side value(s) were not left / right / none and are written as unknown')
     table, skipped = drop_unusable(table, data_root, progress)
@@ -454,8 +334,8 @@ def convert_classes(table: pd.DataFrame, direction: str, path: Path) -> pd.DataF
               '(written to grade_3; grade keeps the House-Brackmann value)')
     elif direction == '3to6':
         source = 'grade_3' if 'grade_3' in table.columns else 'grade'
-        classes = parse_grades(table[source], path, range(3), 'class 0-2 of the simplified scale '
-                               '(this CSV looks like it is already on the 6-grade scale)')
+        classes = parse_grades(table[source], path, 3, column=source,
+                               hint='; this CSV looks like it is already on the 6-grade scale')
         table['grade_3'] = classes
         table['grade'] = classes.map(lambda c: GRADE_3_TO_6[c])
         table = table.drop(columns=['grade_3_name'], errors='ignore')
@@ -477,7 +357,7 @@ def run_convert(args: argparse.Namespace) -> pd.DataFrame:
         raise UserError('--convert_classes needs --input_csv (an annotation CSV) and --output_csv')
     if args.input_csv.resolve() == args.output_csv.resolve():
         raise UserError(f'--output_csv {args.output_csv} is the input CSV; write the converted table to a new file')
-    table = read_csv(args.input_csv, 'annotation CSV')
+    table = read_table(args.input_csv, 'annotation CSV')
     require_columns(table, ['image_path', 'grade'], args.input_csv, 'annotation CSV')
     table = convert_classes(table, args.convert_classes, args.input_csv)
     status = write_table_safely(table, args.output_csv, args.overwrite)
@@ -488,15 +368,13 @@ def run_convert(args: argparse.Namespace) -> pd.DataFrame:
 # CK+
 
 def ckplus_records(data_root: Path, grade_mapping: Path | None):
-    """Peak-frame records of the graded CK+ sequences (``facial_palsy_dataset.scan_ckplus``, which also reads the
+    """Peak-frame records of the graded CK+ sequences (``annotations.scan_ckplus``, which also reads the
     dataset for training, so the layout and mapping rules live in one place)."""
     if not data_root.is_dir():
         raise UserError(f'--data_root {data_root}: folder not found')
     if grade_mapping is None:
         raise UserError(f'{data_root}: CK+ has no palsy grades; give --grade_mapping CSV with columns subject '
                         f'(e.g. S005) or sequence (e.g. S005/001), grade (0-5) and optionally side')
-    from facial_palsy_dataset import scan_ckplus
-
     records, skipped = scan_ckplus(data_root, grade_mapping, split=None, verbose=True)
     if not records:
         raise UserError(f'{grade_mapping}: no CK+ sequence under {data_root} received a grade '
@@ -667,7 +545,7 @@ def check_synthetic_detection(root: Path, table: pd.DataFrame, args: argparse.Na
 def cache_rest_photos(root: Path, table: pd.DataFrame, args: argparse.Namespace) -> None:
     """Detect the rest photos of pairs into the landmark cache as well, so that flow training finds both photos
     of every pair there."""
-    from facial_palsy_dataset import LandmarkDetector
+    from face_detection import LandmarkDetector
 
     detector = LandmarkDetector(device=args.device, cache_dir=args.cache_dir, progress=not args.quiet)
     paths = [str(root / p) for p in table['neutral_path'] if isinstance(p, str) and p]
@@ -710,9 +588,10 @@ def run_merge(args: argparse.Namespace) -> pd.DataFrame:
         csv_path = Path(csv_path)
         if not csv_path.is_file():
             raise UserError(f'--input_csv {csv_path}: file not found')
-        table = read_csv(csv_path, 'annotation CSV')
+        table = read_table(csv_path, 'annotation CSV')
         require_columns(table, ['image_path', 'grade', 'split'], csv_path, 'annotation CSV')
         table['grade'] = parse_grades(table['grade'], csv_path)
+        table = table.reset_index(drop=True)
         if 'subject' in table.columns:
             table['subject'] = table['subject'].fillna('').astype(str)
         table = fill_subjects(table, pattern)

@@ -17,8 +17,9 @@ five points cannot see eye closure, brow movement or the nasolabial fold, from w
 mostly read, and head yaw shifts several of them.
 
 ``SymmetryBaseline`` grades from the absolute values of the measurements (the grade depends on how much one side
-droops, not on which side), with a logistic regression or gradient-boosted trees, and serialises to plain JSON-able
-data so it can sit in a checkpoint or a ``.json`` file without pickle.
+droops, not on which side) with a logistic regression, and serialises to plain JSON-able data so it can sit in a
+checkpoint or a ``.json`` file without pickle. ``fit_baseline`` / ``score_baseline`` / ``comparison_table`` are what
+training's ``--baseline symmetry`` runs.
 """
 from __future__ import annotations
 
@@ -30,10 +31,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import metrics as M
+
 __all__ = [
     'MEASUREMENT_NAMES', 'SIGNED_MEASUREMENTS', 'ASYMMETRY_SCALES', 'SIDE_THRESHOLD', 'IMAGE_SIDES',
-    'BASELINE_FEATURES', 'BASELINE_MODELS', 'landmark_points', 'symmetry_measurements', 'measurements_table',
-    'patient_side', 'draw_measurements', 'baseline_features', 'SymmetryBaseline', 'evaluate_baseline',
+    'BASELINE_FEATURES', 'landmark_points', 'symmetry_measurements', 'measurements_table', 'patient_side',
+    'draw_measurements', 'baseline_features', 'SymmetryBaseline', 'fit_baseline', 'score_baseline',
+    'comparison_table',
 ]
 
 # the numeric measurements, in the column order of measurements_table
@@ -180,7 +184,7 @@ def measurements_table(landmarks_list: Sequence[Any] | np.ndarray, index: Sequen
 
 
 def patient_side(image_side: str) -> str:
-    """The patient's side (``utils.SIDES``) of an image side: in a frontal, unmirrored photo the patient's left is
+    """The patient's side (``annotations.SIDE_CLASSES``) of an image side: in a frontal, unmirrored photo the patient's left is
     the image right."""
     mapping = {'left': 'right', 'right': 'left', 'none': 'none', 'unknown': 'unknown'}
     if image_side not in mapping:
@@ -260,7 +264,6 @@ def draw_measurements(ax_or_image: Any, landmarks: Any, measurements: Mapping[st
 # information and would cancel out across left- and right-sided patients in a linear model.
 BASELINE_FEATURES = ('abs_eye_line_roll_deg', 'abs_mouth_corner_height_diff', 'abs_eye_mouth_log_ratio',
                      'abs_nose_offset', 'abs_mouth_roll_deg', 'asymmetry_index')
-BASELINE_MODELS = ('logreg', 'gbm')
 _FORMAT = 'symmetry_baseline/1'
 
 
@@ -279,68 +282,22 @@ def _softmax(raw: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def _tree_arrays(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The arrays prediction needs from one regression tree, given as sklearn's ``tree_`` fields or as the lists
-    ``to_dict`` wrote."""
-    return {'left': np.asarray(tree['left'], dtype=np.int64), 'right': np.asarray(tree['right'], dtype=np.int64),
-            'feature': np.asarray(tree['feature'], dtype=np.int64),
-            'threshold': np.asarray(tree['threshold'], dtype=np.float64),
-            'value': np.asarray(tree['value'], dtype=np.float64).reshape(-1)}
-
-
-def _sklearn_tree(tree) -> dict[str, np.ndarray]:
-    t = tree.tree_
-    return _tree_arrays({'left': t.children_left, 'right': t.children_right, 'feature': t.feature,
-                         'threshold': t.threshold, 'value': t.value})
-
-
-def _plain(value: Any) -> Any:
-    """Nested numpy arrays -> lists, for JSON."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _tree_predict(tree: Mapping[str, np.ndarray], features: np.ndarray) -> np.ndarray:
-    """sklearn's rule: go left when ``x[feature] <= threshold``; leaves have ``left == -1``."""
-    node = np.zeros(len(features), dtype=np.int64)
-    rows = np.arange(len(features))
-    while True:
-        inner = tree['left'][node] >= 0
-        if not inner.any():
-            return tree['value'][node]
-        idx = rows[inner]
-        at = node[idx]
-        go_left = features[idx, tree['feature'][at]] <= tree['threshold'][at]
-        node[idx] = np.where(go_left, tree['left'][at], tree['right'][at])
-
-
 class SymmetryBaseline:
     """A transparent grader on the landmark symmetry measurements: what five points alone can tell.
 
-    ``model='logreg'``: standardised features -> multinomial logistic regression. ``model='gbm'``: gradient-
-    boosted depth-2 trees (sklearn ``GradientBoostingClassifier``, 100 stages). Predictions are computed from the
-    stored parameters (coefficients and scaler, or tree arrays) with numpy, so a baseline rebuilt by
-    ``from_dict`` predicts exactly what the fitted one did, without pickle and without scikit-learn.
+    Standardised features -> multinomial logistic regression. Predictions are computed from the stored parameters
+    (coefficients and scaler) with numpy, so a baseline rebuilt by ``from_dict`` predicts exactly what the fitted
+    one did, without pickle and without scikit-learn.
 
     Faces with degenerate landmarks are left out of fitting (with a warning) and predicted from the training
     feature means (also with a warning), so every input still gets a grade. Grades absent from training get
     probability 0.
     """
 
-    def __init__(self, num_classes: int = 6, model: str = 'logreg', seed: int = 0):
-        if model not in BASELINE_MODELS:
-            raise ValueError(f'unknown baseline model {model!r}; choose one of {", ".join(BASELINE_MODELS)}')
+    def __init__(self, num_classes: int = 6, seed: int = 0):
         if num_classes < 2:
             raise ValueError(f'num_classes must be at least 2, got {num_classes}')
         self.num_classes = int(num_classes)
-        self.model = model
         self.seed = int(seed)
         self.params: dict[str, Any] | None = None
         self.estimator = None   # the fitted scikit-learn model (not serialised; predictions do not use it)
@@ -376,10 +333,7 @@ class SymmetryBaseline:
         scale = np.where(scale > 1e-12, scale, 1.0)  # a constant feature must not divide by zero
         standard = (features - mean) / scale
         params: dict[str, Any] = {'mean': mean, 'scale': scale, 'classes': np.unique(labels)}
-        if self.model == 'logreg':
-            params.update(self._fit_logreg(standard, labels))
-        else:
-            params.update(self._fit_gbm(standard, labels))
+        params.update(self._fit_logreg(standard, labels))
         self.params = params
         return self
 
@@ -392,18 +346,6 @@ class SymmetryBaseline:
             coef = np.vstack([np.zeros_like(coef), coef])
             intercept = np.array([0.0, intercept[0]])
         return {'coef': coef, 'intercept': intercept}
-
-    def _fit_gbm(self, standard: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        from sklearn.ensemble import GradientBoostingClassifier
-
-        self.estimator = GradientBoostingClassifier(n_estimators=100, max_depth=2, learning_rate=0.1,
-                                                    random_state=self.seed).fit(standard, labels)
-        trees = [[_sklearn_tree(tree) for tree in stage] for stage in self.estimator.estimators_]
-        # the starting raw score (class priors) is what decision_function adds to the tree sum
-        probe = standard[:1]
-        tree_sum = np.array([[_tree_predict(t, probe)[0] for t in stage] for stage in trees]).sum(axis=0)
-        init = np.atleast_1d(self.estimator.decision_function(probe)[0]) - self.estimator.learning_rate * tree_sum
-        return {'trees': trees, 'init': init, 'learning_rate': float(self.estimator.learning_rate)}
 
     # prediction
 
@@ -424,15 +366,7 @@ class SymmetryBaseline:
 
     def _raw_scores(self, standard: np.ndarray) -> np.ndarray:
         params = self._check_fitted()
-        if self.model == 'logreg':
-            return standard @ np.asarray(params['coef']).T + params['intercept']
-        raw = np.tile(np.asarray(params['init'], dtype=np.float64), (len(standard), 1))
-        for stage in params['trees']:
-            for k, tree in enumerate(stage):
-                raw[:, k] += params['learning_rate'] * _tree_predict(tree, standard)
-        if raw.shape[1] == 1:  # two grades: one log-odds column
-            raw = np.hstack([np.zeros_like(raw), raw])
-        return raw
+        return standard @ np.asarray(params['coef']).T + params['intercept']
 
     def predict_proba(self, landmarks_list: Sequence[Any]) -> np.ndarray:
         """``(N, num_classes)`` grade probabilities (0 for grades absent from training)."""
@@ -453,8 +387,9 @@ class SymmetryBaseline:
         """Plain data (lists, floats, ints, strings): ``json.dumps`` and ``torch.load(weights_only=True)`` both
         take it."""
         params = self._check_fitted()
-        return {'format': _FORMAT, 'model': self.model, 'num_classes': self.num_classes, 'seed': self.seed,
-                'features': list(BASELINE_FEATURES), 'params': _plain(params)}
+        return {'format': _FORMAT, 'model': 'logreg', 'num_classes': self.num_classes, 'seed': self.seed,
+                'features': list(BASELINE_FEATURES),
+                'params': {key: np.asarray(value).tolist() for key, value in params.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> 'SymmetryBaseline':
@@ -465,33 +400,45 @@ class SymmetryBaseline:
         if list(data.get('features', [])) != list(BASELINE_FEATURES):
             raise ValueError(f'saved symmetry baseline uses features {data.get("features")}, this version computes '
                              f'{list(BASELINE_FEATURES)}')
-        needed = {'logreg': ('mean', 'scale', 'classes', 'coef', 'intercept'),
-                  'gbm': ('mean', 'scale', 'classes', 'trees', 'init', 'learning_rate')}.get(data.get('model'), ())
+        if data.get('model', 'logreg') != 'logreg':
+            raise ValueError(f'saved symmetry baseline of model {data.get("model")!r}; this version reads logreg')
         params = dict(data.get('params') or {})
-        missing = [key for key in needed if key not in params]
-        if 'num_classes' not in data or not needed or missing:
-            raise ValueError(f'saved symmetry baseline is incomplete (model {data.get("model")!r}, missing '
-                             f'{missing or ["num_classes"]})')
-        baseline = cls(num_classes=int(data['num_classes']), model=data['model'], seed=int(data.get('seed', 0)))
-        for key in ('mean', 'scale', 'coef', 'intercept', 'init'):
-            if key in params:
-                params[key] = np.asarray(params[key], dtype=np.float64)
-        params['classes'] = np.asarray(params['classes'], dtype=np.int64)
-        if 'trees' in params:
-            params['trees'] = [[_tree_arrays(tree) for tree in stage] for stage in params['trees']]
-        baseline.params = params
+        missing = [key for key in ('mean', 'scale', 'classes', 'coef', 'intercept') if key not in params]
+        if 'num_classes' not in data or missing:
+            raise ValueError(f'saved symmetry baseline is incomplete (missing {missing or ["num_classes"]})')
+        baseline = cls(num_classes=int(data['num_classes']), seed=int(data.get('seed', 0)))
+        baseline.params = {key: np.asarray(value, dtype=np.int64 if key == 'classes' else np.float64)
+                           for key, value in params.items()}
         return baseline
 
 
-def evaluate_baseline(train_landmarks: Sequence[Any], train_labels: Sequence[int], test_landmarks: Sequence[Any],
-                      test_labels: Sequence[int], num_classes: int, model: str = 'logreg',
-                      seed: int = 0) -> dict[str, Any]:
-    """Fit a ``SymmetryBaseline`` on the training faces and score it on the test faces with
-    ``metrics.compute_metrics``; the metrics dict gets ``baseline_model`` and ``n_train`` added."""
-    from metrics import compute_metrics
+def fit_baseline(landmarks_list: Sequence[Any], labels: Sequence[int], num_classes: int,
+                 seed: int = 0) -> SymmetryBaseline | None:
+    """A ``SymmetryBaseline`` fitted on the training photos' landmarks and grades, or None (with a note) when it
+    cannot be fitted (fewer than two grades with usable landmarks): a training run then goes on without it."""
+    try:
+        return SymmetryBaseline(num_classes=num_classes, seed=seed).fit(landmarks_list, labels)
+    except ValueError as err:
+        print(f'note: symmetry baseline not fitted: {err}')
+        return None
 
-    baseline = SymmetryBaseline(num_classes=num_classes, model=model, seed=seed).fit(train_landmarks, train_labels)
-    result = compute_metrics(np.asarray(test_labels).reshape(-1), baseline.predict(test_landmarks), num_classes)
-    result['baseline_model'] = model
-    result['n_train'] = len(train_labels)
-    return result
+
+def score_baseline(baseline: SymmetryBaseline, splits: Mapping[str, tuple[Sequence[Any], Sequence[int]]],
+                   num_classes: int) -> dict[str, dict[str, Any]]:
+    """``metrics.compute_metrics`` of the baseline on each named split of ``(landmarks, grades)``."""
+    return {name: M.compute_metrics(np.asarray(labels).reshape(-1), baseline.predict(landmarks), num_classes)
+            for name, (landmarks, labels) in splits.items()}
+
+
+def comparison_table(htnet: Mapping[str, Mapping | None], baseline: Mapping[str, Mapping]) -> str:
+    """A plain-text table: one row per metric, HTNet and the baseline side by side for each scored split."""
+    splits = [name for name in ('val', 'test') if baseline.get(name) is not None]
+    header = f'{"metric":<20}' + ''.join(f'{f"HTNet {s}":>12}{f"baseline {s}":>14}' for s in splits)
+    lines = [header, '-' * len(header)]
+    for metric in M.METRIC_NAMES:
+        cells = ''
+        for split in splits:
+            mine = (htnet.get(split) or {}).get(metric)
+            cells += (f'{mine:>12.4f}' if mine is not None else f'{"-":>12}') + f'{baseline[split][metric]:>14.4f}'
+        lines.append(f'{metric:<20}{cells}')
+    return '\n'.join(lines)

@@ -47,23 +47,20 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from utils import HB_DESCRIPTIONS, HB_GRADES, UserError, atomic_write_text
+from annotations import HB_DESCRIPTIONS, HB_GRADES, LANDMARK_COLUMNS, NEUTRAL_LANDMARK_COLUMNS
+from utils import UserError, atomic_write_text
 
 __all__ = [
     'GENERATOR_VERSION', 'LANDMARK_COLUMNS', 'SEVERITY_RANGE', 'Identity', 'Palsy', 'Expression', 'PhotoConditions',
     'FaceGeometry', 'EXPRESSION_PROTOCOL', 'affected_image_side', 'sample_identity', 'sample_palsy',
     'sample_expression', 'photo_expressions', 'sample_photo', 'face_geometry', 'render_face', 'generate_dataset',
     'preview_sheet', 'check_detection', 'PhotoPair', 'render_pair', 'PAIR_EXPRESSIONS', 'pair_expressions',
-    'NEUTRAL_LANDMARK_COLUMNS', 'REST_FOLDER', 'rest_photo_path', 'format_detection', 'is_synthetic_dataset', 'read_manifest',
-    'record_detection', 'remove_generated_files',
+    'NEUTRAL_LANDMARK_COLUMNS', 'REST_FOLDER', 'rest_photo_path', 'format_detection', 'is_synthetic_dataset',
+    'read_manifest', 'record_detection', 'remove_generated_files',
 ]
 
 GENERATOR_VERSION = 1
 MANIFEST_NAME = 'synthetic_faces.json'
-# Same names and order as facial_palsy_dataset.LANDMARK_COLUMNS (MTCNN's five points, ``_l`` = image left);
-# repeated here so that the generator does not depend on the dataset module.
-LANDMARK_COLUMNS = ['eye_l_x', 'eye_l_y', 'eye_r_x', 'eye_r_y', 'nose_x', 'nose_y',
-                    'mouth_l_x', 'mouth_l_y', 'mouth_r_x', 'mouth_r_y']
 # Severity drawn per subject inside its grade's interval: intervals do not overlap, so every sign is monotone in
 # the grade, while subjects of one grade still differ a little (as patients do).
 SEVERITY_RANGE = ((0.0, 0.0), (0.17, 0.23), (0.37, 0.43), (0.57, 0.63), (0.77, 0.83), (0.95, 1.0))
@@ -88,7 +85,6 @@ PAIR_EXPRESSIONS = EXPRESSION_PROTOCOL[1:]
 # The rest photo of a pair lives in <root>/rest/grade_N/: grade folder scanners only read grade_N folders directly
 # under the root, so rest photos are never taken for extra training photos.
 REST_FOLDER = 'rest'
-NEUTRAL_LANDMARK_COLUMNS = [f'neutral_{c}' for c in LANDMARK_COLUMNS]
 
 # palettes (RGB)
 _SKIN_TONES = np.array([(255, 224, 196), (241, 194, 167), (224, 172, 140), (198, 134, 103), (161, 102, 72),
@@ -1038,43 +1034,6 @@ def readme_text(settings: dict[str, Any], table: pd.DataFrame, detection: dict[s
 
 # detection check
 
-def _mtcnn_detect(images: list[np.ndarray], device: str, batch_size: int = 16,
-                  progress: bool = True) -> list[np.ndarray | None]:
-    """Five landmarks of the most confident face per image with facenet-pytorch's MTCNN, or None."""
-    from facenet_pytorch import MTCNN
-
-    from utils import resolve_device
-
-    mtcnn = MTCNN(keep_all=True, device=resolve_device(device))
-    found: list[np.ndarray | None] = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc='MTCNN check', unit='batch', disable=not progress):
-        batch = images[start:start + batch_size]
-        boxes, probs, points = mtcnn.detect(batch, landmarks=True)
-        for box, prob, point in zip(boxes, probs, points):
-            if box is None or point is None:
-                found.append(None)
-                continue
-            prob = np.asarray(prob, dtype=np.float32).reshape(-1)
-            point = np.asarray(point, dtype=np.float32).reshape(-1, 5, 2)
-            found.append(point[int(np.argmax(prob))])
-    return found
-
-
-def _dataset_detector(device: str, cache_dir: str | Path | None, progress: bool):
-    """``facial_palsy_dataset.LandmarkDetector`` when that module is importable (its disk cache then serves
-    training later), else None."""
-    try:
-        import facial_palsy_dataset
-        detector_cls = facial_palsy_dataset.LandmarkDetector
-        return detector_cls(device=device, cache_dir=cache_dir, progress=progress)
-    except Exception as err:  # an absent or older dataset module must not stop the check
-        if progress:
-            print(f'note: facial_palsy_dataset.LandmarkDetector unavailable ({type(err).__name__}); '
-                  f'using MTCNN directly')
-        return None
-
-
 def check_detection(root: str | Path, table: pd.DataFrame | None = None, max_images: int | None = None,
                     device: str = 'cpu', cache_dir: str | Path | None = None, tolerance: float = 0.25,
                     progress: bool = True) -> dict[str, Any]:
@@ -1092,15 +1051,13 @@ def check_detection(root: str | Path, table: pd.DataFrame | None = None, max_ima
         table = table.iloc[np.linspace(0, len(table) - 1, max_images).round().astype(int)]
     paths = [root / p for p in table['image_path']]
     truth = table[LANDMARK_COLUMNS].to_numpy(np.float32).reshape(-1, 5, 2)
-    detector = _dataset_detector(device, cache_dir, progress)
-    points: list[np.ndarray | None]
-    if detector is not None:
-        results = detector.detect_paths([str(p) for p in paths])
-        points = [np.asarray(r.points, dtype=np.float32) if r is not None and r.source == 'detected' else None
-                  for r in results]
-    else:
-        images = [cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in paths]
-        points = _mtcnn_detect(images, device, progress=progress)
+    # the toolkit's detector: the landmarks land in the cache that training reads
+    from face_detection import LandmarkDetector
+
+    results = LandmarkDetector(device=device, cache_dir=cache_dir, progress=progress).detect_paths(
+        [str(p) for p in paths])
+    points = [np.asarray(r.points, dtype=np.float32) if r is not None and r.source == 'detected' else None
+              for r in results]
     errors = []
     for found, true in zip(points, truth):
         if found is not None:

@@ -1,7 +1,10 @@
-"""Small helpers shared by every script: seeding, devices, mixed precision, YAML configs, checkpoints, grade names.
+"""Small helpers shared by every script: the one-line user error, seeding, devices, mixed precision, the help
+formatter, YAML configs, atomic writes and figures.
 
 Kept in one place so that the training, evaluation, inference, attention and legacy scripts never import each
-other's internals (as DeiT keeps ``utils.py`` beside ``main.py``).
+other's internals (as DeiT keeps ``utils.py`` beside ``main.py``). This module imports no other module of the
+project, and torch only inside the functions that need it, so that torch-free modules can use it. Checkpoint files
+live in ``checkpoints.py``, grades and sides in ``annotations.py``.
 """
 from __future__ import annotations
 
@@ -12,32 +15,13 @@ import sys
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
 import yaml
 
-# House-Brackmann grades I-VI are stored as labels 0-5.
-HB_GRADES = ('I', 'II', 'III', 'IV', 'V', 'VI')
-HB_DESCRIPTIONS = ('normal', 'mild dysfunction', 'moderate dysfunction', 'moderately severe dysfunction',
-                   'severe dysfunction', 'total paralysis')
-# Simplified 3-class scale: I normal; II-III mild / moderate; IV-VI severe.
-SIMPLIFIED_GRADES = ('normal (I)', 'mild-moderate (II-III)', 'severe (IV-VI)')
-GRADE_6_TO_3 = (0, 1, 1, 2, 2, 2)
-# 3 -> 6 is lossy: each simplified class maps to its lowest House-Brackmann grade.
-GRADE_3_TO_6 = (0, 1, 3)
-SIDES = ('left', 'right', 'none')
-
-
-def grade_names(num_classes: int) -> list[str]:
-    """Display names of the class indices: HB I-VI for 6 classes, the simplified scale for 3."""
-    if num_classes == 6:
-        return [f'HB {g}' for g in HB_GRADES]
-    if num_classes == 3:
-        return list(SIMPLIFIED_GRADES)
-    return [f'class {i}' for i in range(num_classes)]
-
+if TYPE_CHECKING:
+    import torch
 
 class UserError(Exception):
     """A problem with the user's input (file, CSV, checkpoint, flag) described in one line; scripts print it and
@@ -62,6 +46,8 @@ def run_cli(main, argv: Sequence[str] | None = None) -> None:
 
 def seed_everything(seed: int) -> None:
     """Seed ``random``, numpy and torch (CPU and every GPU)."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
@@ -69,6 +55,8 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(name: str = 'auto') -> torch.device:
     """``auto`` picks CUDA when available, else CPU; asking for an absent CUDA device is a ``UserError``."""
+    import torch
+
     name = (name or 'auto').lower()
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -82,6 +70,8 @@ def amp_context(device: torch.device, amp: str | None):
     """One autocast context, built once and reused (nanoGPT): ``nullcontext()`` on CPU or without ``amp``,
     ``torch.autocast('cuda', dtype)`` on CUDA. Returns ``(context, scaler)``; the GradScaler is only enabled for
     float16. ``amp`` is ``None``/``'none'``, ``'bf16'`` or ``'fp16'``."""
+    import torch
+
     amp = None if amp in (None, False, 'none', 'off') else ('bf16' if amp is True else amp)
     if amp is not None and amp not in ('bf16', 'fp16'):
         raise UserError(f'--amp {amp}: choose bf16 or fp16')
@@ -93,6 +83,18 @@ def amp_context(device: torch.device, amp: str | None):
         return nullcontext(), scaler
     dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype), scaler
+
+
+# command line
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each flag's default, except where there is none to show (the help says what leaving the
+    flag out means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help or ''
+        return super()._get_help_string(action)
 
 
 # configuration files
@@ -177,7 +179,8 @@ def to_plain(value: Any) -> Any:
         return str(value)
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, torch.device):
+    torch = sys.modules.get('torch')  # a torch.device can only exist once torch is imported
+    if torch is not None and isinstance(value, torch.device):
         return str(value)
     return value
 
@@ -188,7 +191,7 @@ def save_args(args: argparse.Namespace | dict, path: str | os.PathLike) -> None:
     atomic_write_text(path, yaml.safe_dump(to_plain(values), sort_keys=True))
 
 
-# files and checkpoints
+# files
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Temporary file + ``os.replace``: an interrupted run never leaves half a file in place of an old one."""
@@ -232,73 +235,3 @@ def save_figure(figure, path: str | os.PathLike, dpi: int = 110) -> Path:
     buffer = io.BytesIO()
     figure.savefig(buffer, format='png', dpi=dpi)
     return atomic_write_bytes(path, buffer.getvalue())
-
-
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Save a plain-dict checkpoint atomically (temporary file + ``os.replace``): a crash never leaves half a
-    file, and ``torch.load(path, weights_only=True)`` opens it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 'cpu') -> dict[str, Any]:
-    """Open a checkpoint with ``weights_only=True``; a missing, corrupt or foreign file is a one-line
-    ``UserError`` naming it. A bare state_dict is returned as ``{'model': state_dict}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f'{path}: checkpoint not found')
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # pickle, zip and unpickler errors all mean "not a checkpoint we can open"
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f'{path}: not a readable PyTorch checkpoint ({first_line})') from err
-    if not isinstance(obj, dict):
-        raise UserError(f'{path}: expected a checkpoint dict or state_dict, found {type(obj).__name__}')
-    if 'model' not in obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        obj = {'model': obj}
-    return obj
-
-
-def load_trained_model(path: str | os.PathLike, device: str | torch.device = 'cpu',
-                       model_overrides: dict[str, Any] | None = None):
-    """Rebuild the network stored in a checkpoint from its ``model_args`` and load its weights.
-
-    Returns ``(model in eval mode on device, checkpoint dict)``. ``model_overrides`` (e.g. flags a user gave)
-    replace stored ``model_args`` entries. A checkpoint whose weights do not fit the rebuilt network is a one-line
-    ``UserError`` listing the first mismatches, never a half-loaded model.
-    """
-    from Model import build_model, extract_state_dict  # local import: utils stays light for scripts without torch models
-
-    checkpoint = load_checkpoint(path, map_location='cpu')
-    model_args = dict(checkpoint.get('model_args') or {})
-    model_args.update({k: v for k, v in (model_overrides or {}).items() if v is not None})
-    if not model_args:
-        raise UserError(f'{path}: the checkpoint stores no model_args; it was not written by this toolkit '
-                        f'(load it with Model.load_pretrained into a model you build)')
-    try:
-        model = build_model(model_args)
-    except (TypeError, ValueError, AssertionError) as err:
-        raise UserError(f'{path}: cannot build HTNet from model_args {model_args}: {err}') from err
-    state = extract_state_dict(checkpoint)
-    target = model.state_dict()
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    wrong = [f'{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}'
-             for k in target if k in state and state[k].shape != target[k].shape]
-    if missing or unexpected or wrong:
-        details = '; '.join(filter(None, [
-            f'shape differs: {", ".join(wrong[:3])}' if wrong else '',
-            f'missing: {", ".join(missing[:3])}' if missing else '',
-            f'unexpected: {", ".join(unexpected[:3])}' if unexpected else '']))
-        raise UserError(f'{path}: weights do not match the network described by its model_args ({details})')
-    model.load_state_dict(state)
-    return model.to(device).eval(), checkpoint

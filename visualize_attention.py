@@ -1,7 +1,7 @@
 """Where HTNet looks: the attention maps of every hierarchy level, on the region mosaic and on the photo.
 
 ``AttentionVisualizer`` grades a photo with a trained checkpoint (read, landmarks and region mosaic exactly as in
-``demo_inference.FacialPalsyPredictor``), records every attention map of every transformer block with removable
+``inference.FacialPalsyPredictor``), records every attention map of every transformer block with removable
 forward hooks (``Model.AttentionRecorder``), and maps them back, level by level, onto the 2x2 mosaic the network
 reads and from there onto the four regions of the photo. A gradient saliency map of the mosaic is drawn beside
 the attention, because attention inside HTNet's small windows can only say so much (``docs/attention_maps.md``)::
@@ -49,11 +49,10 @@ from einops import rearrange
 from tqdm import tqdm
 
 import utils
-from losses import decode_grades
-from demo_inference import (FacialPalsyPredictor, HelpFormatter, ImageInput, display_grade,
-                            draw_probabilities)
 from facial_palsy_dataset import (LANDMARK_NAMES, REGION_NAMES, LandmarkDetector, face_square_bounds,
                                   region_boxes, to_image)
+from inference import FacialPalsyPredictor, ImageInput, display_grade, draw_probabilities
+from losses import decode_grades
 from Model import AttentionRecorder, HTNet
 
 __all__ = ['AttentionVisualizer', 'StageLayout', 'attention_to_mosaic', 'stage_layouts', 'record_attention',
@@ -303,7 +302,7 @@ class AttentionVisualizer:
     def analyse(self, image_or_path: ImageInput) -> dict[str, Any]:
         """Grade one photo and collect its maps.
 
-        Returns a dict: ``path``, ``status`` / ``face_detected`` / ``landmark_source`` (as ``demo_inference``),
+        Returns a dict: ``path``, ``status`` / ``face_detected`` / ``landmark_source`` (as ``FacialPalsyPredictor``),
         ``landmarks`` (5, 2) and ``face_box`` (4,) or None in photo pixels, ``grade_index``, ``grade``,
         ``confidence``, ``probabilities`` (grade -> p), ``image`` (the photo, RGB), ``network_image`` (the mosaic
         the network read, (S, S, 3) uint8), ``stages`` (``StageLayout`` per level), ``attention`` (raw maps: per
@@ -661,7 +660,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description='Draw where a trained HTNet looks: the attention maps of every hierarchy level on the region '
                     'mosaic and on the photo, with a gradient saliency map for comparison. See '
                     'docs/attention_maps.md for what the maps can and cannot show.',
-        formatter_class=HelpFormatter)
+        formatter_class=utils.HelpFormatter)
     parser.add_argument('--model_path', required=True,
                         help='checkpoint written by train_facial_palsy.py (best_model.pth); the network and its '
                              'preprocessing are rebuilt from it')
@@ -807,12 +806,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return visualize_folder(visualizer, args)
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
-    """Shell entry point: ``main`` returns its results for Python callers; the shell gets 1 when not one photo
-    of a folder could be drawn."""
-    results = main(argv)
-    return 0 if results['outputs'] else 1
+def exit_status(argv: Sequence[str] | None = None) -> int:
+    """The shell's exit status: 1 when not one photo could be drawn (``main`` returns the results)."""
+    return 0 if main(argv)['outputs'] else 1
 
 
 if __name__ == '__main__':
-    utils.run_cli(cli)
+    utils.run_cli(exit_status)

@@ -14,6 +14,32 @@ POINTS_200 = np.array([[70, 80], [130, 80], [100, 110], [76, 140], [124, 140]], 
 POINT_COLOURS = [(255, 0, 0), (0, 0, 255), (255, 255, 0), (0, 255, 0), (255, 0, 255)]
 
 
+class ColourMTCNN:
+    """Stands in for MTCNN: "finds" a face where the five POINT_COLOURS squares are, reports their centres as
+    landmarks, and nothing where one is missing. Records the shape of every batch it is given."""
+
+    def __init__(self):
+        self.batches: list[tuple[int, ...]] = []
+
+    def detect(self, batch, landmarks=True):
+        assert landmarks and batch.ndim == 4 and batch.dtype == np.uint8
+        self.batches.append(batch.shape)
+        boxes, probs, points = [], [], []
+        for image in batch:
+            centres = []
+            for colour in POINT_COLOURS:
+                ys, xs = np.nonzero(np.all(image == np.array(colour, dtype=np.uint8), axis=2))
+                centres.append((xs.mean() + 0.5, ys.mean() + 0.5) if len(xs) else None)
+            if any(c is None for c in centres):
+                boxes.append(None), probs.append([None]), points.append(None)
+                continue
+            pts = np.array(centres, dtype=np.float32)
+            lo, hi = pts.min(0) - 20, pts.max(0) + 20
+            boxes.append(np.array([[lo[0], lo[1], hi[0], hi[1]]])), probs.append(np.array([0.99]))
+            points.append(pts[None])
+        return np.array(boxes, dtype=object), np.array(probs, dtype=object), np.array(points, dtype=object)
+
+
 def write_rgb(path: Path, image: np.ndarray) -> Path:
     """Save an RGB uint8 image (PNG/JPEG by suffix)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,3 +99,27 @@ def landmark_columns(points: np.ndarray) -> dict:
     for name, (x, y) in zip(names, points):
         row[f'{name}_x'], row[f'{name}_y'] = float(x), float(y)
     return row
+
+
+# rest / expression pairs for the optical flow tests
+
+# five points of a face roughly filling a 256-pixel photo (eyes, nose, mouth corners)
+FLOW_POINTS = np.array([[90, 100], [166, 100], [128, 135], [100, 170], [156, 170]], dtype=np.float32)
+
+
+def textured_photo(size: int = 256, seed: int = 0) -> np.ndarray:
+    """Smooth random texture: every pixel has gradients, so flow is defined everywhere."""
+    noise = np.random.default_rng(seed).uniform(0, 255, (size // 4, size // 4)).astype(np.float32)
+    grey = np.clip(cv2.GaussianBlur(cv2.resize(noise, (size, size)), (0, 0), 2.0) * 1.5 - 64, 0, 255)
+    return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+
+
+def palsy_pair(grade: int, side: str, expression, seed: int = 11):
+    """A synthetic rest / expression pair (``synthetic_faces.PhotoPair``) at 256 px, severity mid-grade."""
+    import synthetic_faces as sf
+
+    rng = np.random.default_rng(seed)
+    identity, photo = sf.sample_identity(rng), sf.sample_photo(rng)
+    low, high = sf.SEVERITY_RANGE[grade]
+    palsy = sf.Palsy(grade, side if grade else 'none', (low + high) / 2)
+    return sf.render_pair(identity, palsy, photo, expression, 256, noise_rng=rng)

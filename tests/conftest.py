@@ -7,7 +7,7 @@ Any test file may use them::
     def test_something(synthetic_dataset, tiny_checkpoint):
         dataset = FacialPalsyDataset(synthetic_dataset.root, synthetic_dataset.csv, split='test',
                                      cache_dir=synthetic_dataset.cache_dir)
-        model, checkpoint = utils.load_trained_model(tiny_checkpoint.path)
+        trained = checkpoints.load_trained(tiny_checkpoint.path)
 """
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 import train_facial_palsy as train
+import training_data
 from utils import UserError
 
 
@@ -95,7 +96,7 @@ def _fold_datasets(tmp_path, summary):
     for fold in summary['folds']:
         k = fold['fold']
         training = [row for row in rows if int(row['fold']) != k]
-        fit_pos, val_pos = train.carve_validation([int(r['true']) for r in training],
+        fit_pos, val_pos = training_data.carve_validation([int(r['true']) for r in training],
                                                   [r['subject'] for r in training], summary['val_fraction'],
                                                   summary['seed'] + k)
         out[k] = {'train': {training[p]['subject'] for p in fit_pos}, 'val': {training[p]['subject'] for p in val_pos}}
@@ -140,16 +141,3 @@ def test_bad_cv_values_are_one_line_errors(synthetic_dataset, tmp_path, flags, m
     assert '\n' not in str(err.value)
 
 
-def test_assign_folds_is_subject_wise_and_stratified():
-    subjects = [f's{i:02d}' for i in range(12) for _ in range(2)]
-    labels = [i % 3 for i in range(12) for _ in range(2)]
-    folds = train.assign_folds(labels, subjects, 4, seed=0)
-    assert set(folds) == set(subjects) and sorted(set(folds.values())) == [1, 2, 3, 4]
-    sizes = [list(folds.values()).count(k) for k in (1, 2, 3, 4)]
-    assert max(sizes) - min(sizes) <= 1
-    grade_of = {s: int(s[1:]) % 3 for s in folds}
-    for grade in range(3):  # four subjects per grade over four folds: one in each
-        assert sorted(folds[s] for s in folds if grade_of[s] == grade) == [1, 2, 3, 4]
-    assert train.assign_folds(labels, subjects, 'loso', seed=0) == {s: k + 1 for k, s in enumerate(sorted(folds))}
-    with pytest.raises(UserError, match='only 12 subjects'):
-        train.assign_folds(labels, subjects, 13, seed=0)

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import data_augmentation as da
+import annotations
+import facial_palsy_dataset as fpd
 from utils import UserError, seed_everything
 
 # A 160x160 synthetic "photo": dark image-left half, light image-right half, and a coloured disc on each of the
@@ -382,3 +384,55 @@ def test_names_work_as_argparse_choices():
     assert parser.parse_args(['--augmentation', 'strong']).augmentation == 'strong'
     with pytest.raises(SystemExit):
         parser.parse_args(['--augmentation', 'flip'])
+
+
+# mirror with side swap (--flip_swap_side)
+
+def test_flipped_sample_is_the_mirrored_face_with_the_side_swapped(synthetic_dataset):
+    dataset = fpd.FacialPalsyDataset(synthetic_dataset.root, synthetic_dataset.csv, split='train',
+                                     cache_dir=synthetic_dataset.cache_dir, verbose=False)
+    plain = da.SideLabelled(dataset)
+    flipped = da.SideLabelled(dataset, flip_probability=1.0)
+    swap = {'left': 'right', 'right': 'left', 'none': 'none'}
+    region = 28
+    for index in range(4):
+        image, label, side = plain[index]
+        mirror_image, mirror_label, mirror_side = flipped[index]
+        assert mirror_label == label == dataset.labels[index]
+        assert annotations.SIDE_CLASSES[side] == dataset.sides[index]
+        assert annotations.SIDE_CLASSES[mirror_side] == swap[dataset.sides[index]]
+        assert not torch.equal(image, mirror_image)  # the two halves of the face differ
+        # the mirrored face's image-left crops are the mirrors of the original image-right crops, and vice versa
+        top, bottom = image[:, :region], image[:, region:]
+        expected = torch.cat([
+            torch.cat([bottom[..., :region].flip(-1), bottom[..., region:].flip(-1)], dim=-1),
+            torch.cat([top[..., :region].flip(-1), top[..., region:].flip(-1)], dim=-1)], dim=1)
+        assert torch.equal(mirror_image, expected)
+
+    # and it is the mosaic of the mirrored face square read as usual
+    face, points = dataset._face(0)
+    mirrored_face, mirrored_points = da.mirror_face(face, points)
+    assert np.array_equal(mirrored_face, face[:, ::-1])
+    assert np.allclose(mirrored_points[0], [face.shape[1] - points[1, 0], points[1, 1]])
+    direct = fpd.to_tensor(fpd.network_image_from_face(mirrored_face, mirrored_points, dataset.preprocess),
+                           dataset.preprocess)
+    assert torch.equal(flipped[0][0], direct)
+
+
+def test_flip_comes_before_the_augmentation_and_keeps_its_mosaic_transform():
+    calls = []
+
+    def augmentation(image, points):
+        calls.append((image.copy(), np.asarray(points).copy()))
+        return image, points
+    augmentation.mosaic_transform = lambda tensor: tensor
+
+    face = np.zeros((8, 8, 3), dtype=np.uint8)
+    face[:, :2] = 255
+    points = np.array([[2, 3], [6, 3], [4, 5], [2, 7], [6, 7]], dtype=np.float32)
+    mirror = da.MirrorThen(augmentation)
+    assert mirror.mosaic_transform is augmentation.mosaic_transform
+    out_image, out_points = mirror(face, points)
+    seen_image, seen_points = calls[0]
+    assert seen_image[:, -2:].min() == 255 and seen_image[:, :-2].max() == 0  # it saw the mirrored face
+    assert seen_points.tolist() == [[2, 3], [6, 3], [4, 5], [2, 7], [6, 7]]  # symmetric points map onto each other

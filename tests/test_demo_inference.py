@@ -12,6 +12,8 @@ from PIL import Image
 
 import demo_inference as demo
 import Model
+import annotations
+import checkpoints
 import utils
 from facial_palsy_dataset import FaceLandmarks, default_preprocess
 from symmetry import MEASUREMENT_NAMES
@@ -31,9 +33,9 @@ def save_tiny_checkpoint(path: Path, model_args: dict | None = None, weights_fro
     torch.manual_seed(0)
     model = Model.build_model(weights_from or model_args)
     num_classes = model_args['num_classes']
-    return utils.save_checkpoint({'model': model.state_dict(), 'epoch': 1, 'model_args': model_args,
+    return checkpoints.save_checkpoint({'model': model.state_dict(), 'epoch': 1, 'model_args': model_args,
                                   'preprocess': default_preprocess(), 'num_classes': num_classes,
-                                  'class_names': utils.grade_names(num_classes)}, path)
+                                  'class_names': annotations.grade_names(num_classes)}, path)
 
 
 class FixedDetector:
@@ -76,9 +78,9 @@ def test_blank_photo_is_graded_on_template_landmarks(predictor, photos):
     assert result['landmark_source'] == 'template'
     assert np.asarray(result['landmarks']).shape == (5, 2)
     probabilities = result['probabilities']
-    assert list(probabilities) == list(utils.HB_GRADES)
+    assert list(probabilities) == list(annotations.HB_GRADES)
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-    assert result['grade'] == utils.HB_GRADES[result['grade_index']]
+    assert result['grade'] == annotations.HB_GRADES[result['grade_index']]
     assert result['confidence'] == pytest.approx(max(probabilities.values()))
     assert probabilities[result['grade']] == result['confidence']
 
@@ -130,8 +132,8 @@ def test_three_class_checkpoint_names_the_simplified_grades(tmp_path):
     detector = FixedDetector(FaceLandmarks(points=np.zeros((5, 2)), box=[0, 0, 1, 1]), (0, 0, 0))
     predictor = demo.FacialPalsyPredictor(model_path, device='cpu', detector=detector)
     result = predictor.predict(np.full((64, 64, 3), 200, dtype=np.uint8))
-    assert list(result['probabilities']) == list(utils.SIMPLIFIED_GRADES)
-    assert result['grade'] in utils.SIMPLIFIED_GRADES
+    assert list(result['probabilities']) == list(annotations.SIMPLIFIED_GRADES)
+    assert result['grade'] in annotations.SIMPLIFIED_GRADES
     assert [demo.probability_column(g) for g in predictor.grades] == \
         ['p_normal_I', 'p_mild-moderate_II-III', 'p_severe_IV-VI']
 
@@ -183,7 +185,7 @@ def test_overlay_never_replaces_the_photo(tiny_checkpoint, photos, tmp_path):
 
 def test_unreadable_single_photo_is_one_clear_line(tiny_checkpoint, photos, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        utils.run_cli(demo.cli, ['--model_path', str(tiny_checkpoint.path), '--image_path', str(photos['corrupt']),
+        utils.run_cli(demo.main, ['--model_path', str(tiny_checkpoint.path), '--image_path', str(photos['corrupt']),
                                  '--device', 'cpu'])
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip()

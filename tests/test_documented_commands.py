@@ -1,8 +1,7 @@
 """Every command line shown in the docs runs as written.
 
 The ``python ...`` lines of the ```bash blocks in README.md, README_FACIAL_PALSY.md, README_CN.md,
-MIGRATION_SUMMARY.md and docs/*.md (and of the project's original migration summary in ../shared/seed/ when it is there)
-run in a scratch folder laid out as after ``bash quick_start.sh``: synthetic faces in ./datasets/facial_palsy/FNP,
+MIGRATION_SUMMARY.md (which carries the original usage examples verbatim) and docs/*.md run in a scratch folder laid out as after ``bash quick_start.sh``: synthetic faces in ./datasets/facial_palsy/FNP,
 the annotation CSV, a checkpoint in ./checkpoints/fnp, ./test_image.jpg, ./test_images/, micro-expression data in
 the original layout under ./datasets and its weights in ./ourmodel_threedatasets_weights. Each command is parsed
 exactly as written; only the size of the work is cut (a tiny network, one epoch, a few photos) by flags appended
@@ -26,7 +25,6 @@ from micro_expression_fixture import make_micro_expression_fixture
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / 'README.md', ROOT / 'README_FACIAL_PALSY.md', ROOT / 'README_CN.md', ROOT / 'MIGRATION_SUMMARY.md',
         *sorted((ROOT / 'docs').glob('*.md'))]
-SEED_DOCS = sorted((ROOT.parent / 'shared' / 'seed').glob('*.txt'))
 TINY = ['--dim', '16', '--heads', '1', '--block_repeats', '1', '1', '1']
 # flags appended to each script's documented command: the same command, less work
 SHRINK = {
@@ -47,7 +45,7 @@ SYNTHETIC_SHRINK = ['--num_subjects', '36', '--images_per_subject', '1', '--imag
 def documented_commands() -> list[tuple[str, str]]:
     """(source, command) for every ``python`` line of a ```bash block, continuation lines joined, in order."""
     found, seen = [], set()
-    for path in [*DOCS, *SEED_DOCS]:
+    for path in DOCS:
         if not path.is_file():
             continue
         for block in re.findall(r'```(?:bash|sh|shell)\n(.*?)```', path.read_text(), flags=re.S):

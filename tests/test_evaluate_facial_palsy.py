@@ -13,6 +13,8 @@ from PIL import Image
 import evaluate_facial_palsy as evaluate
 import metrics as M
 import Model
+import annotations
+import checkpoints
 import utils
 from facial_palsy_dataset import LANDMARK_SOURCES, default_preprocess
 from symmetry import MEASUREMENT_NAMES
@@ -32,8 +34,8 @@ def save_tiny_checkpoint(path: Path, model_args: dict | None = None, weights_fro
     model = Model.build_model(weights_from or model_args)
     num_classes = model_args['num_classes']
     state = {'model': model.state_dict(), 'epoch': 1, 'model_args': model_args, 'preprocess': default_preprocess(),
-             'class_names': utils.grade_names(num_classes), 'num_classes': num_classes, **extra}
-    return utils.save_checkpoint(state, path)
+             'class_names': annotations.grade_names(num_classes), 'num_classes': num_classes, **extra}
+    return checkpoints.save_checkpoint(state, path)
 
 
 def base_args(synthetic_dataset, model_path, csv_path, output_dir) -> list[str]:
@@ -88,7 +90,7 @@ def test_metrics_json_has_every_metric_with_an_interval_around_it(evaluation):
     assert payload['n'] == readable_test_rows
     assert payload['bootstrap']['resampled_by'] == 'subject'
     assert payload['bootstrap']['n_groups'] == table.loc[table['split'] == 'test', 'subject'].nunique() - 1
-    assert list(payload['per_class_accuracy']) == utils.grade_names(6)
+    assert list(payload['per_class_accuracy']) == annotations.grade_names(6)
     for name, entry in payload['per_class_accuracy'].items():
         if entry['n']:
             assert entry['ci_low'] <= entry['value'] <= entry['ci_high'], name
@@ -110,7 +112,7 @@ def test_predictions_csv_has_one_row_per_scored_photo(evaluation, synthetic_data
     assert set(predictions['landmark_source']) <= set(LANDMARK_SOURCES)
     grades = dict(zip((str(synthetic_dataset.root / p) for p in table['image_path']), table['grade']))
     assert [grades[p] for p in predictions['path']] == predictions['true_label'].tolist()
-    assert set(predictions['true_grade']) <= set(utils.HB_GRADES)
+    assert set(predictions['true_grade']) <= set(annotations.HB_GRADES)
 
 
 def test_metrics_agree_with_the_predictions(evaluation):
@@ -132,7 +134,7 @@ def test_npz_opens_without_pickle_and_matches_the_csv(evaluation):
         np.testing.assert_array_equal(data['predictions'], predictions['pred_label'])
         np.testing.assert_array_equal(data['predictions'], data['probabilities'].argmax(axis=1))
         assert data['paths'].tolist() == predictions['path'].tolist()
-        assert data['class_names'].tolist() == utils.grade_names(6)
+        assert data['class_names'].tolist() == annotations.grade_names(6)
 
 
 def test_corrupt_photo_is_listed_not_fatal(evaluation):
@@ -168,8 +170,8 @@ def test_three_class_checkpoint_scores_simplified_grades(synthetic_dataset, test
     assert [c for c in predictions.columns if c.startswith('p_')] == \
         ['p_normal_I', 'p_mild-moderate_II-III', 'p_severe_IV-VI']
     grades = dict(zip((str(synthetic_dataset.root / p) for p in table['image_path']), table['grade']))
-    assert predictions['true_label'].tolist() == [utils.GRADE_6_TO_3[grades[p]] for p in predictions['path']]
-    assert list(result['metrics']['per_class_accuracy']) == list(utils.SIMPLIFIED_GRADES)
+    assert predictions['true_label'].tolist() == [annotations.GRADE_6_TO_3[grades[p]] for p in predictions['path']]
+    assert list(result['metrics']['per_class_accuracy']) == list(annotations.SIMPLIFIED_GRADES)
 
 
 def test_num_classes_other_than_the_checkpoints_is_refused(synthetic_dataset, tiny_checkpoint, test_csv, tmp_path):
@@ -184,7 +186,7 @@ def test_checkpoint_of_another_shape_is_one_clear_line(synthetic_dataset, test_c
                                  weights_from=TINY_MODEL_ARGS)
     csv_path, _ = test_csv
     with pytest.raises(SystemExit) as exit_info:
-        utils.run_cli(evaluate.cli, base_args(synthetic_dataset, wrong, csv_path, tmp_path / 'out'))
+        utils.run_cli(evaluate.main, base_args(synthetic_dataset, wrong, csv_path, tmp_path / 'out'))
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip()
     assert len(message.splitlines()) == 1
@@ -196,7 +198,8 @@ def test_training_checkpoint_opens_with_weights_only(tiny_checkpoint):
     checkpoint = torch.load(tiny_checkpoint.path, map_location='cpu', weights_only=True)
     Model.build_model(checkpoint['model_args']).load_state_dict(checkpoint['model'], strict=True)
     assert checkpoint['preprocess']['input_size'] == 56
-    assert checkpoint['class_names'] == utils.grade_names(checkpoint['num_classes'])
+    assert checkpoint['class_names'] == annotations.grade_names(checkpoint['model_args']['num_classes'])
+    assert 'num_classes' not in checkpoint  # stored once, in model_args
 
 
 @pytest.mark.parametrize('content', ['corrupt', 'pickled_object'])

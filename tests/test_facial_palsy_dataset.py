@@ -1,4 +1,5 @@
-"""facial_palsy_dataset.py: image decoding, landmarks and their cache, the region mosaic, the datasets, bad input."""
+"""facial_palsy_dataset.py: the face square, the region mosaic, the preprocess dict, the datasets (with the landmark
+cache seen through them), bad input."""
 from __future__ import annotations
 
 import os
@@ -11,37 +12,11 @@ import torch
 from PIL import Image
 
 import facial_palsy_dataset as fpd
-from _data_images import (POINT_COLOURS, POINTS_200, coloured_points_photo, landmark_columns, read_csv, write_csv,
-                          write_rgb)
+from _data_images import (POINT_COLOURS, POINTS_200, ColourMTCNN, coloured_points_photo, landmark_columns, read_csv,
+                          write_csv, write_rgb)
 from utils import UserError
 
 # helpers
-
-
-class ColourMTCNN:
-    """Stands in for MTCNN: "finds" a face where the five POINT_COLOURS squares are, reports their centres as
-    landmarks, and nothing where one is missing. Records the shape of every batch it is given."""
-
-    def __init__(self):
-        self.batches: list[tuple[int, ...]] = []
-
-    def detect(self, batch, landmarks=True):
-        assert landmarks and batch.ndim == 4 and batch.dtype == np.uint8
-        self.batches.append(batch.shape)
-        boxes, probs, points = [], [], []
-        for image in batch:
-            centres = []
-            for colour in POINT_COLOURS:
-                ys, xs = np.nonzero(np.all(image == np.array(colour, dtype=np.uint8), axis=2))
-                centres.append((xs.mean() + 0.5, ys.mean() + 0.5) if len(xs) else None)
-            if any(c is None for c in centres):
-                boxes.append(None), probs.append([None]), points.append(None)
-                continue
-            pts = np.array(centres, dtype=np.float32)
-            lo, hi = pts.min(0) - 20, pts.max(0) + 20
-            boxes.append(np.array([[lo[0], lo[1], hi[0], hi[1]]])), probs.append(np.array([0.99]))
-            points.append(pts[None])
-        return np.array(boxes, dtype=object), np.array(probs, dtype=object), np.array(points, dtype=object)
 
 
 @pytest.fixture
@@ -84,77 +59,7 @@ def quadrant_colours(image: np.ndarray) -> list[tuple[int, ...]]:
 EXPECTED_QUADRANTS = [POINT_COLOURS[0], POINT_COLOURS[3], POINT_COLOURS[1], POINT_COLOURS[4]]
 
 
-# reading images
-
-def _save_16bit(path, image):
-    cv2.imwrite(str(path), (image[:, :, 0].astype(np.uint16) * 257))
-
-
-def _save_rgba(path, image):
-    alpha = np.full(image.shape[:2], 255, np.uint8)
-    alpha[:, :10] = 0  # transparent strip
-    Image.fromarray(np.dstack([image, alpha]), 'RGBA').save(path)
-
-
-def _save_exif_rotated(path, image):
-    pil = Image.fromarray(image)
-    exif = pil.getexif()
-    exif[0x0112] = 6  # "rotate 90 clockwise to display"
-    pil.save(path, exif=exif.tobytes(), quality=95)
-
-
-@pytest.mark.parametrize('kind', ['grayscale', 'rgba', '16bit', 'palette', 'exif', 'gif'])
-def test_load_image_converts_every_format_to_rgb_uint8(tmp_path, kind):
-    image = np.zeros((40, 60, 3), np.uint8)
-    image[:, 30:] = 200
-    path = tmp_path / {'exif': 'x.jpg', 'gif': 'x.gif'}.get(kind, 'x.png')
-    {'grayscale': lambda: Image.fromarray(image[:, :, 0]).save(path),
-     'rgba': lambda: _save_rgba(path, image),
-     '16bit': lambda: _save_16bit(path, image),
-     'palette': lambda: Image.fromarray(image).convert('P').save(path),
-     'exif': lambda: _save_exif_rotated(path, image),
-     'gif': lambda: Image.fromarray(image).save(path)}[kind]()
-
-    loaded = fpd.load_image(path)
-
-    assert loaded.dtype == np.uint8 and loaded.ndim == 3 and loaded.shape[2] == 3
-    if kind == 'exif':  # displayed upright: 60 wide photo stored sideways becomes 40 wide, 60 tall
-        assert loaded.shape[:2] == (60, 40)
-        assert loaded[5, 20].mean() < 50 and loaded[55, 20].mean() > 150  # the dark half moved to the top
-        return
-    assert loaded.shape[:2] == (40, 60)
-    assert loaded[20, 45].mean() == pytest.approx(200, abs=6)  # palettes quantise a little
-    if kind == 'rgba':
-        assert tuple(loaded[20, 5]) == (255, 255, 255)  # transparent pixels lie over white
-    else:
-        assert loaded[20, 5].max() < 5
-
-
-def test_load_image_refuses_bad_files_naming_them(tmp_path):
-    good = write_rgb(tmp_path / 'good.jpg', coloured_points_photo())
-    data = good.read_bytes()
-    (tmp_path / 'truncated.jpg').write_bytes(data[:len(data) // 2])
-    (tmp_path / 'junk.png').write_bytes(b'this is not an image at all')
-    (tmp_path / 'empty.jpg').write_bytes(b'')
-    assert not fpd._jpeg_is_truncated(data) and not fpd._jpeg_is_truncated(data + b'\0' * 5000 + b'trailer')
-    assert fpd._jpeg_is_truncated(data[:len(data) // 2]) and fpd._jpeg_is_truncated(data[:40])
-    reasons = {'truncated.jpg': 'truncated', 'junk.png': 'not a readable image', 'empty.jpg': 'empty',
-               'missing.png': 'not found'}
-    for name, reason in reasons.items():
-        with pytest.raises(fpd.ImageReadError, match=reason) as info:
-            fpd.load_image(tmp_path / name)
-        assert str(info.value).startswith(str(tmp_path / name))
-        assert isinstance(info.value, UserError)
-
-
 # geometry
-
-def test_template_landmarks_is_the_original_template_scaled():
-    assert np.allclose(fpd.template_landmarks(28, 28), fpd.TEMPLATE_LANDMARKS_28)
-    scaled = fpd.template_landmarks(280, 56)
-    assert np.allclose(scaled, fpd.TEMPLATE_LANDMARKS_28 * [10, 2])
-    assert scaled[0, 0] < scaled[1, 0] and scaled[3, 0] < scaled[4, 0]  # left points on the image left
-
 
 def test_region_mosaic_puts_each_region_in_its_quadrant_unmirrored():
     face = coloured_points_photo(POINTS_200, radius=10)
@@ -183,13 +88,13 @@ def test_face_square_follows_the_box_and_moves_landmarks_along():
     box = np.array([150, 100, 250, 200], np.float32)
     points = np.array([[175, 130], [225, 130], [200, 150], [180, 175], [220, 175]], np.float32)
 
-    face, face_points = fpd.face_square(photo, points, box, image_size=110, margin=0.1)
+    face, face_points = fpd.face_square(photo, points, box, face_size=110, margin=0.1)
 
     assert face.shape == (110, 110, 3)
     assert face[55, 55].min() == 255 and face[2, 2].max() == 0  # white face centred, black margin
     assert np.allclose(face_points, (points - [145, 95]), atol=0.6)  # side 110 -> scale 1
     # a box hanging over the photo edge is padded, not shifted
-    edge_face, edge_points = fpd.face_square(photo, points - [150, 100], box - [150, 100] * 2, image_size=110)
+    edge_face, edge_points = fpd.face_square(photo, points - [150, 100], box - [150, 100] * 2, face_size=110)
     assert edge_face.shape == (110, 110, 3) and np.allclose(edge_points, face_points, atol=0.6)
 
 
@@ -236,42 +141,7 @@ def test_region_boxes_in_photo_pixels_surround_the_landmarks():
     assert np.allclose(centres, points[[0, 3, 1, 4]], atol=3)
 
 
-# landmark detection and its cache
-
-def test_detect_images_batches_by_size_and_scales_large_photos_back(fake_mtcnn):
-    small = coloured_points_photo()
-    large = cv2.resize(coloured_points_photo(radius=8), (3000, 3000), interpolation=cv2.INTER_NEAREST)
-    other = coloured_points_photo(POINTS_200 + 10, size=(210, 210))  # padded to share a batch
-    detector = fpd.LandmarkDetector(cache_dir=False, progress=False, batch_size=8)
-
-    faces = detector.detect_images([small, large, small, other, np.full((100, 100, 3), 128, np.uint8)])
-
-    assert all(max(shape[1:3]) <= fpd.DETECT_MAX_SIDE for shape in fake_mtcnn.batches)  # large one downscaled
-    assert sorted(shape[0] for shape in fake_mtcnn.batches) == [1, 1, 3]  # same-sized photos share a batch
-    assert np.allclose(faces[0].points, POINTS_200 + 0.5, atol=0.01)
-    assert np.allclose(faces[1].points, (POINTS_200 + 0.5) * 15, atol=15)  # back in the 3000-pixel photo
-    assert faces[1].image_size == (3000, 3000)
-    assert np.allclose(faces[3].points, POINTS_200 + 10.5, atol=0.01)
-    assert faces[4] is None
-    assert all(f.source == 'detected' and f.box.shape == (4,) for f in faces[:4])
-
-
-def test_detect_paths_falls_back_to_annotation_then_template(tmp_path, fake_mtcnn):
-    with_face = write_rgb(tmp_path / 'a.png', coloured_points_photo())
-    no_face = write_rgb(tmp_path / 'b.png', np.full((100, 140, 3), 90, np.uint8))
-    detector = fpd.LandmarkDetector(cache_dir=tmp_path / 'cache', progress=False)
-    annotation = POINTS_200 / 2
-
-    faces = detector.detect_paths([with_face, no_face, no_face], fallback=[None, annotation, None])
-
-    assert [f.source for f in faces] == ['detected', 'annotation', 'template']
-    assert np.allclose(faces[1].points, annotation) and faces[1].box is None
-    assert np.allclose(faces[2].points, fpd.template_landmarks(140, 100))
-    with pytest.raises(fpd.ImageReadError, match='missing.png: file not found'):
-        detector.detect_paths([with_face, tmp_path / 'missing.png'])
-    assert detector.detect_paths([tmp_path / 'missing.png'], on_error='skip') == [None]
-    assert detector.errors == {str(tmp_path / 'missing.png'): 'file not found'}
-
+# the landmark cache through the dataset
 
 def test_second_build_reads_the_cache_without_mtcnn(tmp_path, monkeypatch, fake_mtcnn):
     root = grade_folders(tmp_path / 'data', per_grade=2)
@@ -296,33 +166,6 @@ def test_second_build_reads_the_cache_without_mtcnn(tmp_path, monkeypatch, fake_
     # other detector settings do not reuse entries made with these
     fpd.LandmarkDetector(cache_dir=cache, progress=False, min_face_size=40).detect_paths([edited])
     assert sum(shape[0] for shape in fake.batches) == 2
-
-
-def test_damaged_cache_entry_is_detected_again(tmp_path, fake_mtcnn):
-    photo = write_rgb(tmp_path / 'a.png', coloured_points_photo())
-    cache = tmp_path / 'cache'
-    fpd.LandmarkDetector(cache_dir=cache, progress=False).detect_paths([photo])
-    (entry,) = cache.glob('*.json')
-    entry.write_text('{"width": ')
-    (face,) = fpd.LandmarkDetector(cache_dir=cache, progress=False).detect_paths([photo])
-    assert face.source == 'detected' and len(fake_mtcnn.batches) == 2
-
-
-def test_real_mtcnn_finds_a_real_face(tmp_path):
-    from matplotlib import cbook
-    try:
-        photo = Path(cbook.get_sample_data('grace_hopper.jpg', asfileobj=False))
-    except (OSError, ValueError):
-        pytest.skip("matplotlib's sample photo is not installed")
-    small = tmp_path / 'hopper.png'  # half size: MTCNN's pyramid is 4x cheaper and the face is still 90 px
-    write_rgb(small, cv2.resize(fpd.load_image(photo), (256, 300), interpolation=cv2.INTER_AREA))
-    (face,) = fpd.LandmarkDetector(cache_dir=tmp_path, progress=False).detect_paths([small])
-    assert face.source == 'detected' and face.score > 0.9
-    x1, y1, x2, y2 = face.box
-    assert np.all((face.points >= [x1, y1]) & (face.points <= [x2, y2]))
-    left_eye, right_eye, nose, left_mouth, right_mouth = face.points
-    assert left_eye[0] < nose[0] < right_eye[0] and left_mouth[0] < right_mouth[0]
-    assert max(left_eye[1], right_eye[1]) < nose[1] < min(left_mouth[1], right_mouth[1])
 
 
 # datasets
@@ -571,7 +414,7 @@ def test_preprocess_is_a_plain_checkpoint_friendly_dict(tmp_path):
     assert torch.load(tmp_path / 'p.pt', weights_only=True)['preprocess'] == preprocess
     detector = fpd.LandmarkDetector(cache_dir=False, progress=False, **preprocess['detector'])
     assert detector.settings == preprocess['detector']
-    assert set(preprocess) >= {'input_mode', 'image_size', 'region_size', 'input_size', 'mean', 'std',
+    assert set(preprocess) >= {'input_mode', 'face_size', 'region_size', 'input_size', 'mean', 'std',
                                'face_crop', 'detector'}
 
 
@@ -608,3 +451,50 @@ def test_photo_modes_keep_their_preprocess_and_flow_adds_its_settings():
     assert {k: v for k, v in flow.items() if k not in ('flow', 'input_kind', 'input_mode')} == \
         {k: v for k, v in fpd.default_preprocess('regions', 128, 16).items() if k != 'input_mode'}
     assert flow['input_mode'] == 'flow' and flow['input_size'] == 32 and flow['flow']['method'] == 'farneback'
+
+
+def test_upgrade_preprocess_completes_old_partial_and_missing_dicts():
+    assert fpd.upgrade_preprocess(None) == fpd.default_preprocess()
+    for mode in fpd.INPUT_MODES:  # a current dict comes back equal
+        current = fpd.default_preprocess(mode, 128, 16, detector={'min_face_size': 30})
+        assert fpd.upgrade_preprocess(current) == current
+    old = {'input_mode': 'regions', 'image_size': 112, 'region_size': 14, 'input_size': 28, 'mean': [0.5] * 3}
+    upgraded = fpd.upgrade_preprocess(old)
+    assert 'image_size' not in upgraded and upgraded == fpd.default_preprocess('regions', 112, 14)
+    assert old['image_size'] == 112  # the stored dict is left as it was
+    flow = fpd.upgrade_preprocess({'input_mode': 'flow', 'image_size': 224, 'flow': {'max_flow': 8.0}})
+    assert flow['face_size'] == 224 and flow['input_kind'] == 'flow' and flow['flow']['max_flow'] == 8.0
+    assert flow['flow']['winsize'] == fpd.optical_flow.FLOW_SETTINGS['winsize']
+    assert fpd.upgrade_preprocess({'input_mode': 'face'})['detector'] == fpd.DEFAULT_DETECTOR_SETTINGS
+    assert fpd.upgrade_preprocess({'region_size': 20})['input_size'] == 40
+
+
+def test_default_preprocess_takes_face_size_or_its_former_name():
+    assert fpd.default_preprocess(image_size=112) == fpd.default_preprocess(face_size=112) \
+        == fpd.default_preprocess('regions', 112)
+    assert fpd.default_preprocess(input_mode='face', image_size=96, region_size=20)['face_size'] == 96
+    with pytest.raises(TypeError, match='same size'):
+        fpd.default_preprocess(face_size=112, image_size=224)
+    with pytest.raises(UserError, match='region_size'):
+        fpd.default_preprocess(face_size=20, region_size=28)
+
+
+def test_dataset_takes_a_preprocess_as_it_is(tmp_path, fake_mtcnn):
+    root = grade_folders(tmp_path / 'data', grades=[1, 3])
+    preprocess = fpd.default_preprocess('face', 112, 14)
+    given = fpd.FacialPalsyDataset(root, split='all', preprocess=preprocess, cache_dir=tmp_path / 'cache',
+                                   verbose=False)
+    assert given.preprocess == preprocess and given.face_size == 112 and given.input_mode == 'face'
+    built = fpd.FacialPalsyDataset(root, split='all', input_mode='face', image_size=112, region_size=14,
+                                   cache_dir=tmp_path / 'cache', verbose=False)
+    assert built.preprocess == preprocess and torch.equal(given[0][0], built[0][0])
+    assert given[0][0].shape == (3, 28, 28)
+    agreeing = fpd.FacialPalsyDataset(root, split='all', preprocess=preprocess, image_size=112, input_mode='face',
+                                      cache_dir=tmp_path / 'cache', verbose=False)
+    assert agreeing.preprocess == preprocess
+    with pytest.raises(UserError, match='image_size 224 differs from the preprocess'):
+        fpd.FacialPalsyDataset(root, split='all', preprocess=preprocess, image_size=224,
+                               cache_dir=tmp_path / 'cache', verbose=False)
+    with pytest.raises(UserError, match='input_mode regions differs'):
+        fpd.FacialPalsyDataset(root, split='all', preprocess=preprocess, input_mode='regions',
+                               cache_dir=tmp_path / 'cache', verbose=False)

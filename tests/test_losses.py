@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import losses as L
+from utils import UserError
 
 
 def logits_from_probs(*rows: list[float]) -> torch.Tensor:
@@ -180,3 +181,16 @@ def test_multitask_loss_without_sides_is_the_grade_loss():
     assert torch.isfinite(all_unknown) and all_unknown.item() == pytest.approx(grade_only)
     all_unknown.backward()
     assert side_logits.grad is not None and torch.all(side_logits.grad == 0)
+
+
+def test_prediction_rules_have_one_home():
+    logits = torch.tensor([[3.0, 0.0, 2.9], [0.0, 1.0, 0.0]])
+    assert L.decode_grades(logits, 'argmax').tolist() == [0, 1]
+    assert torch.equal(L.decode_grades(logits, 'ordinal_median'), L.ordinal_predict(logits))
+    with pytest.raises(ValueError, match="unknown prediction rule 'mode'"):
+        L.decode_grades(logits, 'mode')
+    assert [L.prediction_for(loss) for loss in L.CRITERIA] == ['argmax', 'ordinal_median']
+    assert set(L.LOSS_PREDICTION.values()) == set(L.PREDICTION_RULES)
+    assert L.check_prediction_rule(None, 'm.pth') == 'argmax'
+    with pytest.raises(UserError, match="m.pth: unknown prediction rule 'mode'"):
+        L.check_prediction_rule('mode', 'm.pth')

@@ -11,10 +11,11 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, recall_score
 
+import checkpoints
 import main_HTNet as me
-from Model import HTNet, build_model, load_pretrained
+from Model import HTNet, build_model
 from micro_expression_fixture import make_micro_expression_fixture
-from utils import UserError, load_trained_model, run_cli
+from utils import UserError, run_cli
 
 TINY = ['--dim', '16', '--heads', '1', '--block_repeats', '1', '1', '1']
 TRAINED_SUBJECTS = ['sub01', '006']
@@ -273,13 +274,13 @@ def test_full_model_checkpoint_is_the_transfer_learning_start(trained):
     assert checkpoint['args']['save_full_model'] is True
     assert results['full_model']['samples'] == 12 and 'full model: 12 samples' in output
 
-    model, _ = load_trained_model(path)
+    model, _ = checkpoints.load_model(path)
     assert model(torch.rand(2, 3, 28, 28) * 255).shape == (2, 3)
 
     # the palsy network: same backbone, 6 grades, 56x56 mosaics
     palsy_args = {**checkpoint['model_args'], 'num_classes': 6, 'image_size': 56}
     palsy = build_model(palsy_args)
-    report = load_pretrained(palsy, path, verbose=False)
+    report = checkpoints.load_pretrained(palsy, path, verbose=False)
     skipped = {name for name, _reason in report['skipped']}
     assert skipped == {'mlp_head.2.weight', 'mlp_head.2.bias'}
     assert report['interpolated'] and all(name.endswith('pos_emb') for name in report['interpolated'])

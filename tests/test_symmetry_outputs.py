@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+import annotations
+import checkpoints
 import demo_inference as demo
 import evaluate_facial_palsy as evaluate
+import inference
 import Model
-import utils
 from facial_palsy_dataset import FaceLandmarks, default_preprocess
-from losses import ordinal_predict
 from symmetry import MEASUREMENT_NAMES, symmetry_measurements
 
 TINY_MODEL_ARGS = Model.model_args_from(image_size=56, patch_size=7, num_classes=6, dim=16, heads=1,
@@ -40,10 +41,9 @@ def save_checkpoint(path: Path, model_args: dict, grade_probabilities: list[floa
         with torch.no_grad():
             head.weight.zero_()
             head.bias.copy_(torch.log(torch.tensor(grade_probabilities)))
-    num_classes = model_args['num_classes']
     state = {'model': model.state_dict(), 'epoch': 1, 'model_args': model_args, 'preprocess': default_preprocess(),
-             'class_names': utils.grade_names(num_classes), 'num_classes': num_classes, **extra}
-    return utils.save_checkpoint(state, path)
+             'class_names': annotations.grade_names(model_args['num_classes']), **extra}
+    return checkpoints.save_checkpoint(state, path)
 
 
 class FixedDetector:
@@ -81,27 +81,13 @@ def side_evaluation(synthetic_dataset, side_checkpoint, tmp_path_factory):
 
 # ordinal decoding
 
-def test_median_decoding_differs_from_argmax_on_split_mass():
-    logits = torch.log(torch.tensor([SPLIT_PROBABILITIES, [0.05, 0.05, 0.8, 0.05, 0.03, 0.02]]))
-    assert demo.decode_grades(logits, 'argmax').tolist() == [0, 2]
-    assert demo.decode_grades(logits, 'ordinal_median').tolist() == [2, 2]
-    assert torch.equal(demo.decode_grades(logits, 'ordinal_median'), ordinal_predict(logits))
-
-
-def test_prediction_rule_defaults_to_argmax_and_refuses_unknown_rules():
-    assert demo.prediction_rule({}, 'm.pth') == 'argmax'
-    assert demo.prediction_rule({'prediction': 'ordinal_median'}, 'm.pth') == 'ordinal_median'
-    with pytest.raises(utils.UserError, match="m.pth: unknown prediction rule 'mode'"):
-        demo.prediction_rule({'prediction': 'mode'}, 'm.pth')
-
-
 @pytest.mark.parametrize('rule, expected', [(None, 0), ('ordinal_median', 2)])
 def test_predictor_follows_the_checkpoints_prediction_rule(tmp_path, photo, rule, expected):
     extra = {} if rule is None else {'prediction': rule}
     path = save_checkpoint(tmp_path / 'fixed.pth', TINY_MODEL_ARGS, SPLIT_PROBABILITIES, **extra)
     predictor = demo.FacialPalsyPredictor(path, device='cpu', detector=FixedDetector(DROOPING_FACE, photo.shape))
     result = predictor.predict(photo)
-    assert result['grade_index'] == expected and result['grade'] == utils.HB_GRADES[expected]
+    assert result['grade_index'] == expected and result['grade'] == annotations.HB_GRADES[expected]
     np.testing.assert_allclose(list(result['probabilities'].values()), SPLIT_PROBABILITIES, atol=1e-5)
     assert result['confidence'] == pytest.approx(SPLIT_PROBABILITIES[expected], abs=1e-5)
 
@@ -124,19 +110,19 @@ def test_evaluation_with_a_side_head_scores_the_side(side_evaluation, synthetic_
     result, output_dir = side_evaluation
     table = pd.read_csv(output_dir / 'predictions.csv', keep_default_na=False)
     assert list(table.columns[-len(SIDE_COLUMNS):]) == SIDE_COLUMNS
-    assert set(table['predicted_side']) <= set(utils.SIDES)
+    assert set(table['predicted_side']) <= set(annotations.SIDE_CLASSES)
     side_p = table[['side_p_left', 'side_p_right', 'side_p_none']].astype(float).to_numpy()
     np.testing.assert_allclose(side_p.sum(axis=1), 1.0, atol=1e-4)
-    assert [utils.SIDES[k] for k in side_p.argmax(axis=1)] == table['predicted_side'].tolist()
+    assert [annotations.SIDE_CLASSES[k] for k in side_p.argmax(axis=1)] == table['predicted_side'].tolist()
 
     payload = json.loads((output_dir / 'metrics.json').read_text())
-    known = table[table['side'].isin(utils.SIDES)]
+    known = table[table['side'].isin(annotations.SIDE_CLASSES)]
     assert len(known) > 0
     entry = payload['side_accuracy']
     assert entry['n'] == len(known)
     assert entry['value'] == pytest.approx((known['side'] == known['predicted_side']).mean())
     assert entry['ci_low'] <= entry['value'] <= entry['ci_high']
-    assert payload['side_classes'] == list(utils.SIDES)
+    assert payload['side_classes'] == list(annotations.SIDE_CLASSES)
     matrix = np.asarray(payload['side_confusion_matrix'])
     assert matrix.shape == (3, 3) and matrix.sum() == len(known)
     assert np.trace(matrix) == (known['side'] == known['predicted_side']).sum()
@@ -154,8 +140,8 @@ def test_predictor_with_a_side_head_reports_the_side(side_checkpoint, photo, tmp
     predictor = demo.FacialPalsyPredictor(side_checkpoint, device='cpu',
                                           detector=FixedDetector(DROOPING_FACE, photo.shape))
     result = predictor.predict(photo)
-    assert result['side'] in utils.SIDES
-    assert list(result['side_probabilities']) == list(utils.SIDES)
+    assert result['side'] in annotations.SIDE_CLASSES
+    assert list(result['side_probabilities']) == list(annotations.SIDE_CLASSES)
     assert sum(result['side_probabilities'].values()) == pytest.approx(1.0, abs=1e-5)
     assert result['side_confidence'] == pytest.approx(max(result['side_probabilities'].values()))
     text = demo.format_result(result)
@@ -181,7 +167,7 @@ def test_folder_csv_has_symmetry_and_side_columns(side_checkpoint, synthetic_dat
     demo.main(['--model_path', str(side_checkpoint), '--image_dir', str(folder), '--output_csv', str(output_csv),
                '--device', 'cpu'])
     table = pd.read_csv(output_csv)
-    assert list(table.columns) == demo.csv_columns(utils.HB_GRADES, utils.SIDES)
+    assert list(table.columns) == demo.csv_columns(annotations.HB_GRADES, annotations.SIDE_CLASSES)
     assert set(SYMMETRY_COLUMNS + SIDE_COLUMNS) <= set(table.columns)
     rows = table.set_index(table['path'].map(lambda p: Path(p).name))
     assert rows.loc['b_blank.png', 'status'] == 'no_face_fallback'
@@ -190,7 +176,7 @@ def test_folder_csv_has_symmetry_and_side_columns(side_checkpoint, synthetic_dat
     assert rows.loc['c_notes.txt', 'status'] == 'unreadable' and pd.isna(rows.loc['c_notes.txt', 'predicted_side'])
     if rows.loc['a_face.jpg', 'status'] == 'ok':
         assert np.isfinite(rows.loc['a_face.jpg', [f'sym_{n}' for n in MEASUREMENT_NAMES]].astype(float)).all()
-    assert rows.loc['b_blank.png', 'predicted_side'] in utils.SIDES
+    assert rows.loc['b_blank.png', 'predicted_side'] in annotations.SIDE_CLASSES
 
 
 # symmetry measurements
@@ -221,7 +207,7 @@ def test_evaluation_writes_symmetry_per_photo_and_per_grade(side_evaluation):
     assert set(measured['sym_more_affected_image_side']) <= {'left', 'right', 'none'}
 
     by_grade = pd.read_csv(output_dir / 'symmetry_by_grade.csv')
-    assert by_grade['true_grade'].tolist() == list(utils.HB_GRADES)
+    assert by_grade['true_grade'].tolist() == list(annotations.HB_GRADES)
     assert by_grade['n'].sum() == len(table)
     means = table.groupby('true_label')['sym_asymmetry_index'].mean()
     for label, mean in means.items():
@@ -233,13 +219,13 @@ def test_evaluation_writes_symmetry_per_photo_and_per_grade(side_evaluation):
 
 def test_overlay_draws_the_measurements(side_checkpoint, photo, tmp_path, monkeypatch):
     drawn = []
-    original = demo.draw_measurements
+    original = inference.draw_measurements
 
     def recording(ax, landmarks, measurements=None, fontsize=7.0):
         drawn.append(measurements)
         return original(ax, landmarks, measurements, fontsize=fontsize)
 
-    monkeypatch.setattr(demo, 'draw_measurements', recording)
+    monkeypatch.setattr(inference, 'draw_measurements', recording)
     predictor = demo.FacialPalsyPredictor(side_checkpoint, device='cpu',
                                           detector=FixedDetector(DROOPING_FACE, photo.shape))
     result = predictor.predict(photo)

@@ -187,7 +187,7 @@ def test_default_output_is_unchanged_by_the_pairs_option(tmp_path):
 
 def test_pairs_write_rest_photos_outside_the_grade_folders(tmp_path):
     import prepare_dataset
-    from facial_palsy_dataset import scan_grade_folders
+    from annotations import scan_grade_folders
 
     table = sf.generate_dataset(tmp_path, seed=2, pairs=True, **SMALL)
     written = pd.read_csv(tmp_path / 'annotation.csv')

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+import annotations
+import checkpoints
 import facial_palsy_dataset as fpd
 import losses
 import train_facial_palsy as train
@@ -32,7 +34,7 @@ def test_ordinal_loss_checkpoint_predicts_the_median_grade(synthetic_dataset, tm
     assert best['prediction'] == 'ordinal_median' and best['args']['loss'] == 'ordinal'
 
     # the test metrics were computed with ordinal_predict, not argmax: recompute them from the file alone
-    model, _ = utils.load_trained_model(tmp_path / 'c' / 'best_model.pth')
+    model, _ = checkpoints.load_model(tmp_path / 'c' / 'best_model.pth')
     test_set = split_dataset(synthetic_dataset, 'test')
     with torch.no_grad():
         logits = model(torch.stack([test_set[i][0] for i in range(len(test_set))]))
@@ -54,14 +56,14 @@ def test_cross_entropy_checkpoint_keeps_argmax(tiny_checkpoint):
 def test_multitask_with_side_swapping_flips_logs_side_accuracy(synthetic_dataset, tmp_path):
     results = train.main(run_args(synthetic_dataset, tmp_path, '--epochs', '2', '--multitask',
                                   '--side_loss_weight', '0.5', '--flip_swap_side', '--mixup', '0.4'))
-    model, checkpoint = utils.load_trained_model(tmp_path / 'c' / 'best_model.pth')
+    model, checkpoint = checkpoints.load_model(tmp_path / 'c' / 'best_model.pth')
     assert checkpoint['model_args']['num_side_classes'] == 3 and model.side_head is not None
-    assert checkpoint['side_names'] == list(utils.SIDES) and checkpoint['args']['flip_swap_side']
+    assert checkpoint['side_names'] == list(annotations.SIDE_CLASSES) and checkpoint['args']['flip_swap_side']
     grade_logits, side_logits = model.forward_multitask(torch.zeros(2, 3, 56, 56))
     assert grade_logits.shape == (2, 6) and side_logits.shape == (2, 3)
 
     val_set = split_dataset(synthetic_dataset, 'val')
-    known = sum(side in utils.SIDES for side in val_set.sides)
+    known = sum(side in annotations.SIDE_CLASSES for side in val_set.sides)
     assert known > 0
     with open(tmp_path / 'l' / 'summary.csv', newline='') as handle:
         rows = list(csv.DictReader(handle))
@@ -71,55 +73,6 @@ def test_multitask_with_side_swapping_flips_logs_side_accuracy(synthetic_dataset
     assert matrix.shape == (3, 3) and matrix.sum() == known
     best_row = results['history'][results['best_epoch'] - 1]
     assert np.trace(matrix) / known == pytest.approx(best_row['val_side_accuracy'])
-
-
-def test_flipped_sample_is_the_mirrored_face_with_the_side_swapped(synthetic_dataset):
-    dataset = split_dataset(synthetic_dataset, 'train')
-    plain = train.SideLabelled(dataset)
-    flipped = train.SideLabelled(dataset, flip_probability=1.0)
-    swap = {'left': 'right', 'right': 'left', 'none': 'none'}
-    region = 28
-    for index in range(4):
-        image, label, side = plain[index]
-        mirror_image, mirror_label, mirror_side = flipped[index]
-        assert mirror_label == label == dataset.labels[index]
-        assert utils.SIDES[side] == dataset.sides[index]
-        assert utils.SIDES[mirror_side] == swap[dataset.sides[index]]
-        assert not torch.equal(image, mirror_image)  # the two halves of the face differ
-        # the mirrored face's image-left crops are the mirrors of the original image-right crops, and vice versa
-        top, bottom = image[:, :region], image[:, region:]
-        expected = torch.cat([
-            torch.cat([bottom[..., :region].flip(-1), bottom[..., region:].flip(-1)], dim=-1),
-            torch.cat([top[..., :region].flip(-1), top[..., region:].flip(-1)], dim=-1)], dim=1)
-        assert torch.equal(mirror_image, expected)
-
-    # and it is the mosaic of the mirrored face square read as usual
-    face, points = dataset._face(0)
-    mirrored_face, mirrored_points = train.mirror_face(face, points)
-    assert np.array_equal(mirrored_face, face[:, ::-1])
-    assert np.allclose(mirrored_points[0], [face.shape[1] - points[1, 0], points[1, 1]])
-    direct = fpd.to_tensor(fpd.network_image_from_face(mirrored_face, mirrored_points, dataset.preprocess),
-                           dataset.preprocess)
-    assert torch.equal(flipped[0][0], direct)
-
-
-def test_flip_comes_before_the_augmentation_and_keeps_its_mosaic_transform():
-    calls = []
-
-    def augmentation(image, points):
-        calls.append((image.copy(), np.asarray(points).copy()))
-        return image, points
-    augmentation.mosaic_transform = lambda tensor: tensor
-
-    face = np.zeros((8, 8, 3), dtype=np.uint8)
-    face[:, :2] = 255
-    points = np.array([[2, 3], [6, 3], [4, 5], [2, 7], [6, 7]], dtype=np.float32)
-    mirror = train.MirrorThen(augmentation)
-    assert mirror.mosaic_transform is augmentation.mosaic_transform
-    out_image, out_points = mirror(face, points)
-    seen_image, seen_points = calls[0]
-    assert seen_image[:, -2:].min() == 255 and seen_image[:, :-2].max() == 0  # it saw the mirrored face
-    assert seen_points.tolist() == [[2, 3], [6, 3], [4, 5], [2, 7], [6, 7]]  # symmetric points map onto each other
 
 
 def test_symmetry_baseline_is_scored_on_val_and_test(synthetic_dataset, tmp_path, capsys):

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from torch.utils.data import DataLoader, TensorDataset
 
 import Model
+import annotations
+import checkpoints
+import engine
 import facial_palsy_dataset as fpd
 import train_facial_palsy as train
 import utils
@@ -18,7 +20,7 @@ from metrics import METRIC_NAMES, compute_metrics
 from utils import UserError
 
 CONTRACT_KEYS = {'model', 'optimizer', 'scheduler', 'epoch', 'best_metric', 'select_metric', 'model_args',
-                 'preprocess', 'class_names', 'num_classes', 'args'}
+                 'preprocess', 'class_names', 'args'}
 
 
 def run_args(data, save_dir, log_dir, *extra):
@@ -69,7 +71,8 @@ def test_two_epochs_write_checkpoints_and_logs(two_epoch_run, synthetic_dataset)
     assert best['select_metric'] == 'macro_f1' and best['best_metric'] == pytest.approx(results['best_metric'])
     assert best['model_args']['image_size'] == 56 and best['model_args']['dim'] == 16
     assert best['preprocess']['input_size'] == 56 and best['preprocess']['input_mode'] == 'regions'
-    assert best['class_names'] == utils.grade_names(6) and best['num_classes'] == 6
+    assert best['class_names'] == annotations.grade_names(6) and best['model_args']['num_classes'] == 6
+    assert 'num_classes' not in best  # stored once, in model_args
     assert best['args']['epochs'] == 2 and best['scheduler'] is not None
 
     rows = read_summary(log_dir / 'summary.csv')
@@ -90,12 +93,10 @@ def test_test_split_is_scored_once_with_the_best_checkpoint(two_epoch_run, synth
     assert results['test_metrics']['macro_f1'] == pytest.approx(saved['metrics']['macro_f1'])
 
     # evaluate and predict again from the file alone: same predictions, same numbers
-    model, checkpoint = utils.load_trained_model(save_dir / 'best_model.pth', 'cpu')
-    pre = checkpoint['preprocess']
-    test_set = fpd.FacialPalsyDataset(synthetic_dataset.root, synthetic_dataset.csv, split='test',
-                                      image_size=pre['image_size'], region_size=pre['region_size'],
-                                      input_mode=pre['input_mode'], cache_dir=synthetic_dataset.cache_dir,
-                                      verbose=False)
+    trained = checkpoints.load_trained(save_dir / 'best_model.pth', 'cpu')
+    model, pre = trained.model, trained.preprocess
+    test_set = fpd.FacialPalsyDataset(synthetic_dataset.root, synthetic_dataset.csv, split='test', preprocess=pre,
+                                      cache_dir=synthetic_dataset.cache_dir, verbose=False)
     with torch.no_grad():
         logits = model(torch.stack([test_set[i][0] for i in range(len(test_set))]))
     again = compute_metrics(test_set.labels, logits.argmax(1).tolist(), 6)
@@ -166,7 +167,7 @@ def test_overwrite_clears_the_earlier_run_first(tmp_path):
 
 def test_command_line_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        utils.run_cli(train._cli, ['--data_root', str(tmp_path / 'missing')])
+        utils.run_cli(train.main, ['--data_root', str(tmp_path / 'missing')])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count('\n') == 0 and 'missing: folder not found' in err
@@ -174,7 +175,7 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
 
 def test_interrupt_saves_last_checkpoint(synthetic_dataset, tmp_path, monkeypatch):
     calls = []
-    real = train.train_one_epoch
+    real = engine.train_one_epoch
 
     def interrupted_on_second_epoch(ctx, loader, epoch, epochs):
         calls.append(epoch)
@@ -182,7 +183,7 @@ def test_interrupt_saves_last_checkpoint(synthetic_dataset, tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real(ctx, loader, epoch, epochs)
 
-    monkeypatch.setattr(train, 'train_one_epoch', interrupted_on_second_epoch)
+    monkeypatch.setattr(engine, 'train_one_epoch', interrupted_on_second_epoch)
     results = train.main(run_args(synthetic_dataset, tmp_path / 'c', tmp_path / 'l', '--epochs', '4',
                                   '--test_csv', str(synthetic_dataset.csv)))
     assert calls == [1, 2] and results['interrupted'] and results['last_epoch'] == 1
@@ -282,55 +283,10 @@ def test_config_profile_sets_defaults_and_flags_win(tmp_path):
 
 # parts
 
-def test_carved_validation_holds_out_whole_subjects_of_every_grade():
-    subjects = [f's{i}' for i in range(12) for _ in range(3)]
-    labels = [i % 6 for i in range(12) for _ in range(3)]
-    train_idx, val_idx = train.carve_validation(labels, subjects, 0.3, seed=0)
-    assert sorted(train_idx + val_idx) == list(range(36))
-    train_subjects = {subjects[i] for i in train_idx}
-    val_subjects = {subjects[i] for i in val_idx}
-    assert not train_subjects & val_subjects
-    assert {labels[i] for i in val_idx} == set(range(6))  # two subjects per grade: one goes to validation
-    assert train.carve_validation(labels, subjects, 0.3, seed=0) == (train_idx, val_idx)
-    with pytest.raises(UserError, match='cannot be split'):
-        train.carve_validation([0, 0], ['a', 'a'], 0.5, seed=0)
-
-
 def test_class_weights_are_inverse_frequency():
     weights = train.class_weights_for([0, 0, 0, 1, 2, 2], 4)
     # n / (present classes * count): 6/(3*3), 6/(3*1), 6/(3*2); an absent grade keeps weight 1
     assert weights.tolist() == pytest.approx([2 / 3, 2.0, 1.0, 1.0])
-
-
-def test_cosine_schedule_warms_up_then_decays():
-    factor = train.cosine_with_warmup(total_steps=100, warmup_steps=10)
-    warm = [factor(s) for s in range(10)]
-    assert warm == sorted(warm) and warm[-1] == pytest.approx(1.0)
-    decay = [factor(s) for s in range(10, 101)]
-    assert decay == sorted(decay, reverse=True)
-    assert decay[-1] == pytest.approx(0.01)
-
-
-def test_training_loop_learns_separable_in_memory_data():
-    """train_one_epoch / evaluate on in-memory tensors whose class is written into the pixels."""
-    torch.manual_seed(0)
-    labels = torch.arange(48) % 3
-    images = torch.randn(48, 3, 28, 28) * 0.3
-    images[:, 0] += labels[:, None, None].float() - 1
-    loader = DataLoader(TensorDataset(images, labels), batch_size=16, shuffle=True)
-    model = Model.build_model(dict(image_size=28, patch_size=7, num_classes=3, dim=16, heads=1,
-                                   num_hierarchies=2, block_repeats=[1, 1]))
-    autocast, scaler = utils.amp_context(torch.device('cpu'), None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    ctx = train.TrainContext(model=model, criterion=torch.nn.CrossEntropyLoss(), optimizer=optimizer,
-                             device=torch.device('cpu'), autocast=autocast, scaler=scaler)
-    first = train.train_one_epoch(ctx, loader, 1, 8)
-    for epoch in range(2, 9):
-        last = train.train_one_epoch(ctx, loader, epoch, 8)
-    assert last['loss'] < first['loss'] * 0.5
-    metrics = train.evaluate(model, DataLoader(TensorDataset(images, labels), batch_size=16), torch.device('cpu'),
-                             autocast, 3)
-    assert metrics['accuracy'] > 0.9 and metrics['n'] == 48
 
 
 def test_pretrained_micro_expression_weights_transfer(tmp_path):

@@ -9,9 +9,11 @@ from PIL import Image
 
 import Model
 import synthetic_faces
+import annotations
+import checkpoints
 import utils
 import visualize_attention as va
-from demo_inference import FacialPalsyPredictor
+from inference import FacialPalsyPredictor
 from facial_palsy_dataset import REGION_NAMES, FaceLandmarks, default_preprocess
 
 # 56x56 input, 7-pixel patches, three levels: 8x8, 4x4 and 2x2 tokens in 4x4, 2x2 and 1x1 windows of 2x2 tokens
@@ -23,8 +25,8 @@ def save_checkpoint(path, preprocess: dict, image_size: int = 56):
     model_args = {**TINY_MODEL_ARGS, 'image_size': image_size}
     torch.manual_seed(0)
     model = Model.build_model(model_args)
-    return utils.save_checkpoint({'model': model.state_dict(), 'model_args': model_args, 'preprocess': preprocess,
-                                  'num_classes': 6, 'class_names': utils.grade_names(6)}, path)
+    return checkpoints.save_checkpoint({'model': model.state_dict(), 'model_args': model_args, 'preprocess': preprocess,
+                                  'num_classes': 6, 'class_names': annotations.grade_names(6)}, path)
 
 
 class FixedDetector:
@@ -168,7 +170,7 @@ def test_hooks_are_removed_and_maps_belong_to_the_graded_input(files):
 
 
 def test_hooks_come_off_when_the_forward_pass_fails(files):
-    model, _ = utils.load_trained_model(files['regions'])
+    model, _ = checkpoints.load_model(files['regions'])
     with pytest.raises(AssertionError):
         va.record_attention(model, torch.zeros(1, 3, 30, 30))
     assert all(not module._forward_hooks for module in model.modules())
@@ -223,7 +225,7 @@ def test_cli_single_photo_writes_every_figure_and_the_raw_maps(files, tmp_path, 
         assert arrays['stage2_maps'].shape == (2, 56, 56) and arrays['stage2_heads'].shape == (4, 56, 56)
         assert arrays['saliency'].shape == (56, 56) and arrays['network_image'].shape == (56, 56, 3)
         assert arrays['probabilities'].sum() == pytest.approx(1.0, abs=1e-5)
-        assert list(arrays['grades']) == list(utils.HB_GRADES)
+        assert list(arrays['grades']) == list(annotations.HB_GRADES)
         assert list(arrays['region_names']) == list(REGION_NAMES)
     analysis = results['analyses'][str(files['photos'] / 'face.jpg')]
     assert analysis['face_detected'] is True  # MTCNN finds the drawn face

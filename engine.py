@@ -1,0 +1,473 @@
+"""The epoch loop of ``train_facial_palsy.py`` (DeiT's ``engine.py``): one training epoch, prediction and
+evaluation over a loader, best-epoch tracking, the per-epoch logs and curves, and ``fit``, which runs the epochs,
+selects on validation and writes the checkpoints.
+
+Nothing here parses arguments or builds datasets: the training script passes in what it built.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import checkpoints
+import data_augmentation
+from annotations import SIDE_CLASSES
+import losses
+import metrics as M
+import utils
+from utils import UserError
+
+PLOT_EVERY = 5  # epochs between redraws of training_curves.png during training (matplotlib is slow); always at the end
+SCALAR_COLUMNS = M.METRIC_NAMES
+
+
+# optimisation
+
+
+def build_optimizer(model: nn.Module, args: argparse.Namespace, steps_per_epoch: int
+                    ) -> tuple[torch.optim.Optimizer, Any, bool]:
+    """AdamW and the learning-rate schedule. Returns ``(optimizer, scheduler, step_per_batch)``."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    if args.scheduler == 'plateau':
+        mode = 'max' if M.higher_is_better(args.select_metric) else 'min'
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5,
+                                                               patience=args.lr_patience)
+        return optimizer, scheduler, False
+    if args.scheduler == 'cosine':
+        total = max(1, args.epochs * steps_per_epoch)
+        warmup = int(round(args.warmup_epochs * steps_per_epoch))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, warmup))
+        return optimizer, scheduler, True
+    return optimizer, None, False
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int, floor: float = 0.01) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up, then cosine decay to ``floor`` of the base rate."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+# one epoch
+
+@dataclass
+class TrainContext:
+    """What every training step needs, built once (the autocast context and scaler included, as in nanoGPT)."""
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    autocast: AbstractContextManager
+    scaler: torch.amp.GradScaler
+    scheduler: Any = None
+    step_per_batch: bool = False
+    mixup: Any = None
+    multitask: bool = False       # the model has a side head and the criterion is a losses.MultiTaskLoss
+    prediction: str = 'argmax'    # PREDICTION_RULES value: how the training accuracy reads the logits
+
+
+def unpack_batch(batch: Sequence[torch.Tensor], device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(images, labels, sides or None)`` on ``device`` from a loader batch of 2 or 3 tensors."""
+    images = batch[0].to(device, non_blocking=True)
+    labels = batch[1].to(device, non_blocking=True)
+    sides = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
+    return images, labels, sides
+
+
+# model and optimisation
+
+
+def model_outputs(model: nn.Module, images: torch.Tensor, multitask: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(grade logits, side logits or None)``; one pass over the features either way."""
+    if multitask:
+        return model.forward_multitask(images)
+    return model(images), None
+
+
+def training_loss(ctx: TrainContext, images: torch.Tensor, labels: torch.Tensor, sides: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, grade logits)`` of one batch, with MixUp when configured. MixUp blends the side targets like the
+    grades: labels and sides travel through it as one ``(B, 2)`` tensor, so both follow the same permutation."""
+    if ctx.multitask:
+        def criterion(out: tuple, targets: torch.Tensor) -> torch.Tensor:
+            return ctx.criterion(out, targets[:, 0], targets[:, 1])
+        targets = torch.stack([labels, sides], dim=1)
+    else:
+        criterion, targets = ctx.criterion, labels
+    if ctx.mixup is not None:
+        images, targets_a, targets_b, lam = ctx.mixup(images, targets)
+    output = model_outputs(ctx.model, images, ctx.multitask)
+    output = output if ctx.multitask else output[0]
+    if ctx.mixup is not None:
+        loss = data_augmentation.mixup_loss(criterion, output, targets_a, targets_b, lam)
+    else:
+        loss = criterion(output, targets)
+    return loss, (output[0] if ctx.multitask else output)
+
+
+def train_one_epoch(ctx: TrainContext, loader: DataLoader, epoch: int, epochs: int) -> dict[str, float]:
+    """One pass over the training loader; returns the mean ``loss`` and the ``accuracy`` on the (possibly mixed)
+    training batches. A non-finite loss stops the run with advice instead of silently ruining the weights."""
+    ctx.model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(loader, desc=f'epoch {epoch}/{epochs} train', leave=False, dynamic_ncols=True, disable=None)
+    for step, batch in enumerate(bar):
+        images, labels, sides = unpack_batch(batch, ctx.device)
+        if ctx.multitask and sides is None:
+            raise UserError('--multitask needs batches with the affected side (image, label, side)')
+        with ctx.autocast:
+            loss, logits = training_loss(ctx, images, labels, sides)
+        loss_value = loss.item()  # one device sync per step
+        if not math.isfinite(loss_value):
+            raise UserError(f'the training loss became {loss_value} at epoch {epoch}, step {step + 1}; '
+                            f'lower --learning_rate or drop --amp fp16')
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.scaler.scale(loss).backward()
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+        if ctx.step_per_batch and ctx.scheduler is not None:
+            ctx.scheduler.step()
+        batch = labels.shape[0]
+        total_loss += loss_value * batch
+        correct += (losses.decode_grades(logits.detach(), ctx.prediction) == labels).sum().item()
+        seen += batch
+        bar.set_postfix(loss=f'{total_loss / seen:.4f}', acc=f'{correct / seen:.3f}')
+    return {'loss': total_loss / max(seen, 1), 'accuracy': correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, autocast: AbstractContextManager,
+            desc: str = 'eval', prediction: str = 'argmax', multitask: bool = False) -> dict[str, Any]:
+    """Over a loader: ``true`` and ``pred`` grades (by the ``prediction`` rule), the mean unweighted
+    cross-entropy ``loss`` (comparable across --loss choices), and with ``multitask`` the ``side_true`` /
+    ``side_pred`` indices (side_true -100 = unknown)."""
+    model.eval()
+    true, pred, side_true, side_pred, total_loss, seen = [], [], [], [], 0.0, 0
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
+        images, labels, sides = unpack_batch(batch, device)
+        with autocast:
+            logits, side_logits = model_outputs(model, images, multitask)
+        total_loss += nn.functional.cross_entropy(logits.float(), labels, reduction='sum').item()
+        seen += labels.shape[0]
+        true.append(labels.cpu())
+        pred.append(losses.decode_grades(logits, prediction).cpu())
+        if side_logits is not None and sides is not None:
+            side_true.append(sides.cpu())
+            side_pred.append(side_logits.argmax(dim=1).cpu())
+    if not seen:
+        raise UserError(f'{desc}: no images to evaluate')
+    out = {'true': torch.cat(true).numpy(), 'pred': torch.cat(pred).numpy(), 'loss': total_loss / seen}
+    if side_true:
+        out['side_true'], out['side_pred'] = torch.cat(side_true).numpy(), torch.cat(side_pred).numpy()
+    return out
+
+
+def side_metrics(side_true: np.ndarray, side_pred: np.ndarray) -> dict[str, Any]:
+    """Accuracy over the photos whose side is known, and the (true x predicted) confusion matrix in
+    ``annotations.SIDE_CLASSES`` order; accuracy is NaN when no side is known."""
+    known = side_true != losses.SIDE_IGNORE_INDEX
+    matrix = M.confusion_matrix(side_true[known], side_pred[known], len(SIDE_CLASSES))
+    accuracy = float((side_true[known] == side_pred[known]).mean()) if known.any() else float('nan')
+    return {'side_accuracy': accuracy, 'side_n': int(known.sum()), 'side_confusion_matrix': matrix.tolist()}
+
+
+def metrics_of(out: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    """Every metric of ``metrics.compute_metrics`` of a ``predict`` output plus its mean ``loss``; with side
+    predictions also ``side_accuracy``, ``side_n`` and ``side_confusion_matrix`` (``side_metrics``)."""
+    result = M.compute_metrics(out['true'], out['pred'], num_classes)
+    result['loss'] = out['loss']
+    if 'side_true' in out:
+        result.update(side_metrics(out['side_true'], out['side_pred']))
+    return result
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast: AbstractContextManager,
+             num_classes: int, desc: str = 'val', prediction: str = 'argmax', multitask: bool = False
+             ) -> dict[str, Any]:
+    """``metrics_of`` the model's predictions over a loader."""
+    return metrics_of(predict(model, loader, device, autocast, desc, prediction, multitask), num_classes)
+
+
+# best epoch and logs
+
+@dataclass
+class BestTracker:
+    """Best validation value of the selection metric and the epoch that reached it."""
+    name: str
+    value: float | None = None
+    epoch: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        if M.is_improvement(self.name, value, self.value):
+            self.value, self.epoch = float(value), int(epoch)
+            return True
+        return False
+
+
+def history_row(epoch: int, lr: float, train: dict, val: dict, seconds: float, is_best: bool) -> dict[str, Any]:
+    row = {'epoch': epoch, 'lr': lr, 'train_loss': train['loss'], 'train_accuracy': train['accuracy'],
+           'val_loss': val['loss']}
+    row.update({f'val_{name}': val[name] for name in SCALAR_COLUMNS})
+    row['val_per_class_accuracy'] = val['per_class_accuracy']
+    if 'side_accuracy' in val:
+        row['val_side_accuracy'] = val['side_accuracy']
+        row['val_side_confusion_matrix'] = val['side_confusion_matrix']
+    row['epoch_time_s'] = round(seconds, 2)
+    row['is_best'] = bool(is_best)
+    return row
+
+
+def write_logs(history: list[dict], log_dir: Path, best: BestTracker, plot: bool = True) -> None:
+    """Rewrite summary.csv, training_history.json and (with ``plot``) the curves from the whole history, so a
+    resumed run's logs continue the interrupted ones."""
+    columns = [k for k in history[0] if not isinstance(history[0][k], list)]  # per-class / confusion lists
+    utils.atomic_write_csv(log_dir / 'summary.csv', columns,
+                           ({k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in row.items() if k in columns}
+                            for row in history))
+
+    series = {key: [row[key] for row in history] for key in history[0]}
+    # the first five keys are the ones of the original training script
+    payload = {'train_loss': series['train_loss'], 'train_acc': series['train_accuracy'],
+               'val_loss': series['val_loss'], 'val_acc': series['val_accuracy'], 'val_f1': series['val_macro_f1'],
+               **{k: v for k, v in series.items() if k not in ('train_loss', 'val_loss')},
+               'select_metric': best.name, 'best_epoch': best.epoch, 'best_metric': best.value}
+    best_row = next((row for row in history if row['epoch'] == best.epoch), None)
+    if best_row is not None and 'val_side_confusion_matrix' in best_row:
+        payload['side_names'] = list(SIDE_CLASSES)
+        payload['side_confusion_matrix'] = best_row['val_side_confusion_matrix']  # rows true, columns predicted
+    utils.atomic_write_text(log_dir / 'training_history.json', json.dumps(utils.to_plain(payload), indent=2))
+    if plot:
+        plot_curves(history, log_dir / 'training_curves.png', best)
+
+
+def plot_curves(history: list[dict], path: Path, best: BestTracker) -> None:
+    """Loss, accuracy, macro F1 and QWK per epoch; the chosen epoch is marked."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    epochs = [row['epoch'] for row in history]
+    panels = [('loss', [('train_loss', 'train'), ('val_loss', 'val')]),
+              ('accuracy', [('train_accuracy', 'train'), ('val_accuracy', 'val')]),
+              ('macro F1', [('val_macro_f1', 'val')]),
+              ('quadratic weighted kappa', [('val_qwk', 'val')])]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    for ax, (title, lines) in zip(axes.flat, panels):
+        for key, label in lines:
+            ax.plot(epochs, [row[key] for row in history], marker='o', markersize=3, label=label)
+        if best.epoch:
+            ax.axvline(best.epoch, color='grey', linestyle='--', linewidth=1, label=f'best (epoch {best.epoch})')
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[1]:
+        ax.set_xlabel('epoch')
+    fig.suptitle(f'training curves (best epoch chosen by validation {best.name})')
+    fig.tight_layout()
+    try:
+        utils.save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+# the epoch loop
+
+def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namespace, start_epoch: int,
+        best: BestTracker, history: list[dict], state: Callable[[int, dict | None], dict]) -> dict[str, Any]:
+    """The epoch loop: train, validate, select on validation, checkpoint, log. Ctrl-C saves ``last.pth`` (the
+    weights of the interrupted epoch, labelled with the last completed one) and returns normally."""
+    save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
+    last_epoch, interrupted, stopped_early = start_epoch - 1, False, False
+    best_val_metrics = None
+    try:
+        for epoch in range(start_epoch, args.epochs + 1):
+            started, lr = time.time(), ctx.optimizer.param_groups[0]['lr']
+            train_stats = train_one_epoch(ctx, loaders['train'], epoch, args.epochs)
+            val_metrics = evaluate(ctx.model, loaders['val'], ctx.device, ctx.autocast, args.num_classes, 'val',
+                                   prediction=ctx.prediction, multitask=ctx.multitask)
+            if ctx.scheduler is not None and not ctx.step_per_batch:
+                ctx.scheduler.step(val_metrics[args.select_metric])
+            improved = best.update(val_metrics[args.select_metric], epoch)
+            history.append(history_row(epoch, lr, train_stats, val_metrics, time.time() - started, improved))
+            last_epoch = epoch
+            snapshot = state(epoch, val_metrics)  # built once, written up to three times
+            if improved:
+                best_val_metrics = val_metrics
+                checkpoints.save_checkpoint(snapshot, save_dir / 'best_model.pth')
+            checkpoints.save_checkpoint(snapshot, save_dir / 'last.pth')
+            if args.save_interval and epoch % args.save_interval == 0:
+                checkpoints.save_checkpoint(snapshot, save_dir / f'epoch_{epoch}.pth')
+            write_logs(history, log_dir, best, plot=epoch % PLOT_EVERY == 0)
+            print(f'epoch {epoch}/{args.epochs} | lr {lr:.2e} | train loss {train_stats["loss"]:.4f} '
+                  f'acc {train_stats["accuracy"]:.3f} | val loss {val_metrics["loss"]:.4f} '
+                  f'{M.format_metrics(val_metrics)}{side_text(val_metrics)}{" | best" if improved else ""}')
+            if args.early_stopping and epoch - best.epoch >= args.early_stopping:
+                print(f'early stopping: no better validation {args.select_metric} for {args.early_stopping} epochs')
+                stopped_early = True
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        checkpoints.save_checkpoint(state(last_epoch, None), save_dir / 'last.pth')
+        print(f'\ninterrupted: saved {save_dir / "last.pth"} (epoch {last_epoch} completed); continue with '
+              f'--resume {save_dir / "last.pth"}')
+    if history:
+        write_logs(history, log_dir, best, plot=True)
+    if best_val_metrics is None:  # the best epoch came before a resume: its row of the history
+        row = next((r for r in history if r['epoch'] == best.epoch), None)
+        best_val_metrics = {k[len('val_'):]: v for k, v in row.items() if k.startswith('val_')} if row else None
+    return {'last_epoch': last_epoch, 'interrupted': interrupted, 'stopped_early': stopped_early,
+            'best_val_metrics': best_val_metrics}
+
+
+def side_text(metrics: dict[str, Any]) -> str:
+    """`` | side acc 0.750 (n 8)`` for a multi-task evaluation, else nothing."""
+    if 'side_accuracy' not in metrics:
+        return ''
+    return f' | side acc {metrics["side_accuracy"]:.3f} (n {metrics["side_n"]})'
+
+
+# cross-validation reports
+
+@dataclass
+class FoldResult:
+    """One fold's held-out predictions (base-dataset indices, in loader order) and its selection record."""
+    fold: int
+    indices: list[int]
+    true: np.ndarray
+    pred: np.ndarray
+    side_true: np.ndarray | None
+    side_pred: np.ndarray | None
+    summary: dict[str, Any]
+
+
+def fold_statistics(results: Sequence[FoldResult]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample standard deviation over folds of each scalar metric (NaN folds left out)."""
+    mean, std = {}, {}
+    for name in M.METRIC_NAMES:
+        values = np.array([r.summary['metrics'][name] for r in results], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        mean[name] = float(values.mean()) if values.size else float('nan')
+        std[name] = float(values.std(ddof=1)) if values.size > 1 else float('nan')
+    return mean, std
+
+
+def write_cv_predictions(results: Sequence[FoldResult], dataset: Dataset, path: Path, multitask: bool) -> None:
+    """One row per held-out photo: ``path, subject, fold, true, predicted`` (+ the sides with --multitask)."""
+    columns = ['path', 'subject', 'fold', 'true', 'predicted'] + (['side_true', 'side_predicted'] if multitask else [])
+    rows = []
+    for result in results:
+        for row, index in enumerate(result.indices):
+            cells = [dataset.paths[index], dataset.subjects[index], result.fold, int(result.true[row]),
+                     int(result.pred[row])]
+            if multitask and result.side_true is not None:
+                side = int(result.side_true[row])
+                cells += [SIDE_CLASSES[side] if 0 <= side < len(SIDE_CLASSES) else 'unknown', SIDE_CLASSES[int(result.side_pred[row])]]
+            rows.append(dict(zip(columns, cells)))
+    utils.atomic_write_csv(path, columns, rows)
+
+
+def plot_cv_folds(results: Sequence[FoldResult], pooled: dict[str, Any], path: Path, title: str) -> None:
+    """Per-fold macro F1 and QWK as bars, the pooled values over all held-out photos as lines."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    folds = np.arange(len(results))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(results) + 3), 4))
+    width = 0.4
+    for offset, (name, label, color) in zip((-width / 2, width / 2), (('macro_f1', 'macro F1', 'tab:blue'),
+                                                                      ('qwk', 'QWK', 'tab:orange'))):
+        ax.bar(folds + offset, [r.summary['metrics'][name] for r in results], width, label=f'{label} per fold',
+               color=color, alpha=0.7)
+        ax.axhline(pooled[name], color=color, linestyle='--', linewidth=1.5,
+                   label=f'{label} pooled {pooled[name]:.3f}')
+    ax.set_xticks(folds, [str(r.fold) for r in results])
+    ax.set_xlabel('fold')
+    ax.set_ylabel('score on the held-out subjects')
+    ax.set_title(title)
+    ax.grid(axis='y', alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        utils.save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def cv_table(results: Sequence[FoldResult], pooled: dict[str, Any], mean: dict, std: dict) -> str:
+    """The per-fold table printed at the end, then mean +- std over folds and the pooled line."""
+    names = ('accuracy', 'macro_f1', 'qwk', 'mae', 'within_one')
+    header = f'{"fold":>6}{"n":>6}{"best ep":>9}' + ''.join(f'{n:>12}' for n in names)
+    lines = [header, '-' * len(header)]
+    for r in results:
+        lines.append(f'{r.fold:>6}{r.summary["n_heldout"]:>6}{r.summary["best_epoch"]:>9}' +
+                     ''.join(f'{r.summary["metrics"][n]:>12.4f}' for n in names))
+    lines.append(f'{"mean":>6}{"":>6}{"":>9}' + ''.join(f'{mean[n]:>12.4f}' for n in names))
+    lines.append(f'{"std":>6}{"":>6}{"":>9}' + ''.join(f'{std[n]:>12.4f}' for n in names))
+    lines.append(f'{"pooled":>6}{pooled["n"]:>6}{"":>9}' + ''.join(f'{pooled[n]:>12.4f}' for n in names))
+    return '\n'.join(lines)
+
+
+def summarise_cv(results: Sequence[FoldResult], dataset: Dataset, folds: dict[str, int], num_folds: int,
+                 pool_size: int, interrupted: bool, args: argparse.Namespace, log_dir: Path,
+                 class_names: Sequence[str], prediction: str) -> dict[str, Any]:
+    """Pool the held-out predictions of every fold run: metrics with subject-resampled 95% bootstrap intervals,
+    mean and std over folds; write the summary, the predictions and the plot, and print the table."""
+    true = np.concatenate([r.true for r in results])
+    pred = np.concatenate([r.pred for r in results])
+    groups = [dataset.subjects[i] for r in results for i in r.indices]
+    pooled = M.compute_metrics(true, pred, args.num_classes)
+    if args.multitask and all(r.side_true is not None for r in results):
+        pooled.update(side_metrics(np.concatenate([r.side_true for r in results]),
+                                   np.concatenate([r.side_pred for r in results])))
+    intervals = M.bootstrap_metrics(true, pred, args.num_classes, groups=groups, seed=args.seed)
+    mean, std = fold_statistics(results)
+    partial = len(results) < num_folds
+    summary = {
+        'cv': args.cv, 'num_folds': num_folds, 'folds_run': len(results), 'partial': partial,
+        'interrupted': interrupted,
+        'note': ('held-out folds are whole subjects; each fold chose its best epoch on validation subjects carved '
+                 'from its own training subjects and scored its held-out subjects once; --test_csv rows are in '
+                 'no fold and not scored' + ('; PARTIAL: not every fold was run, so the pooled metrics cover only '
+                                            'the subjects of the folds run' if partial else '')),
+        'select_metric': args.select_metric, 'prediction': prediction, 'class_names': list(class_names),
+        'val_fraction': args.val_fraction, 'seed': args.seed,
+        'pool': {'images': pool_size, 'subjects': len(folds)},
+        'pooled': {'metrics': pooled, 'ci95': intervals, 'bootstrap': 'subjects resampled, 1000 draws'},
+        'fold_mean': mean, 'fold_std': std,
+        'folds': [r.summary for r in results],
+        'fold_assignment': folds,
+    }
+    utils.atomic_write_text(log_dir / 'cv_summary.json', json.dumps(utils.to_plain(summary), indent=2))
+    write_cv_predictions(results, dataset, log_dir / 'cv_predictions.csv', args.multitask)
+    label = f'{"leave one subject out" if args.cv == "loso" else f"{args.cv}-fold"} cross-validation'
+    plot_cv_folds(results, pooled, log_dir / 'cv_folds.png',
+                  f'{label}' + (f' (partial: {len(results)} of {num_folds} folds)' if partial else ''))
+    print('\n' + cv_table(results, pooled, mean, std))
+    ci = intervals
+    print(f'POOLED ({label}{", partial" if partial else ""}; n {pooled["n"]} held-out images of '
+          f'{len(set(groups))} subjects): {M.format_metrics(pooled)}{side_text(pooled)} | macro_f1 95% CI '
+          f'[{ci["macro_f1"]["ci_low"]:.3f}, {ci["macro_f1"]["ci_high"]:.3f}] | qwk 95% CI '
+          f'[{ci["qwk"]["ci_low"]:.3f}, {ci["qwk"]["ci_high"]:.3f}] -> {log_dir / "cv_summary.json"}')
+    return {**summary, 'summary_path': str(log_dir / 'cv_summary.json'),
+            'predictions_path': str(log_dir / 'cv_predictions.csv'), 'plot_path': str(log_dir / 'cv_folds.png'),
+            'interrupted': interrupted}
+
+

@@ -1,0 +1,161 @@
+"""engine.py: one epoch, prediction and metrics, best-epoch tracking, logs, the epoch loop and the CV reports, on
+in-memory tensors (no photos, no landmarks)."""
+import argparse
+import csv
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import Model
+import engine
+import losses
+import utils
+
+TINY = dict(image_size=28, patch_size=7, num_classes=3, dim=16, heads=1, num_hierarchies=2, block_repeats=[1, 1])
+
+
+def separable_data(n: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose class is written into the first channel: a tiny HTNet learns them in a few epochs."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    images = torch.randn(n, 3, 28, 28, generator=generator) * 0.3
+    images[:, 0] += labels[:, None, None].float() - 1
+    return images, labels
+
+
+def make_context(model: torch.nn.Module, lr: float = 5e-3) -> engine.TrainContext:
+    autocast, scaler = utils.amp_context(torch.device('cpu'), None)
+    return engine.TrainContext(model=model, criterion=torch.nn.CrossEntropyLoss(),
+                               optimizer=torch.optim.AdamW(model.parameters(), lr=lr), device=torch.device('cpu'),
+                               autocast=autocast, scaler=scaler)
+
+
+def test_training_loop_learns_separable_in_memory_data():
+    """train_one_epoch / evaluate on in-memory tensors whose class is written into the pixels."""
+    torch.manual_seed(0)
+    images, labels = separable_data()
+    loader = DataLoader(TensorDataset(images, labels), batch_size=16, shuffle=True)
+    model = Model.build_model(TINY)
+    ctx = make_context(model)
+    first = engine.train_one_epoch(ctx, loader, 1, 8)
+    for epoch in range(2, 9):
+        last = engine.train_one_epoch(ctx, loader, epoch, 8)
+    assert last['loss'] < first['loss'] * 0.5
+    metrics = engine.evaluate(model, DataLoader(TensorDataset(images, labels), batch_size=16), torch.device('cpu'),
+                              ctx.autocast, 3)
+    assert metrics['accuracy'] > 0.9 and metrics['n'] == 48 and metrics['loss'] > 0
+
+
+def test_non_finite_loss_stops_with_advice():
+    images, labels = separable_data(8)
+    images[0, 0, 0, 0] = float('nan')
+    ctx = make_context(Model.build_model(TINY))
+    with pytest.raises(utils.UserError, match='lower --learning_rate'):
+        engine.train_one_epoch(ctx, DataLoader(TensorDataset(images, labels), batch_size=8), 1, 1)
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    factor = engine.cosine_with_warmup(total_steps=100, warmup_steps=10)
+    warm = [factor(s) for s in range(10)]
+    assert warm == sorted(warm) and warm[-1] == pytest.approx(1.0)
+    decay = [factor(s) for s in range(10, 101)]
+    assert decay == sorted(decay, reverse=True)
+    assert decay[-1] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize('name, values, best_epoch', [('macro_f1', [0.2, 0.5, 0.4], 2), ('mae', [1.0, 0.5, 0.7], 2),
+                                                      ('qwk', [0.3, 0.3, 0.2], 1)])
+def test_best_tracker_follows_the_direction_of_the_metric(name, values, best_epoch):
+    best = engine.BestTracker(name)
+    improved = [best.update(value, epoch) for epoch, value in enumerate(values, start=1)]
+    assert best.epoch == best_epoch and best.value == values[best_epoch - 1]
+    assert improved[0] and sum(improved) == (2 if best_epoch == 2 else 1)  # a tie is no improvement
+
+
+def test_metrics_of_adds_loss_and_side_scores():
+    out = {'true': np.array([0, 1, 2, 2]), 'pred': np.array([0, 1, 1, 2]), 'loss': 0.5,
+           'side_true': np.array([0, 1, losses.SIDE_IGNORE_INDEX, 2]), 'side_pred': np.array([0, 0, 1, 2])}
+    result = engine.metrics_of(out, 3)
+    assert result['accuracy'] == pytest.approx(0.75) and result['loss'] == 0.5 and result['n'] == 4
+    assert result['side_n'] == 3 and result['side_accuracy'] == pytest.approx(2 / 3)  # the unknown side is ignored
+    assert np.asarray(result['side_confusion_matrix']).sum() == 3
+
+
+def fit_args(tmp_path, **overrides) -> argparse.Namespace:
+    values = dict(save_dir=str(tmp_path / 'ckpt'), log_dir=str(tmp_path / 'logs'), epochs=3, num_classes=3,
+                  select_metric='macro_f1', save_interval=2, early_stopping=0)
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def test_fit_selects_on_validation_and_writes_checkpoints_and_logs(tmp_path):
+    torch.manual_seed(0)
+    images, labels = separable_data()
+    loaders = {'train': DataLoader(TensorDataset(images, labels), batch_size=16, shuffle=True),
+               'val': DataLoader(TensorDataset(images[:24], labels[:24]), batch_size=16)}
+    model = Model.build_model(TINY)
+    ctx = make_context(model)
+    args = fit_args(tmp_path)
+    best, history = engine.BestTracker(args.select_metric), []
+
+    def state(epoch, val_metrics):
+        return {'model': model.state_dict(), 'epoch': epoch, 'best_epoch': best.epoch, 'val': val_metrics}
+
+    outcome = engine.fit(ctx, loaders, args, 1, best, history, state)
+    assert outcome['last_epoch'] == 3 and not outcome['interrupted'] and not outcome['stopped_early']
+    assert [row['epoch'] for row in history] == [1, 2, 3] and sum(row['is_best'] for row in history) >= 1
+    saved = {p.name for p in (tmp_path / 'ckpt').iterdir()}
+    assert saved == {'best_model.pth', 'last.pth', 'epoch_2.pth'}
+    best_file = torch.load(tmp_path / 'ckpt' / 'best_model.pth', weights_only=True)
+    assert best_file['epoch'] == best.epoch == best_file['best_epoch']
+    assert torch.load(tmp_path / 'ckpt' / 'last.pth', weights_only=True)['epoch'] == 3
+    assert outcome['best_val_metrics']['macro_f1'] == pytest.approx(best.value)
+
+    with open(tmp_path / 'logs' / 'summary.csv', newline='') as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r['epoch']) for r in rows] == [1, 2, 3]
+    assert {'lr', 'train_loss', 'train_accuracy', 'val_loss', 'val_macro_f1', 'val_qwk', 'is_best'} <= set(rows[0])
+    assert 'val_per_class_accuracy' not in rows[0]  # lists stay in the JSON history
+    history_json = json.loads((tmp_path / 'logs' / 'training_history.json').read_text())
+    assert history_json['best_epoch'] == best.epoch and len(history_json['val_f1']) == 3
+    assert (tmp_path / 'logs' / 'training_curves.png').stat().st_size > 0
+
+
+def test_fit_stops_early_when_validation_stalls(tmp_path):
+    images, labels = separable_data(24)
+    loaders = {'train': DataLoader(TensorDataset(images, labels), batch_size=24),
+               'val': DataLoader(TensorDataset(images, labels), batch_size=24)}
+    model = Model.build_model(TINY)
+    ctx = make_context(model, lr=0.0)  # nothing changes, so validation never improves after epoch 1
+    args = fit_args(tmp_path, epochs=10, early_stopping=2, save_interval=0)
+    best = engine.BestTracker(args.select_metric)
+    outcome = engine.fit(ctx, loaders, args, 1, best, [], lambda epoch, val: {'epoch': epoch})
+    assert outcome['stopped_early'] and outcome['last_epoch'] == 3 and best.epoch == 1
+
+
+def test_cv_reports_pool_folds_and_write_their_files(tmp_path):
+    dataset = SimpleNamespace(paths=[f'p{i}.jpg' for i in range(6)], subjects=['a', 'a', 'b', 'b', 'c', 'c'])
+    results = [engine.FoldResult(fold=k + 1, indices=[2 * k, 2 * k + 1], true=np.array([k, k]),
+                                 pred=np.array([k, min(k + 1, 2)]), side_true=None, side_pred=None,
+                                 summary={'n_heldout': 2, 'best_epoch': 1,
+                                          'metrics': engine.metrics_of({'true': np.array([k, k]),
+                                                                        'pred': np.array([k, min(k + 1, 2)]),
+                                                                        'loss': 0.0}, 3)})
+               for k in range(3)]
+    mean, std = engine.fold_statistics(results)
+    assert mean['accuracy'] == pytest.approx((0.5 + 0.5 + 1.0) / 3) and std['accuracy'] > 0
+    args = argparse.Namespace(cv=3, num_classes=3, multitask=False, seed=0, select_metric='macro_f1',
+                              val_fraction=0.15)
+    summary = engine.summarise_cv(results, dataset, {'a': 1, 'b': 2, 'c': 3}, 3, 6, False, args, tmp_path,
+                                  ['HB I', 'HB II', 'HB III'], 'argmax')
+    assert summary['pooled']['metrics']['n'] == 6 and not summary['partial']
+    assert summary['pooled']['metrics']['accuracy'] == pytest.approx(4 / 6)
+    with open(tmp_path / 'cv_predictions.csv', newline='') as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r['subject'] for r in rows] == ['a', 'a', 'b', 'b', 'c', 'c'] and rows[1]['predicted'] == '1'
+    assert json.loads((tmp_path / 'cv_summary.json').read_text())['folds_run'] == 3
+    assert (tmp_path / 'cv_folds.png').stat().st_size > 0

@@ -1,0 +1,322 @@
+"""The photos a training run reads: where each split's rows come from (the flags, a CSV's split column, grade
+folders), validation subjects carved out of the training subjects, the cross-validation pool and its folds, the
+loaders, and the checks and summaries printed before training. ``train_facial_palsy.py`` is its user.
+
+Subjects never cross splits: validation and folds are whole subjects (``annotations.split_subjects``), and a subject
+found in two splits stops the run.
+"""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+import annotations
+import data_augmentation as DA
+import facial_palsy_dataset as fpd
+import utils
+from utils import UserError
+
+# share of the training subjects held out for validation when the data gives no validation split
+DEFAULT_VAL_FRACTION = 0.15
+
+
+# splits
+
+@dataclass
+class SplitSource:
+    """Where one split's rows come from: a CSV (or the grade folders when ``csv`` is None) and its split value."""
+    csv: str | None
+    split: str | None  # None: every row of the file
+
+
+def _read_split_counts(csv_path: str) -> Counter | None:
+    """Counts of the ``split`` column of an annotation CSV (aliases such as ``validation`` read as ``val``, as the
+    dataset reads them), or None when it has no such column."""
+    table = annotations.read_table(csv_path)
+    if 'split' not in table.columns:
+        return None
+    return Counter(split for split in map(annotations.normalise_split, table['split']) if split)
+
+
+def _same_file(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+def _has_split_folder(data_root: str, split: str) -> bool:
+    return bool(annotations.grade_folders(Path(data_root) / split))
+
+
+def resolve_split_sources(args: argparse.Namespace) -> tuple[dict[str, SplitSource], bool]:
+    """Decide where the train / val / test rows come from. Returns the sources and whether validation must be
+    carved out of the training subjects (``--val_fraction``).
+
+    One CSV for train and val: its split column decides. Separate CSVs: each gives its own split's rows (all
+    rows when it has no split column). Grade folders: ``data_root/train|val/grade_N`` when present. Anything
+    else needs ``--val_fraction``. Test rows are only read from ``--test_csv``.
+    """
+    if args.train_csv is None:
+        if args.dataset_type == 'CK+':
+            raise UserError('CK+ photos carry no palsy grades: give the grade mapping CSV as --train_csv '
+                            '(prepare_dataset.py writes one)')
+        if _has_split_folder(args.data_root, 'val'):
+            if args.val_fraction is not None:
+                print(f'note: --val_fraction ignored: {Path(args.data_root) / "val"} holds the validation images')
+            return {'train': SplitSource(None, 'train'), 'val': SplitSource(None, 'val')}, False
+        if args.val_fraction is None:
+            args.val_fraction = DEFAULT_VAL_FRACTION
+            print(f'note: {args.data_root} holds grade folders without a split: holding out '
+                  f'{DEFAULT_VAL_FRACTION:.0%} of the subjects for validation (--val_fraction; no test set, so no '
+                  f'test metrics: prepare_dataset.py writes a CSV with train / val / test subjects)')
+        return {'train': SplitSource(None, None)}, True
+
+    train_counts = _read_split_counts(args.train_csv)
+    sources = {'train': SplitSource(args.train_csv, 'train' if train_counts is not None else None)}
+    if train_counts is not None and train_counts.get('train', 0) == 0:
+        raise UserError(f'{args.train_csv} has no split=train rows (splits: {_fmt_counts(train_counts)})')
+    carve = False
+    if args.val_csv is None or _same_file(args.val_csv, args.train_csv):
+        if train_counts is None or train_counts.get('val', 0) == 0:
+            if args.val_fraction is None:
+                found = 'has no split column' if train_counts is None else \
+                    f'has no split=val rows (splits: {_fmt_counts(train_counts)})'
+                args.val_fraction = DEFAULT_VAL_FRACTION
+                print(f'note: {args.train_csv} {found}: holding out {DEFAULT_VAL_FRACTION:.0%} of its training '
+                      f'subjects for validation (--val_fraction)')
+            carve = True
+        else:
+            sources['val'] = SplitSource(args.train_csv, 'val')
+            if args.val_fraction is not None:
+                print(f'note: --val_fraction ignored: {args.train_csv} has split=val rows')
+    else:
+        sources['val'] = _separate_source(args.val_csv, 'val')
+        if args.val_fraction is not None:
+            print('note: --val_fraction ignored: --val_csv gives the validation rows')
+
+    if args.test_csv is not None:
+        sources['test'] = _separate_source(args.test_csv, 'test')
+    elif train_counts is not None and train_counts.get('test', 0):
+        print(f'note: the {train_counts["test"]} split=test rows of {args.train_csv} are not used; pass '
+              f'--test_csv to score them once at the end')
+    return sources, carve
+
+
+def _separate_source(csv_path: str, split: str) -> SplitSource:
+    counts = _read_split_counts(csv_path)
+    if counts is None:
+        return SplitSource(csv_path, None)
+    if counts.get(split, 0) == 0:
+        raise UserError(f'{csv_path} has no split={split} rows (splits: {_fmt_counts(counts)})')
+    return SplitSource(csv_path, split)
+
+
+def _fmt_counts(counts: Counter | dict) -> str:
+    return ', '.join(f'{k} {v}' for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))) or 'none'
+
+
+def make_dataset(args: argparse.Namespace, source: SplitSource, detector: fpd.LandmarkDetector,
+                 preprocess: dict[str, Any]) -> Dataset:
+    """One split as a ``FacialPalsyDataset`` (or the CK+ variant); all splits share one landmark detector and the
+    run's preprocess."""
+    common = dict(preprocess=preprocess, split=source.split or 'all', num_classes=args.num_classes,
+                  verbose=True, preload=args.preload, detector=detector)
+    if args.dataset_type == 'CK+':
+        return fpd.CKPlusFacialPalsyDataset(args.data_root, grade_mapping_csv=source.csv, **common)
+    return fpd.FacialPalsyDataset(args.data_root, csv_file=source.csv, dataset_type=args.dataset_type, **common)
+
+
+def split_labels(dataset: Dataset) -> list[int]:
+    if isinstance(dataset, Subset):
+        return [int(dataset.dataset.labels[i]) for i in dataset.indices]
+    return [int(v) for v in dataset.labels]
+
+
+def split_subjects(dataset: Dataset) -> list[str]:
+    if isinstance(dataset, Subset):
+        return [str(dataset.dataset.subjects[i]) for i in dataset.indices]
+    return [str(s) for s in dataset.subjects]
+
+
+def carve_validation(labels: Sequence[int], subjects: Sequence[str], fraction: float,
+                     seed: int) -> tuple[list[int], list[int]]:
+    """Split sample indices into train / val by whole subjects (``annotations.split_subjects`` with ratios
+    ``(1 - fraction, fraction)``), so that no patient has photos on both sides and every grade with two or more
+    subjects reaches validation."""
+    part = annotations.split_subjects(subjects, labels, (1 - fraction, fraction), seed)
+    if len(set(part.values())) < 2:
+        raise UserError(f'--val_fraction {fraction}: {len(part)} subjects cannot be split into training and '
+                        f'validation subjects')
+    train_idx = [i for i, s in enumerate(subjects) if part[s] == 0]
+    val_idx = [i for i, s in enumerate(subjects) if part[s] == 1]
+    return train_idx, val_idx
+
+
+def build_datasets(args: argparse.Namespace, detector: fpd.LandmarkDetector, preprocess: dict[str, Any]
+                   ) -> dict[str, Dataset]:
+    """The train (augmented), val and optional test datasets, after the split rules of ``resolve_split_sources``."""
+    sources, carve = resolve_split_sources(args)
+    transform = DA.get_augmentation_pipeline(args.augmentation)
+    datasets: dict[str, Dataset] = {}
+    plain_train = make_dataset(args, sources['train'], detector, preprocess)
+    if carve:
+        train_idx, val_idx = carve_validation(split_labels(plain_train), split_subjects(plain_train),
+                                              args.val_fraction, args.seed)
+        print(f'validation: {len(val_idx)} images of whole subjects held out of the training rows '
+              f'(--val_fraction {args.val_fraction})')
+        datasets['train'] = Subset(DA.with_transform(plain_train, transform), train_idx)
+        datasets['val'] = Subset(plain_train, val_idx)
+    else:
+        datasets['train'] = DA.with_transform(plain_train, transform)
+        datasets['val'] = make_dataset(args, sources['val'], detector, preprocess)
+    if 'test' in sources:
+        datasets['test'] = make_dataset(args, sources['test'], detector, preprocess)
+    for name, dataset in datasets.items():
+        if len(dataset) == 0:
+            raise UserError(f'the {name} split has no usable images (see the skipped images above)')
+    return datasets
+
+
+def check_subject_overlap(datasets: dict[str, Dataset]) -> None:
+    """Stop when a subject appears in two splits: the scores would measure recognising people, not grading."""
+    subjects = {name: set(split_subjects(ds)) for name, ds in datasets.items()}
+    names = list(subjects)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            shared = sorted(subjects[first] & subjects[second])
+            if shared:
+                shown = ', '.join(shared[:5]) + (f' and {len(shared) - 5} more' if len(shared) > 5 else '')
+                raise UserError(f'{len(shared)} subjects appear in both {first} and {second}: {shown}; '
+                                f'split by subject so results stay honest')
+
+
+def describe_splits(datasets: dict[str, Dataset], class_names: Sequence[str]) -> dict[str, dict]:
+    """Print and return images, subjects and grade counts per split (a missing grade is worth noticing early)."""
+    summary = {}
+    for name, dataset in datasets.items():
+        labels = split_labels(dataset)
+        counts = Counter(labels)
+        summary[name] = {'images': len(labels), 'subjects': len(set(split_subjects(dataset))),
+                         'grade_counts': [counts.get(k, 0) for k in range(len(class_names))]}
+        grades = ', '.join(f'{class_names[k]}: {counts.get(k, 0)}' for k in range(len(class_names)))
+        print(f'{name:>5}: {len(labels)} images of {summary[name]["subjects"]} subjects ({grades})')
+        landmark_counts = getattr(DA.base_dataset(dataset), 'landmark_counts', None)
+        if landmark_counts and landmark_counts.get('template'):
+            print(f'       note: {landmark_counts["template"]} images use template landmarks (no face detected)')
+    return summary
+
+
+def write_skipped(datasets: dict[str, Dataset], log_dir: Path) -> int:
+    """List every image a dataset skipped (unreadable, no face...) in ``<log_dir>/skipped_images.csv``."""
+    rows = []
+    seen: set[int] = set()
+    for name, dataset in datasets.items():
+        skipped = getattr(DA.base_dataset(dataset), 'skipped', None) or []
+        if id(skipped) in seen:  # train and a carved-out validation share one dataset's list
+            continue
+        seen.add(id(skipped))
+        rows.extend((name, str(path), str(reason)) for path, reason in skipped)
+    target = log_dir / 'skipped_images.csv'
+    if rows:
+        utils.atomic_write_csv(target, ('split', 'path', 'reason'),
+                               (dict(zip(('split', 'path', 'reason'), row)) for row in rows))
+        print(f'{len(rows)} images skipped; listed in {target}')
+    return len(rows)
+
+
+def loader_dataset(dataset: Dataset, args: argparse.Namespace, train: bool) -> Dataset:
+    """The split as the loader reads it: with sides (and, for training, side-swapping mirrors) when the run
+    needs them, else unchanged."""
+    flip = 0.5 if train and args.flip_swap_side else 0.0
+    if args.multitask or flip:
+        return DA.SideLabelled(dataset, flip_probability=flip)
+    return dataset
+
+
+def build_loaders(datasets: dict[str, Dataset], args: argparse.Namespace, device: torch.device,
+                  seed: int) -> dict[str, DataLoader]:
+    generator = torch.Generator().manual_seed(seed)
+    common = dict(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=device.type == 'cuda',
+                  persistent_workers=args.num_workers > 0)
+    loaders = {'train': DataLoader(loader_dataset(datasets['train'], args, train=True), shuffle=True,
+                                   generator=generator, **common)}
+    for name in ('val', 'test'):
+        if name in datasets:
+            loaders[name] = DataLoader(loader_dataset(datasets[name], args, train=False), shuffle=False, **common)
+    return loaders
+
+
+def split_landmarks(dataset: Dataset) -> list[Any]:
+    """The landmarks the dataset used for each photo of the split (``FaceLandmarks``, original-photo pixels)."""
+    if isinstance(dataset, Subset):
+        return [dataset.dataset.landmarks[i] for i in dataset.indices]
+    return list(dataset.landmarks)
+
+
+# cross-validation
+
+def _csv_paths(csv_path: str, data_root: str, split: str | None) -> set[str]:
+    """Photo paths of one split of an annotation CSV, as the dataset resolves them (no photo is opened)."""
+    records, _ = annotations.read_annotation_csv(csv_path, data_root, split)
+    return {record.path for record in records}
+
+
+def _under_folder(path: str, root: Path, folder: str) -> bool:
+    try:
+        return Path(path).relative_to(root).parts[:1] == (folder,)
+    except ValueError:
+        return False
+
+
+def build_cv_pool(args: argparse.Namespace, detector: fpd.LandmarkDetector, preprocess: dict[str, Any]
+                  ) -> tuple[Dataset, list[int]]:
+    """One dataset over every photo of the training data (landmarks detected once, for all folds) and the indices
+    of the pool: the train and val rows of the CSV (every row when it has no split column), or every grade
+    folder except ``test/``. Rows of --test_csv never enter the pool."""
+    source = SplitSource(args.train_csv, None)
+    dataset = make_dataset(args, source, detector, preprocess)
+    paths = [str(p) for p in dataset.paths]
+    keep = [True] * len(paths)
+    if args.train_csv is not None:
+        counts = _read_split_counts(args.train_csv)
+        if counts is not None:
+            allowed = set().union(*(_csv_paths(args.train_csv, args.data_root, split)
+                                    for split in ('train', 'val') if counts.get(split, 0)))
+            if not allowed:
+                raise UserError(f'{args.train_csv} has no split=train or split=val rows (splits: '
+                                f'{_fmt_counts(counts)})')
+            keep = [path in allowed for path in paths]
+            if counts.get('test', 0):
+                print(f'note: the {counts["test"]} split=test rows of {args.train_csv} stay out of every fold')
+    else:
+        root = Path(args.data_root)
+        keep = [not _under_folder(path, root, 'test') for path in paths]
+    if args.test_csv is not None:
+        counts = _read_split_counts(args.test_csv)
+        test_paths = _csv_paths(args.test_csv, args.data_root, 'test' if counts is not None else None)
+        keep = [k and path not in test_paths for k, path in zip(keep, paths)]
+        print(f'note: --test_csv is not scored with --cv; its {len(test_paths)} rows stay out of every fold '
+              f'(score them with a final model trained without --cv)')
+    pool = [i for i, k in enumerate(keep) if k]
+    if not pool:
+        raise UserError('no usable training photos left for cross-validation (see the skipped images above)')
+    return dataset, pool
+
+
+def assign_folds(labels: Sequence[int], subjects: Sequence[str], cv: int | str, seed: int) -> dict[str, int]:
+    """Subject -> fold (1-based). K-fold: ``annotations.split_subjects`` with K equal parts (stratified by each
+    subject's grade; fold sizes differ by at most one subject). ``loso``: one fold per subject, in sorted order."""
+    names = sorted(set(map(str, subjects)))
+    if cv == 'loso':
+        return {subject: k + 1 for k, subject in enumerate(names)}
+    if cv > len(names):
+        raise UserError(f'--cv {cv}: the pool has only {len(names)} subjects; choose at most {len(names)} folds '
+                        f'(or --cv loso)')
+    parts = annotations.split_subjects(subjects, labels, [1.0] * cv, seed)
+    return {subject: parts[subject] + 1 for subject in sorted(parts)}
+
+
