@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,7 +27,7 @@ import Model
 from facial_palsy_dataset import model_input_size, upgrade_preprocess
 from losses import check_prediction_rule
 from annotations import HB_GRADES, SIDE_CLASSES, SIMPLIFIED_GRADES, grade_names
-from utils import UserError, to_plain
+from utils import UserError, atomic_write, to_plain
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'state_dict_mismatches', 'describe_mismatches', 'load_pretrained',
            'build_checkpoint', 'check_resume', 'restore_training', 'load_model', 'TrainedModel', 'load_trained',
@@ -38,19 +37,10 @@ __all__ = ['save_checkpoint', 'load_checkpoint', 'state_dict_mismatches', 'descr
 # files
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Save a plain-dict checkpoint atomically (temporary file + ``os.replace``): a crash never leaves half a
-    file, and ``torch.load(path, weights_only=True)`` opens it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Save a plain-dict checkpoint atomically (``utils.atomic_write``: temporary file + ``os.replace``, the
+    umask's permissions, a full disk as one line): a crash never leaves half a file, and
+    ``torch.load(path, weights_only=True)`` opens it."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 'cpu') -> dict[str, Any]:
@@ -62,8 +52,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle, zip and unpickler errors all mean "not a checkpoint we can open"
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f'{path}: not a readable PyTorch checkpoint ({first_line})') from err
+        text = str(err).strip()
+        if 'weights only load failed' in text.lower() or 'unsupported global' in text.lower():
+            raise UserError(f'{path}: holds Python objects, not only tensors and plain values; refused, since '
+                            f'opening it would run code from the file (save the weights with '
+                            f'torch.save(model.state_dict(), path) where the file was made)') from None
+        first_line = text.splitlines()[0] if text else type(err).__name__
+        raise UserError(f'{path}: not a readable PyTorch checkpoint ({first_line})') from None
     if not isinstance(obj, dict):
         raise UserError(f'{path}: expected a checkpoint dict or state_dict, found {type(obj).__name__}')
     if 'model' not in obj and all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -9,13 +9,16 @@ live in ``checkpoints.py``, grades and sides in ``annotations.py``.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import random
+import re
+import shutil
 import sys
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import yaml
@@ -53,16 +56,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+DEVICE_CHOICES = 'auto, cpu, cuda or cuda:N'
+
+
 def resolve_device(name: str = 'auto') -> torch.device:
-    """``auto`` picks CUDA when available, else CPU; asking for an absent CUDA device is a ``UserError``."""
+    """``auto`` picks CUDA when available, else CPU. Any other name than cpu, cuda or cuda:N (``gpu``, ``tpu``,
+    ``mps``...) and a CUDA device that is not there are one-line ``UserError`` s."""
     import torch
 
-    name = (name or 'auto').lower()
+    name = str(name or 'auto').strip().lower()
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if not re.fullmatch(r'cpu|cuda(:\d+)?', name):
+        raise UserError(f'--device {name}: choose {DEVICE_CHOICES}')
     device = torch.device(name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise UserError(f'--device {name}: no CUDA device is available here (use --device auto or cpu)')
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise UserError(f'--device {name}: no CUDA device is available here (use --device auto or cpu)')
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f'--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)')
     return device
 
 
@@ -155,18 +167,51 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] 
         used = {k: v for k, v in config.items() if k in dests and k not in ('config', 'profile', 'help')}
         unused = sorted(k for k in config if k not in used)
         for key, value in used.items():
-            action = dests[key]
-            if action.type is not None and value is not None and not isinstance(value, (list, bool)):
-                value = action.type(value)
-            if action.nargs in ('+', '*') and value is not None and not isinstance(value, list):
-                value = [value]
-            used[key] = value
+            used[key] = config_value(dests[key], value, f'{known.config}' + (f' (profile {known.profile})'
+                                                                              if known.profile else ''))
         parser.set_defaults(**used)
         if unused and not quiet:
             print(f'note: {known.config}: keys not used by this script: {", ".join(unused)}')
     elif known.profile:
         parser.error('--profile needs --config FILE')
     return parser.parse_args(argv)
+
+
+def config_value(action: argparse.Action, value: Any, source: str) -> Any:
+    """A config file's value for one flag, through the flag's own type and choices (as if typed on the command
+    line): a wrong value is a one-line ``UserError`` naming the file, the key and what is allowed."""
+    key = action.dest
+
+    def convert(item: Any) -> Any:
+        if item is None or isinstance(item, bool) or action.type is None:
+            return item
+        try:
+            return action.type(str(item))  # as typed on the command line: 2.5 is no int
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+            kind = getattr(action.type, '__name__', 'value')
+            raise UserError(f'{source}: {key}: {item!r} is not a valid {kind} ({err})') from None
+
+    if value is None:
+        return None
+    if action.nargs in ('+', '*') or isinstance(action.nargs, int):
+        items = value if isinstance(value, list) else [value]
+        value = [convert(item) for item in items]
+        bad = [item for item in value if action.choices is not None and item not in action.choices]
+    elif action.const is not None and action.nargs == '?' and value is True:
+        value, bad = action.const, []
+    elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise UserError(f'{source}: {key}: {value!r} must be true or false')
+        bad = []
+    else:
+        if isinstance(value, (list, dict)):
+            raise UserError(f'{source}: {key}: expected one value, got {value!r}')
+        value = convert(value)
+        bad = [value] if action.choices is not None and value not in action.choices else []
+    if bad:
+        allowed = ', '.join(str(c) for c in action.choices)
+        raise UserError(f'{source}: {key}: {bad[0]!r} is not allowed (choose {allowed})')
+    return value
 
 
 def to_plain(value: Any) -> Any:
@@ -193,19 +238,90 @@ def save_args(args: argparse.Namespace | dict, path: str | os.PathLike) -> None:
 
 # files
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Temporary file + ``os.replace``: an interrupted run never leaves half a file in place of an old one."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """``write(temporary path)``, then ``os.replace`` onto ``path``: an interrupted run never leaves half a file in
+    place of an old one. The file gets the permissions of a plain ``open`` (``0o666`` less the umask, so
+    colleagues can read it), and a full disk or a folder that cannot be written is a one-line ``UserError``
+    naming the file, never a half-written one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    tmp = None
     try:
-        with os.fdopen(fd, 'wb') as handle:
-            handle.write(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        problem = _write_problem(err)
+        if problem:
+            raise UserError(f'{path}: cannot write ({problem})') from err
         raise
     return path
+
+
+def _write_problem(err: BaseException) -> str | None:
+    """What a failed write means for the user, or None when it is not a file-system problem. torch.save reports a
+    full disk as a RuntimeError ('... enforce fail ...' / 'file write failed'), so its text is read too."""
+    chain = [err, err.__cause__, err.__context__]
+    for item in chain:
+        if isinstance(item, OSError):
+            if item.errno == errno.ENOSPC or item.errno == errno.EDQUOT:
+                return 'the disk is full'
+            if item.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                return 'no permission to write there'
+            return item.strerror or str(item)
+    text = str(err).lower()
+    if isinstance(err, RuntimeError) and ('file write failed' in text or 'enforce fail' in text
+                                          or 'no space left' in text):
+        return 'the disk is full or the file could not be written'
+    return None
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """``atomic_write`` of ``data``."""
+    def write(tmp: str) -> None:
+        with open(tmp, 'wb') as handle:
+            handle.write(data)
+    return atomic_write(path, write)
+
+
+def check_writable(folder: str | os.PathLike, what: str, need_bytes: int = 0) -> Path:
+    """Make sure ``folder`` can take the outputs before any slow work: it can be created, a file can be written
+    in it, and (with ``need_bytes``) the disk has that much free. Each problem is a one-line ``UserError``."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f'{what} {folder}: cannot create the folder ({err.strerror or err})') from None
+    if not folder.is_dir():
+        raise UserError(f'{what} {folder}: not a folder')
+    atomic_write_bytes(folder / '.write_check', b'ok')  # a write problem is a one-line UserError naming the file
+    (folder / '.write_check').unlink(missing_ok=True)
+    if need_bytes:
+        free = shutil.disk_usage(folder).free
+        if free < need_bytes:
+            raise UserError(f'{what} {folder}: {format_bytes(free)} free on its disk, but this run needs about '
+                            f'{format_bytes(need_bytes)}')
+    return folder
+
+
+def format_bytes(count: float) -> str:
+    """``1.7 GB``, ``640 MB``, ``12 KB``."""
+    for unit in ('B', 'KB', 'MB', 'GB', 'TB'):
+        if abs(count) < 1000 or unit == 'TB':
+            return f'{count:.0f} {unit}' if unit in ('B', 'KB') else f'{count:.1f} {unit}'
+        count /= 1000
+    return f'{count:.1f} TB'
+
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
