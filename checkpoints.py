@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -52,18 +53,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle, zip and unpickler errors all mean "not a checkpoint we can open"
-        text = str(err).strip()
-        if 'weights only load failed' in text.lower() or 'unsupported global' in text.lower():
-            raise UserError(f'{path}: holds Python objects, not only tensors and plain values; refused, since '
-                            f'opening it would run code from the file (save the weights with '
-                            f'torch.save(model.state_dict(), path) where the file was made)') from None
-        first_line = text.splitlines()[0] if text else type(err).__name__
-        raise UserError(f'{path}: not a readable PyTorch checkpoint ({first_line})') from None
+        detail = _unpickler_detail(str(err)) or type(err).__name__
+        if detail.lower().startswith('unsupported global'):
+            found = re.search(r'GLOBAL ([\w.]+)', detail)
+            what = f' ({found.group(1)})' if found else ''
+            raise UserError(f'{path}: holds Python objects{what}, not only tensors and plain values; refused, '
+                            f'since opening it would run code from the file') from None
+        raise UserError(f'{path}: not a readable PyTorch checkpoint ({detail})') from None
     if not isinstance(obj, dict):
         raise UserError(f'{path}: expected a checkpoint dict or state_dict, found {type(obj).__name__}')
     if 'model' not in obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         obj = {'model': obj}
     return obj
+
+
+def _unpickler_detail(text: str) -> str:
+    """The line of a ``torch.load`` error that says what is wrong (torch's own text around it is advice to load
+    the file unsafely, which this toolkit never does)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if 'WeightsUnpickler error:' in line:
+            rest = line.split('WeightsUnpickler error:', 1)[1].strip()
+            return rest or (lines[index + 1] if index + 1 < len(lines) else '')
+    return lines[0] if lines else ''
 
 
 # weights

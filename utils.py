@@ -193,16 +193,16 @@ def config_value(action: argparse.Action, value: Any, source: str) -> Any:
 
     if value is None:
         return None
-    if action.nargs in ('+', '*') or isinstance(action.nargs, int):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise UserError(f'{source}: {key}: {value!r} must be true or false')
+        bad = []
+    elif action.nargs in ('+', '*') or (isinstance(action.nargs, int) and action.nargs > 0):
         items = value if isinstance(value, list) else [value]
         value = [convert(item) for item in items]
         bad = [item for item in value if action.choices is not None and item not in action.choices]
     elif action.const is not None and action.nargs == '?' and value is True:
         value, bad = action.const, []
-    elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        if not isinstance(value, bool):
-            raise UserError(f'{source}: {key}: {value!r} must be true or false')
-        bad = []
     else:
         if isinstance(value, (list, dict)):
             raise UserError(f'{source}: {key}: expected one value, got {value!r}')
