@@ -31,6 +31,7 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 import utils
+from utils import check_writable, csv_header, guard_outputs, png_made_here
 from facial_palsy_dataset import ImageReadError
 from inference import (STATUSES, SYMMETRY_COLUMNS, FacialPalsyPredictor, display_grade, probability_column,
                        symmetry_line, symmetry_row)
@@ -68,6 +69,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f'with --image_dir, also write an overlay PNG per readable photo here '
                              f'(<photo name>{OVERLAY_SUFFIX})')
     parser.add_argument('--no_overlay', action='store_true', help='with --image_path, only print the result')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an existing --output_csv / --output_path that this script did not write (its '
+                             'own earlier predictions and overlays are refreshed without it)')
     parser.add_argument('--batch_size', type=int, default=32,
                         help='photos read, detected and classified together')
     parser.add_argument('--device', default='auto', help='auto (CUDA when available), cpu, cuda or cuda:N')
@@ -90,6 +94,11 @@ def list_folder(image_dir: Path, exclude: Sequence[Path] = ()) -> tuple[list[Pat
 
 def default_overlay_path(image_path: Path) -> Path:
     return image_path.with_name(image_path.stem + OVERLAY_SUFFIX)
+
+
+def predictions_csv_made_here(path: Path) -> bool:
+    """An earlier folder CSV of this script (its first columns), which may be refreshed."""
+    return csv_header(path)[:4] == ['path', 'status', 'grade_index', 'grade']
 
 
 def csv_row(result: dict[str, Any], grades: Sequence[str], sides: Sequence[str] = ()) -> dict[str, Any]:
@@ -148,13 +157,16 @@ def predict_one(predictor: FacialPalsyPredictor, args: argparse.Namespace) -> di
     output_path = Path(args.output_path) if args.output_path else default_overlay_path(image_path)
     if not args.no_overlay and output_path.resolve() == image_path.resolve():
         raise utils.UserError(f'--output_path {output_path} is the input photo; choose another file')
+    replaced = [] if args.no_overlay else guard_outputs([output_path], png_made_here, args.overwrite, 'overlay')
+    if not args.no_overlay:
+        check_writable(output_path.parent, '--output_path folder')
     result = predictor.predict(image_path)
     if result['status'] == 'unreadable':
         raise utils.UserError(result['error'])
     print(format_result(result))
     if not args.no_overlay:
-        if output_path.exists():
-            print(f'note: replacing {output_path}')
+        if replaced:
+            print(f'note: replacing {output_path} (an earlier overlay)')
         predictor.save_overlay(image_path, result, output_path)
         print(f'overlay written to {output_path}')
     return {'results': [result], 'overlay': None if args.no_overlay else str(output_path)}
@@ -178,6 +190,12 @@ def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) ->
         raise utils.UserError(f'--image_dir {image_dir}: no files to grade')
     overlay_dir = Path(args.overlay_dir) if args.overlay_dir else None
     overlay_names = folder_overlay_names(files)
+    replaced = guard_outputs([output_csv], predictions_csv_made_here, args.overwrite, '--output_csv')
+    check_writable(output_csv.parent, '--output_csv folder')
+    if overlay_dir is not None:
+        guard_outputs([overlay_dir / name for name in overlay_names.values()], png_made_here, args.overwrite,
+                      'overlay')
+        check_writable(overlay_dir, '--overlay_dir')
 
     results: list[dict[str, Any]] = []
     with tqdm(total=len(files), desc='grading', unit='photo') as bar:
@@ -191,8 +209,8 @@ def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) ->
             bar.update(len(chunk))
 
     columns = csv_columns(predictor.grades, predictor.sides)
-    if output_csv.exists():
-        print(f'note: replacing {output_csv}')
+    if replaced:
+        print(f'note: replacing {output_csv} (earlier predictions of this script)')
     utils.atomic_write_csv(output_csv, columns, [csv_row(r, predictor.grades, predictor.sides) for r in results])
     counts = Counter(r['status'] for r in results)
     for result in results:

@@ -98,6 +98,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument('--output_dir', default='./evaluation_results',
                      help='folder of the metrics, plots, report and predictions (files of an earlier evaluation '
                           'there are replaced, and listed when they are)')
+    run.add_argument('--overwrite', action='store_true',
+                     help='replace files of the same names in --output_dir that are not an earlier evaluation\'s')
     run.add_argument('--batch_size', type=int, default=64, help='photos per forward pass')
     run.add_argument('--num_workers', type=int, default=0, help='DataLoader worker processes')
     run.add_argument('--n_boot', type=int, default=1000,
@@ -486,15 +488,27 @@ def write_skipped(skipped: list[tuple[str, str]], path: Path) -> None:
     utils.atomic_write_csv(path, ['path', 'reason'], [{'path': p, 'reason': r} for p, r in skipped])
 
 
-def announce_replacements(output_dir: Path) -> list[str]:
-    """Name the files of an earlier evaluation that this one replaces, so nothing disappears unnoticed."""
-    existing = [name for name in OUTPUT_FILES if (output_dir / name).exists()]
+def evaluation_made_here(output_dir: Path) -> bool:
+    """Whether ``output_dir`` holds an earlier evaluation of this script (its ``metrics.json``), whose files may be
+    refreshed."""
+    try:
+        payload = json.loads((output_dir / 'metrics.json').read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(payload, dict) and {'model_path', 'class_names', 'metrics'} <= set(payload)
+
+
+def check_output_dir(output_dir: Path, overwrite: bool) -> list[str]:
+    """Before any slow work: the folder can be written, and the files this evaluation writes there are either new
+    or an earlier evaluation's (anything else needs --overwrite). Returns the names that will be replaced."""
+    utils.check_writable(output_dir, '--output_dir')
+    ours = evaluation_made_here(output_dir)
+    existing = utils.guard_outputs([output_dir / name for name in OUTPUT_FILES], lambda path: ours, overwrite,
+                                   'file in --output_dir')
     if existing:
-        print(f'note: replacing {len(existing)} existing file(s) in {output_dir}: {", ".join(existing)}')
-    stale = output_dir / 'skipped.csv'
-    if stale.exists():
-        stale.unlink()  # would otherwise describe an earlier run
-    return existing
+        print(f'note: replacing {len(existing)} file(s) of an earlier evaluation in {output_dir}: '
+              f'{", ".join(p.name for p in existing)}')
+    return [p.name for p in existing]
 
 
 def write_outputs(output_dir: Path, args: argparse.Namespace, payload: dict[str, Any], table: pd.DataFrame,
@@ -543,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     class_names, grades, rule = trained.class_names, trained.grades, trained.prediction
     with_side = bool(trained.sides)
 
+    output_dir = Path(args.output_dir)
+    replaced = check_output_dir(output_dir, args.overwrite)
+
     dataset = build_dataset(args, preprocess, num_classes, device)
     outputs = predict(model, dataset, args, device, rule=rule, with_side=with_side)
     indices, labels, probabilities = outputs['indices'], outputs['labels'], outputs['probabilities']
@@ -559,12 +576,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         payload['symmetry_baseline'] = baseline
     table = predictions_table(dataset, indices, labels, probabilities, grades, predictions, side_probabilities)
 
-    output_dir = Path(args.output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise utils.UserError(f'--output_dir {output_dir}: cannot be created ({err.strerror or err})') from err
-    replaced = announce_replacements(output_dir)
+    (output_dir / 'skipped.csv').unlink(missing_ok=True)  # would otherwise describe an earlier evaluation
     written = write_outputs(output_dir, args, payload, table, labels, probabilities, class_names, skipped,
                             predictions=predictions, grades=grades)
 

@@ -342,12 +342,53 @@ def atomic_write_csv(path: str | os.PathLike, columns: Sequence[str], rows) -> P
 
 def save_figure(figure, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Render a ``matplotlib.figure.Figure`` to PNG with the Agg canvas (no pyplot, so no figure is left open) and
-    write it atomically."""
+    write it atomically. The PNG carries ``TOOL_MARK`` in its metadata, so a later run knows it may refresh it."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format='png', dpi=dpi)
+    figure.savefig(buffer, format='png', dpi=dpi, metadata={'Software': TOOL_MARK})
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+# outputs a user made are never replaced silently
+
+TOOL_MARK = 'HTNet facial palsy toolkit'
+
+
+def png_made_here(path: str | os.PathLike) -> bool:
+    """Whether a PNG carries ``TOOL_MARK`` (written by ``save_figure``)."""
+    try:
+        with open(path, 'rb') as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b'\x89PNG') and TOOL_MARK.encode() in head
+
+
+def csv_header(path: str | os.PathLike) -> list[str]:
+    """The column names of a CSV's first line ([] for an unreadable or binary file)."""
+    import csv
+
+    try:
+        with open(path, newline='', encoding='utf-8') as handle:
+            return [c.strip() for c in next(csv.reader(handle), [])]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+def guard_outputs(paths: Sequence[str | os.PathLike], made_here: Callable[[Path], bool], overwrite: bool,
+                  what: str = 'output') -> list[Path]:
+    """Nothing a user made is replaced without ``--overwrite``: of the ``paths`` a script is about to write, those
+    that exist must be its own earlier outputs (``made_here``), else this is a one-line ``UserError`` naming the
+    first. Returns the existing paths that will be refreshed (announced by the caller). Call it before slow work."""
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    for path in existing:
+        if path.is_dir():
+            raise UserError(f'{path} is a folder; the {what} must be a file')
+        if not overwrite and not made_here(path):
+            raise UserError(f'{path} exists and was not written by this script; choose another {what} or pass '
+                            f'--overwrite to replace it')
+    return existing

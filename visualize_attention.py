@@ -672,6 +672,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--output_dir', default='./attention_visualizations',
                         help='where <stem>_level<i>.png, <stem>_summary.png, <stem>_attention.npz (raw maps) and '
                              'args.yaml go; files of an earlier run with the same names are replaced')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace files of the same names in --output_dir that this script did not write')
     parser.add_argument('--visualize_regions', action='store_true',
                         help='also write <stem>_regions.png: the landmarks, the four crop boxes and the mosaic '
                              'layout drawn on the face')
@@ -733,6 +735,28 @@ def summary_row(path: Path, analysis: Mapping[str, Any], stem: str) -> dict[str,
 def check_output_dir(output_dir: Path) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise utils.UserError(f'--output_dir {output_dir}: is a file, not a folder')
+    utils.check_writable(output_dir, '--output_dir')
+
+
+def output_made_here(path: Path) -> bool:
+    """An earlier output of this script: a figure it drew, or a raw-map archive with its arrays."""
+    if path.suffix == '.png':
+        return utils.png_made_here(path)
+    if path.suffix == '.npz':
+        try:
+            with np.load(path) as archive:
+                return {'network_image', 'region_attention'} <= set(archive.files)
+        except (OSError, ValueError):
+            return False
+    return False
+
+
+def guard_outputs(paths: Sequence[Path], args: argparse.Namespace) -> list[Path]:
+    """The figures and maps about to be written: new, or this script's own (else --overwrite is needed)."""
+    replaced = utils.guard_outputs(paths, output_made_here, args.overwrite, 'file in --output_dir')
+    if replaced:
+        print(f'note: replacing {len(replaced)} file(s) of an earlier run in {Path(args.output_dir)}')
+    return replaced
 
 
 def visualize_one(visualizer: AttentionVisualizer, args: argparse.Namespace) -> dict[str, Any]:
@@ -740,10 +764,7 @@ def visualize_one(visualizer: AttentionVisualizer, args: argparse.Namespace) -> 
     image_path, output_dir = Path(args.image_path), Path(args.output_dir)
     if not image_path.is_file():
         raise utils.UserError(f'--image_path {image_path}: file not found')
-    planned = visualizer.output_paths(image_path.stem, output_dir, args.visualize_regions)
-    replaced = [path for path in planned.values() if path.exists()]
-    if replaced:
-        print(f'note: replacing {len(replaced)} file(s) of an earlier run in {output_dir}')
+    guard_outputs(list(visualizer.output_paths(image_path.stem, output_dir, args.visualize_regions).values()), args)
     paths, analysis = visualizer.visualize_and_analyse(image_path, output_dir, args.visualize_regions, None)
     utils.save_args(args, output_dir / 'args.yaml')
     print(format_analysis(image_path, analysis))
@@ -763,10 +784,8 @@ def visualize_folder(visualizer: AttentionVisualizer, args: argparse.Namespace) 
     if not files:
         raise utils.UserError(f'--image_dir {image_dir}: no files to draw')
     stems = output_stems(files)
-    replaced = sum(path.exists() for f in files
-                   for path in visualizer.output_paths(stems[f], output_dir, args.visualize_regions).values())
-    if replaced:
-        print(f'note: replacing {replaced} file(s) of an earlier run in {output_dir}')
+    guard_outputs([path for f in files
+                   for path in visualizer.output_paths(stems[f], output_dir, args.visualize_regions).values()], args)
 
     outputs: dict[str, list[Path]] = {}
     skipped: list[tuple[str, str]] = []

@@ -1,6 +1,7 @@
 """demo_inference.py: the predictor's results, batching, folder CSV rows per file, overlays and clear errors."""
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -203,3 +204,35 @@ def test_overlays_of_photos_sharing_a_name_do_not_collide():
     names = demo.folder_overlay_names([Path('a.jpg'), Path('a.png'), Path('b.jpg')])
     assert names == {Path('a.jpg'): 'a_jpg_prediction.png', Path('a.png'): 'a_png_prediction.png',
                      Path('b.jpg'): 'b_prediction.png'}
+
+
+def test_a_file_the_script_did_not_write_is_never_replaced(tiny_checkpoint, photos, synthetic_dataset, tmp_path,
+                                                           capsys):
+    """--output_csv pointing at the annotation CSV (or any file of the user's) is refused before any grading and
+    left as it was; the script's own earlier predictions are refreshed; --overwrite replaces the user's file."""
+    annotation = tmp_path / 'annotation.csv'
+    annotation.write_bytes(synthetic_dataset.csv.read_bytes())
+    before = hashlib.sha256(annotation.read_bytes()).hexdigest()
+    argv = ['--model_path', str(tiny_checkpoint.path), '--image_dir', str(photos['face'].parent), '--device', 'cpu']
+    with pytest.raises(SystemExit) as exit_info:
+        utils.run_cli(demo.main, [*argv, '--output_csv', str(annotation)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f'error: {annotation} exists and was not written by this script; choose another --output_csv '
+                   f'or pass --overwrite to replace it')
+    assert hashlib.sha256(annotation.read_bytes()).hexdigest() == before
+
+    ours = tmp_path / 'predictions.csv'
+    demo.main([*argv, '--output_csv', str(ours)])
+    demo.main([*argv, '--output_csv', str(ours)])  # an earlier run's CSV: refreshed
+    assert 'replacing' in capsys.readouterr().out
+    demo.main([*argv, '--output_csv', str(annotation), '--overwrite'])
+    assert list(pd.read_csv(annotation).columns[:2]) == ['path', 'status']
+
+    photo = photos['face']
+    user_picture = tmp_path / 'mine.png'
+    user_picture.write_bytes(photo.read_bytes())
+    with pytest.raises(utils.UserError, match='mine.png exists and was not written by this script'):
+        demo.main(['--model_path', str(tiny_checkpoint.path), '--image_path', str(photo), '--device', 'cpu',
+                   '--output_path', str(user_picture)])
+    assert user_picture.read_bytes() == photo.read_bytes()

@@ -211,7 +211,8 @@ def test_unreadable_checkpoint_is_refused(synthetic_dataset, test_csv, tmp_path,
     else:
         torch.save({'model': {}, 'args': pd.Timestamp('2024-01-01')}, path)
     csv_path, _ = test_csv
-    with pytest.raises(utils.UserError, match='not a readable PyTorch checkpoint'):
+    message = 'not a readable PyTorch checkpoint' if content == 'corrupt' else 'holds Python objects'
+    with pytest.raises(utils.UserError, match=message):
         evaluate.main(base_args(synthetic_dataset, path, csv_path, tmp_path / 'out'))
 
 
@@ -240,3 +241,20 @@ def test_ckplus_layout_is_scored(tiny_checkpoint, tmp_path):
     assert predictions['true_label'].tolist() == [0, 3]
     assert predictions['subject'].tolist() == ['S005', 'S010']
     assert (tmp_path / 'out' / 'metrics.json').is_file()
+
+
+def test_files_of_another_kind_in_the_output_folder_are_not_replaced(synthetic_dataset, tiny_checkpoint, test_csv,
+                                                                     tmp_path):
+    """A folder holding a user's predictions.csv (no earlier evaluation there) is refused before any scoring."""
+    csv_path, _ = test_csv
+    output_dir = tmp_path / 'results'
+    output_dir.mkdir()
+    (output_dir / 'predictions.csv').write_text('my,own,table\n1,2,3\n')
+    argv = [*base_args(synthetic_dataset, tiny_checkpoint.path, csv_path, output_dir), '--n_boot', '20']
+    with pytest.raises(utils.UserError, match=r'predictions.csv exists and was not written by this script; choose '
+                                              r'another file in --output_dir or pass --overwrite'):
+        evaluate.main(argv)
+    assert (output_dir / 'predictions.csv').read_text() == 'my,own,table\n1,2,3\n'
+    assert sorted(p.name for p in output_dir.iterdir()) == ['predictions.csv']
+    evaluate.main([*argv, '--overwrite'])
+    assert (output_dir / 'metrics.json').is_file() and 'my,own' not in (output_dir / 'predictions.csv').read_text()
