@@ -269,3 +269,20 @@ def test_earlier_outputs_in_the_photo_folder_are_not_drawn_again(tmp_path):
     assert va.output_stems(photos) == {tmp_path / 'a.jpg': 'a_jpg', tmp_path / 'a.png': 'a_png'}
     # a separate output folder: every file of the photo folder is someone's photo
     assert len(va.list_photos(tmp_path, tmp_path / 'out')[0]) == 6
+
+
+def test_a_picture_the_script_did_not_draw_is_never_replaced(files, tmp_path):
+    """A user's PNG with an output's name is refused before any drawing; the script's own figures are refreshed."""
+    output_dir = tmp_path / 'attention'
+    argv = ['--model_path', str(files['regions']), '--image_path', str(files['photos'] / 'face.jpg'),
+            '--output_dir', str(output_dir), '--device', 'cpu']
+    va.main(argv)
+    va.main(argv)  # its own earlier figures: refreshed
+    mine = output_dir / 'face_summary.png'
+    photo = (files['photos'] / 'face.jpg').read_bytes()
+    mine.write_bytes(photo)
+    with pytest.raises(utils.UserError, match='face_summary.png exists and was not written by this script'):
+        va.main(argv)
+    assert mine.read_bytes() == photo
+    va.main([*argv, '--overwrite'])
+    assert mine.read_bytes() != photo
