@@ -8,7 +8,12 @@ patient's affected side: left / right / none / unknown), ``split`` (train / val 
 (``_l`` = image left) and the rest photo's ``neutral_eye_l_x ... neutral_mouth_r_y``.
 
 Without a CSV, photos are read from ``grade_0 .. grade_5`` folders, the subject being the file name before the
-first ``_``. CK+ sequences are graded by a mapping CSV (``subject`` and/or ``sequence``, ``grade``, ``side``).
+first ``_``, or the patient folder for ``grade_N/PATIENT/photo.jpg``. CK+ sequences are graded by a mapping CSV
+(``subject`` and/or ``sequence``, ``grade``, ``side``).
+
+A photo listed twice with the same grade is read once; one listed with two grades (or in two splits) is never
+guessed (``find_repeated_photos``). Subjects that look wrong (camera counters as names, one subject holding most
+photos) stop preparation and training before a patient can reach two splits (``check_subjects``).
 
 Everything here is plain Python, numpy and pandas (no torch), so that preparing data never loads the network.
 """
@@ -19,7 +24,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -35,7 +40,9 @@ __all__ = [
     'image_files', 'DEFAULT_SUBJECT_REGEX', 'compile_subject_regex', 'subject_from_name', 'read_table',
     'row_number', 'require_columns', 'row_landmarks', 'SampleRecord', 'read_annotation_csv', 'scan_grade_folders',
     'ck_key', 'ck_sequence_key', 'read_grade_mapping', 'scan_ckplus', 'subject_grades', 'split_sizes',
-    'split_subjects',
+    'split_subjects', 'grade_folder_photos', 'folder_subjects', 'subjects_of_paths', 'fix_backslash_paths',
+    'backslash_note', 'BACKSLASH_NOT_FOUND', 'RepeatedPhotos', 'find_repeated_photos', 'CAMERA_NAME_PATTERN',
+    'MIN_PHOTOS_FOR_SUBJECT_CHECK', 'subject_problem', 'check_subjects',
 ]
 
 # grades
@@ -212,6 +219,231 @@ def subject_from_name(name: str | os.PathLike, pattern: re.Pattern | None = None
     return subject or None
 
 
+def grade_folder_photos(folder: str | os.PathLike) -> list[tuple[Path, str | None]]:
+    """``(photo, patient)`` for the photos of one grade folder: those directly inside (``patient`` None: the subject
+    comes from the file name) and those anywhere inside a patient folder (``grade_3/P001/rest.jpg``: ``P001``).
+    Hidden files and folders are left out; sorted by path."""
+    found: list[tuple[Path, str | None]] = [(p, None) for p in image_files(folder)]
+    for patient in sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith('.')):
+        found.extend((p, patient.name) for p in sorted(patient.rglob('*'))
+                     if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                     and not any(part.startswith('.') for part in p.relative_to(patient).parts))
+    return sorted(found, key=lambda item: item[0])
+
+
+def _is_layout_folder(name: str) -> bool:
+    """A folder that says nothing about the patient: a grade folder, a split folder, ``.`` or ``..``."""
+    name = name.strip().lower()
+    return (not name or name in ('.', '..') or GRADE_FOLDER_PATTERN.fullmatch(name) is not None
+            or normalise_split(name) in SPLITS)
+
+
+def folder_subjects(paths: Sequence[str]) -> list[str | None]:
+    """The patient folder of each photo path as written in a table (``P001/rest.jpg``, ``grade_3/P001/rest.jpg``:
+    ``P001``), or None where the photo's own folder is a grade or split folder or there is none. The folders count
+    only when the photos lie in two or more of them: one folder holding every photo (``images/S001_01.jpg``) is a
+    place, not a patient, and the file names decide."""
+    parents = []
+    for text in paths:
+        parent = PurePosixPath(str(text).strip().replace('\\', '/')).parent.name
+        parents.append(None if _is_layout_folder(parent) else parent)
+    return parents if len({p for p in parents if p is not None}) >= 2 else [None] * len(parents)
+
+
+def subjects_of_paths(paths: Sequence[str], pattern: re.Pattern | None = None, *, folders: bool = True
+                      ) -> tuple[list[str], list[str]]:
+    """``(subjects, sources)`` of photos without a subject column: the patient folder (source ``folder``,
+    ``folder_subjects``) where ``folders`` allows it, else the file-name rule ``subject_from_name`` (source
+    ``name``; a name it finds nothing in is its own subject)."""
+    from_folders = folder_subjects(paths) if folders else [None] * len(paths)
+    subjects, sources = [], []
+    for text, folder in zip(paths, from_folders):
+        if folder is not None:
+            subjects.append(folder)
+            sources.append('folder')
+        else:
+            name = PurePosixPath(str(text).strip().replace('\\', '/')).name
+            subjects.append(subject_from_name(name, pattern) or Path(name).stem)
+            sources.append('name')
+    return subjects, sources
+
+
+# paths written on Windows
+
+BACKSLASH_NOT_FOUND = 'file not found (the path has backslashes \\ and the file is not there with / either)'
+
+
+def fix_backslash_paths(paths: Sequence[str], data_root: str | os.PathLike) -> tuple[list[str], list[int]]:
+    """Image paths of a table made on Windows (``grade_3\\P001.jpg``), read with ``/`` where the file is not there
+    as written but is with ``/``. Returns the paths and the positions changed. Paths that are neither stay as they
+    are; the caller says ``BACKSLASH_NOT_FOUND`` for them. Nothing changes where ``\\`` is the separator."""
+    root = Path(data_root)
+    fixed, changed = [], []
+    for position, text in enumerate(paths):
+        text = str(text)
+        if '\\' in text and os.sep == '/':
+            written = Path(text) if Path(text).is_absolute() else root / text
+            slashed = text.replace('\\', '/')
+            candidate = Path(slashed) if Path(slashed).is_absolute() else root / slashed
+            if not written.exists() and candidate.exists():
+                fixed.append(slashed)
+                changed.append(position)
+                continue
+        fixed.append(text)
+    return fixed, changed
+
+
+def backslash_note(source: str | os.PathLike, before: str, after: str, count: int) -> str:
+    return (f'note: {source}: {count} image path(s) with backslashes (written on Windows?) are read with / '
+            f'(first: {before} -> {after})')
+
+
+# photos listed more than once
+
+@dataclass
+class RepeatedPhotos:
+    """Rows that list a photo already listed (``find_repeated_photos``). ``dropped``: positions of rows that repeat
+    an earlier row's photo, grade (and split), read once. ``conflicts``: groups of positions of rows that list one
+    photo with different grades (or in different splits): neither row can be trusted."""
+    dropped: dict[int, int]  # position -> position of the row it repeats
+    conflicts: list[list[int]]
+    names: list[str]
+    where: list[str]
+    grades: list[int]
+    splits: list[str] | None
+
+    @property
+    def conflicting(self) -> dict[int, list[int]]:
+        """Position -> its conflict group."""
+        return {position: group for group in self.conflicts for position in group}
+
+    def describe_conflict(self, group: Sequence[int]) -> str:
+        """``grade_1/a.jpg: row 2 (grade 1), row 7 (grade 3)``; splits are named where they differ."""
+        splits = self.splits is not None and len({self.splits[i] for i in group}) > 1
+        rows = ', '.join(f'{self.where[i]} (grade {self.grades[i]}'
+                         + (f', {self.splits[i] or "no split"})' if splits else ')') for i in group)
+        return f'{self.names[group[0]]}: {rows}'
+
+    def conflict_reason(self, position: int) -> str:
+        group = self.conflicting[position]
+        what = 'different grades' if len({self.grades[i] for i in group}) > 1 else 'different splits'
+        return f'listed with {what}, so neither is used: {self.describe_conflict(group)}'
+
+    def duplicate_note(self, source: str | os.PathLike, positions: Sequence[int] | None = None) -> str | None:
+        """One line for the dropped rows (all, or those at ``positions``): how many, the first few with their rows."""
+        dropped = sorted(self.dropped if positions is None else [p for p in positions if p in self.dropped])
+        if not dropped:
+            return None
+        shown = ', '.join(f'{self.where[p]} (as {self.where[self.dropped[p]]}: {self.names[p]})' for p in dropped[:3])
+        more = f' and {len(dropped) - 3} more' if len(dropped) > 3 else ''
+        return (f'note: {source}: {len(dropped)} duplicate row(s) dropped (a photo listed again with the same grade): '
+                f'{shown}{more}')
+
+    def conflict_message(self, source: str | os.PathLike, positions: Sequence[int] | None = None) -> str | None:
+        """One line for the conflicting photos (all, or those with a row at ``positions``)."""
+        wanted = None if positions is None else set(positions)
+        groups = [g for g in self.conflicts if wanted is None or wanted & set(g)]
+        if not groups:
+            return None
+        shown = '; '.join(self.describe_conflict(g) for g in groups[:3])
+        more = f'; and {len(groups) - 3} more' if len(groups) > 3 else ''
+        return f'{source}: {len(groups)} photo(s) listed with different grades or splits: {shown}{more}'
+
+
+def photo_key(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> str:
+    """One spelling per file (``./a/../grade_1/x.jpg`` = ``grade_1/x.jpg``), for finding repeated rows."""
+    path = Path(path)
+    if data_root is not None and not path.is_absolute():
+        path = Path(data_root) / path
+    return os.path.normpath(str(path))
+
+
+def find_repeated_photos(keys: Sequence[str], grades: Sequence[int], where: Sequence[str],
+                         names: Sequence[str] | None = None, splits: Sequence[str] | None = None
+                         ) -> RepeatedPhotos:
+    """The one rule for a photo listed more than once (``keys``: ``photo_key`` per row; ``where``: how to name each
+    row, e.g. ``row 7``; ``names``: the path as written). Rows with the same photo, grade and split as an earlier
+    row are duplicates, read once (the first row wins). A photo listed with different grades, or in different
+    splits (``splits`` None: splits are not compared), is a conflict: the caller skips or refuses every row of it,
+    never picks one."""
+    names = list(names if names is not None else keys)
+    by_key: dict[str, list[int]] = {}
+    for position, key in enumerate(keys):
+        by_key.setdefault(key, []).append(position)
+    dropped: dict[int, int] = {}
+    conflicts: list[list[int]] = []
+    for positions in by_key.values():
+        if len(positions) < 2:
+            continue
+        labels = {(int(grades[p]), splits[p] if splits is not None else '') for p in positions}
+        if len(labels) > 1:
+            conflicts.append(positions)
+        else:
+            dropped.update({p: positions[0] for p in positions[1:]})
+    return RepeatedPhotos(dropped, conflicts, [str(n) for n in names], [str(w) for w in where],
+                          [int(g) for g in grades], None if splits is None else [str(s) for s in splits])
+
+
+# subjects that look wrong
+
+# File names that a camera, phone or scanner counts up: they carry no patient (DSC01234, IMG_0001,
+# IMG-20240101-WA0001, PXL_20240101_123456789, P1010001, 20240101_123456, 0001).
+_CAMERA_PREFIXES = r'(?:img|image|dsc[nf]?|pxl|mvimg|gopr|dji|pict|cimg|dcp|photo|screenshot)'
+CAMERA_NAME_PATTERN = re.compile(rf'_?{_CAMERA_PREFIXES}[_\- ]?\d[\w\-. ()]*|p\d{{7}}|\d[\d_\-. ()]*', re.IGNORECASE)
+# a subject a file-name rule cut out of such a name: the camera's prefix or a date
+_CAMERA_SUBJECT_PATTERN = re.compile(rf'_?{_CAMERA_PREFIXES}|(?:19|20)\d{{2}}[-_.]?\d{{2}}[-_.]?\d{{2}}',
+                                     re.IGNORECASE)
+# fewer photos than this say too little about how subjects are spread
+MIN_PHOTOS_FOR_SUBJECT_CHECK = 10
+
+
+def subject_problem(subjects: Sequence[str], paths: Sequence[str], sources: Sequence[str]) -> str | None:
+    """Why the subjects of a table look wrong, or None. Only subjects taken from file names (``sources`` ``name``)
+    are judged: a subject column and patient folders are the user's word.
+
+    (a) Most of those photos have camera-counter names (``CAMERA_NAME_PATTERN``) and each is a subject of its own,
+        or their subjects are the camera's prefix or a date: nothing in such a name tells patients apart, so one
+        patient's photos can land in train and test alike.
+    (b) With at least ``MIN_PHOTOS_FOR_SUBJECT_CHECK`` photos, one subject from file names holds more than half of
+        them: the rule cuts a common word (``patient_01.jpg`` -> ``patient``) rather than the patient.
+    """
+    total = len(subjects)
+    named = [i for i, source in enumerate(sources) if source == 'name']
+    if not named:
+        return None
+    counts = Counter(subjects)
+    stems = [PurePosixPath(str(paths[i]).replace('\\', '/')).stem for i in named]
+    camera = [stem for stem in stems if CAMERA_NAME_PATTERN.fullmatch(stem)]
+    if len(named) >= 2 and len(camera) * 2 > len(named):
+        named_subjects = {subjects[i] for i in named}
+        one_each = all(counts[s] == 1 for s in named_subjects)
+        camera_subjects = sorted(s for s in named_subjects if _CAMERA_SUBJECT_PATTERN.fullmatch(str(s)))
+        if one_each or camera_subjects:
+            examples = ', '.join(camera[:3])
+            if one_each:
+                how = f'each of them is a subject of its own ({len(named_subjects)} subjects)'
+            else:
+                how = f'their subjects are camera prefixes or dates ({", ".join(camera_subjects[:3])})'
+            return (f'{len(camera)} of {len(named)} photos have camera-counter file names ({examples}, ...) and '
+                    f'{how}, so one patient\'s photos can land in train and test alike')
+    if total >= MIN_PHOTOS_FOR_SUBJECT_CHECK:
+        subject, count = Counter(subjects[i] for i in named).most_common(1)[0]
+        if count * 2 > total:
+            return (f'subject {subject!r} (from the file names) holds {count} of the {total} photos, so the split '
+                    f'would not be by patient')
+    return None
+
+
+def check_subjects(subjects: Sequence[str], paths: Sequence[str], sources: Sequence[str], *,
+                   where: str | os.PathLike, fixes: str) -> None:
+    """A one-line ``UserError`` naming ``where``, the reason (``subject_problem``) and ``fixes`` (the column, flags
+    or layout that give each photo its patient), unless the subjects look right. Called by ``prepare_dataset.py``
+    before it splits and by training before it carves validation subjects or folds."""
+    problem = subject_problem(subjects, paths, sources)
+    if problem is not None:
+        raise UserError(f'{where}: {problem}; give each photo its patient: {fixes}')
+
+
 # reading tables
 
 def read_table(path: str | os.PathLike, what: str = 'annotation CSV') -> pd.DataFrame:
@@ -271,19 +503,24 @@ class SampleRecord:
     annotation: np.ndarray | None = None  # (5, 2) landmarks from the annotation, original pixels
     origin: str = ''  # where the label came from, e.g. "fnp.csv row 4"
     neutral_annotation: np.ndarray | None = None  # (5, 2) landmarks of the neutral (rest) photo, if annotated
+    subject_source: str = 'name'  # column (the table's subject), folder (a patient folder) or name (the file name)
 
 
-def _subject_of(path: str | os.PathLike) -> str:
-    return subject_from_name(path) or Path(path).stem
+# notes about a whole table already printed in this process (one table is read once per split)
+_TABLE_NOTES_SAID: set[str] = set()
 
 
-def read_annotation_csv(csv_file: str | os.PathLike, data_root: str | os.PathLike, split: str | None = None
-                        ) -> tuple[list[SampleRecord], list[tuple[str, str]]]:
+def read_annotation_csv(csv_file: str | os.PathLike, data_root: str | os.PathLike, split: str | None = None,
+                        verbose: bool = True) -> tuple[list[SampleRecord], list[tuple[str, str]]]:
     """Rows of an annotation CSV for one split (None / ``all``: every row, and then no ``split`` column is needed).
 
     Returns ``(records, skipped)``; a row with an empty image path or a grade that is not an integer 0-5 is
     skipped and listed with its row number. A CSV without a required column, or without a row of ``split``, is a
-    ``UserError`` naming the CSV.
+    ``UserError`` naming the CSV. Across the whole CSV (``find_repeated_photos``), a row repeating another's photo,
+    grade and split is dropped; every row of a photo listed with different grades or splits is skipped and listed
+    with the rows named. Backslash paths are read with ``/`` where only that file exists (``fix_backslash_paths``).
+    Each of these is one line for the whole table, printed once per process however many splits are read. A row
+    without a subject takes its patient folder, else its file name (``subjects_of_paths``).
     """
     csv_file, data_root, split = Path(csv_file), Path(data_root), normalise_split(split)
     table = read_table(csv_file, 'annotation CSV')
@@ -293,45 +530,80 @@ def read_annotation_csv(csv_file: str | os.PathLike, data_root: str | os.PathLik
         table['split'] = ''
     has_landmarks = all(c in table.columns for c in LANDMARK_COLUMNS)
     has_neutral_landmarks = all(c in table.columns for c in NEUTRAL_LANDMARK_COLUMNS)
+    rows = table.to_dict('records')
+    written = [str(row['image_path']).strip() for row in rows]
+    paths, changed = fix_backslash_paths(written, data_root)
+    neutrals = [str(row.get('neutral_path', '') or '').strip() for row in rows]
+    neutrals = fix_backslash_paths(neutrals, data_root)[0]
+    given = [str(row.get('subject', '') or '').strip() for row in rows]
+    derived, derived_from = subjects_of_paths(paths)
+    row_splits = [normalise_split(row['split']) or '' for row in rows]
+    grades = [grade_problem(row['grade']) for row in rows]
+    valid = [p for p in range(len(rows)) if paths[p] and grades[p][0] is not None]
+    repeats = find_repeated_photos([photo_key(paths[p], data_root) for p in valid], [grades[p][0] for p in valid],
+                                   [f'row {row_number(table.index[p])}' for p in valid],
+                                   [paths[p] for p in valid], [row_splits[p] for p in valid])
+    dropped = {valid[p] for p in repeats.dropped}
+    conflicting = {valid[p]: p for p in repeats.conflicting}
     records, skipped = [], []
     splits_seen = Counter()
-    rows_in_split = 0
-    for index, row in zip(table.index, table.to_dict('records')):
-        row_split = normalise_split(row['split']) or ''
+    rows_in_split = []
+    for position, (index, row) in enumerate(zip(table.index, rows)):
+        row_split = row_splits[position]
         splits_seen[row_split or '(empty)'] += 1
         if split is not None and row_split != split:
             continue
-        rows_in_split += 1
+        rows_in_split.append(position)
         where = f'{csv_file} row {row_number(index)}'
-        image_path = str(row['image_path']).strip()
-        if not image_path:
+        if not paths[position]:
             skipped.append((f'{csv_file}:row {row_number(index)}', f'{where}: image_path is empty'))
             continue
-        path = Path(image_path)
+        path = Path(paths[position])
         path = path if path.is_absolute() else data_root / path
-        grade, problem = grade_problem(row['grade'])
+        grade, problem = grades[position]
         if grade is None:
             skipped.append((str(path), f'{where}: {problem}'))
             continue
-        neutral = str(row.get('neutral_path', '') or '').strip()
+        if position in dropped:
+            continue
+        if position in conflicting:
+            skipped.append((str(path), f'{csv_file}: {repeats.conflict_reason(conflicting[position])}'))
+            continue
+        if '\\' in paths[position] and os.sep == '/' and not path.exists():
+            skipped.append((str(path), f'{where}: {BACKSLASH_NOT_FOUND}'))
+            continue
+        neutral = neutrals[position]
         if neutral and not Path(neutral).is_absolute():
             neutral = str(data_root / neutral)
         records.append(SampleRecord(
             path=str(path), grade=grade, side=normalise_side(row['side'], grade),
-            subject=str(row.get('subject', '') or '').strip() or _subject_of(path),
+            subject=given[position] or derived[position],
             neutral_path=neutral or None, annotation=row_landmarks(row) if has_landmarks else None, origin=where,
             neutral_annotation=(row_landmarks(row, NEUTRAL_LANDMARK_COLUMNS)
-                                if has_neutral_landmarks and neutral else None)))
-    if rows_in_split == 0:
+                                if has_neutral_landmarks and neutral else None),
+            subject_source='column' if given[position] else derived_from[position]))
+    if not rows_in_split:
         present = ', '.join(f'{name} ({count})' for name, count in sorted(splits_seen.items())) or 'no rows at all'
         raise UserError(f'{csv_file}: no rows with split "{split or "all"}" (splits present: {present})')
+    if verbose:  # about the whole table, so said once however many splits are read from it
+        lines = [repeats.duplicate_note(csv_file)]
+        if changed:
+            lines.insert(0, backslash_note(csv_file, written[changed[0]], paths[changed[0]], len(changed)))
+        conflicts = repeats.conflict_message(csv_file)
+        if conflicts:
+            lines.append(f'warning: {conflicts}; every row of them is left out (listed with the skipped images)')
+        for line in lines:
+            if line is not None and line not in _TABLE_NOTES_SAID:
+                _TABLE_NOTES_SAID.add(line)
+                print(line)
     return records, skipped
 
 
 def scan_grade_folders(data_root: str | os.PathLike, split: str | None = None, verbose: bool = True
                        ) -> tuple[list[SampleRecord], list[tuple[str, str]]]:
-    """Photos in ``data_root/grade_0 .. grade_5`` (or ``data_root/<split>/grade_N`` where such folders exist); the
-    subject comes from the file name (``subject_from_name``). Photos in a folder outside 0-5 are skipped and
+    """Photos in ``data_root/grade_0 .. grade_5`` (or ``data_root/<split>/grade_N`` where such folders exist),
+    directly or in patient folders (``grade_3/P001/rest.jpg``, ``grade_folder_photos``); the subject is the patient
+    folder, else comes from the file name (``subject_from_name``). Photos in a folder outside 0-5 are skipped and
     listed. Returns ``(records, skipped)``."""
     data_root, split = Path(data_root), normalise_split(split)
     if split is not None and grade_folders(data_root / split):
@@ -354,12 +626,14 @@ def scan_grade_folders(data_root: str | os.PathLike, split: str | None = None, v
     records, skipped = [], []
     for base in bases:
         for grade, folder in grade_folders(base):
-            images = image_files(folder)
+            photos = grade_folder_photos(folder)
             if grade is None:
-                skipped.extend((str(p), f'folder {folder.name}: grade outside 0-5') for p in images)
+                skipped.extend((str(p), f'folder {folder.name}: grade outside 0-5') for p, _ in photos)
                 continue
             records.extend(SampleRecord(path=str(p), grade=grade, side=normalise_side('', grade),
-                                        subject=_subject_of(p), origin=f'{folder}') for p in images)
+                                        subject=patient or subject_from_name(p) or p.stem, origin=f'{folder}',
+                                        subject_source='folder' if patient else 'name')
+                           for p, patient in photos)
     if not records and not skipped:
         raise UserError(f'{data_root}: the grade_N folders hold no images ({", ".join(IMAGE_EXTENSIONS)})')
     return records, skipped
@@ -473,7 +747,7 @@ def scan_ckplus(data_root: str | os.PathLike, grade_mapping_csv: str | os.PathLi
                         f'sequence, grade, side) such as the one prepare_dataset.py writes')
     mapping_csv = Path(grade_mapping_csv)
     if 'image_path' in read_table(mapping_csv, 'grade mapping CSV').columns:  # an annotation CSV of CK+ frames
-        return read_annotation_csv(mapping_csv, data_root, split)
+        return read_annotation_csv(mapping_csv, data_root, split, verbose)
     mapping = read_grade_mapping(mapping_csv)
     skipped = list(mapping.skipped)
     images_root = _ck_images_root(data_root)
@@ -497,7 +771,8 @@ def scan_ckplus(data_root: str | os.PathLike, grade_mapping_csv: str | os.PathLi
         records.append(SampleRecord(
             path=str(frames[-1]), grade=entry['grade'], side=entry['side'], subject=subject,
             neutral_path=str(frames[0]), annotation=_ck_landmarks(data_root, subject, sequence, frames[-1]),
-            origin=entry['where'], neutral_annotation=_ck_landmarks(data_root, subject, sequence, frames[0])))
+            origin=entry['where'], neutral_annotation=_ck_landmarks(data_root, subject, sequence, frames[0]),
+            subject_source='folder'))
     unused = [e['where'] for e in (*mapping.by_sequence.values(), *mapping.by_subject.values())
               if e['where'] not in used]
     if verbose and unused:

@@ -120,7 +120,7 @@ def _jpeg_is_truncated(data: bytes) -> bool:
 
 
 def _decode_with_pillow(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as opened:
@@ -135,6 +135,8 @@ def _decode_with_pillow(path: Path) -> np.ndarray:
             return np.array(image.convert('RGB'))
     except Image.DecompressionBombError as err:
         raise ImageReadError(f'{path}: too many pixels to decode safely ({err})') from None
+    except UnidentifiedImageError:  # its text repeats the path
+        raise ImageReadError(f'{path}: not a readable image (unknown format or corrupt data)') from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f'{path}: not a readable image ({err})') from None
 

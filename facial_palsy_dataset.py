@@ -570,7 +570,7 @@ class FacialPalsyDataset(Dataset):
             elif not grade_folders(self.data_root):
                 return scan_ckplus(self.data_root, None, self.split, self.verbose)
         if self.csv_file is not None:
-            return read_annotation_csv(self.csv_file, self.data_root, self.split)
+            return read_annotation_csv(self.csv_file, self.data_root, self.split, self.verbose)
         return scan_grade_folders(self.data_root, self.split, self.verbose)
 
     # landmarks, bookkeeping and the skipped list
@@ -597,6 +597,8 @@ class FacialPalsyDataset(Dataset):
         self.labels = [GRADE_6_TO_3[g] if self.num_classes == 3 else g for g in self.grades]
         self.sides = [r.side for r in self.records]
         self.subjects = [r.subject for r in self.records]
+        # where each subject came from: column (the CSV's subject), folder (a patient folder) or name (the file name)
+        self.subject_sources = [r.subject_source for r in self.records]
         self.neutral_paths = [r.neutral_path for r in self.records]
         self.skipped = skipped
         counts = Counter(face.source for face in self.landmarks)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,14 +24,22 @@ import pandas as pd
 from tqdm import tqdm
 
 import synthetic_faces
-from annotations import (DEFAULT_SUBJECT_REGEX, GRADE_3_TO_6, GRADE_6_TO_3, HB_GRADES, LANDMARK_COLUMNS,
-                         NEUTRAL_LANDMARK_COLUMNS, SIMPLIFIED_GRADES, SPLITS, compile_subject_regex, grade_folders,
-                         image_files, order_columns, parse_grades, read_table, require_columns, row_number,
-                         scan_ckplus, side_of, split_subjects, subject_from_name)
+from annotations import (BACKSLASH_NOT_FOUND, DEFAULT_SUBJECT_REGEX, GRADE_3_TO_6, GRADE_6_TO_3, HB_GRADES,
+                         LANDMARK_COLUMNS, NEUTRAL_LANDMARK_COLUMNS, SIMPLIFIED_GRADES, SPLITS, backslash_note,
+                         check_subjects, compile_subject_regex, find_repeated_photos, fix_backslash_paths,
+                         grade_folder_photos, grade_folders, normalise_split, order_columns, parse_grades, photo_key,
+                         read_table, require_columns, row_number, scan_ckplus, side_of, split_subjects,
+                         subject_from_name, subjects_of_paths)
+from face_detection import ImageReadError, load_image
 from utils import UserError, add_config_args, atomic_write_text, parse_args_with_config, run_cli
 
 # columns taken over from a generator's <data_root>/annotation.csv
 MERGED_COLUMNS = ('subject', 'side', 'neutral_path', *LANDMARK_COLUMNS, *NEUTRAL_LANDMARK_COLUMNS)
+# what gives each photo its patient when the subjects look wrong (annotations.check_subjects)
+SUBJECT_FIXES = ("a subject column in --input_csv, --subject_regex (e.g. '^(patient\\d+)'), one folder per patient "
+                 "(grade_N/PATIENT/photo.jpg), or --one_photo_per_subject if every photo shows a different person")
+# the patient folder of a photo in grade_N/PATIENT/ (scan_grade_folders), until fill_subjects reads it
+PATIENT_COLUMN = '_patient_folder'
 
 EPILOG = """\
 examples:
@@ -44,11 +53,15 @@ examples:
   python prepare_dataset.py --dataset_type FNP --data_root ./datasets/facial_palsy/FNP_pairs \
       --output_csv ./datasets/facial_palsy/fnp_pairs_annotation.csv
 
-  # your own photos in grade_0 .. grade_5 folders (subject = file name before the first _)
+  # your own photos in grade_0 .. grade_5 folders (subject = file name before the first _, or the patient
+  # folder of grade_N/PATIENT/photo.jpg)
   python prepare_dataset.py --dataset_type FNP --data_root ./my_photos --output_csv ./my_photos.csv
   # subjects named like 'patient12-left-3.jpg'
   python prepare_dataset.py --dataset_type FNP --data_root ./my_photos --output_csv ./my_photos.csv \\
       --subject_regex '^(patient\\d+)'
+  # camera file names (DSC01234.jpg) where every photo really shows a different person
+  python prepare_dataset.py --dataset_type FNP --data_root ./my_photos --output_csv ./my_photos.csv \\
+      --one_photo_per_subject
 
   # CK+ with a grade mapping (columns subject or sequence, grade, side): copies of the peak frames ...
   python prepare_dataset.py --dataset_type CK+ --data_root ./CK+ --grade_mapping ./ck_grades.csv \\
@@ -72,6 +85,10 @@ examples:
 
 # helpers
 
+# photos decoded at once when checking them (OpenCV's decoder releases the GIL)
+DECODE_THREADS = 4
+
+
 def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
     if len(ratios) != 3:
         raise UserError(f'--split_ratio needs three numbers (train val test), got {len(ratios)}')
@@ -83,20 +100,13 @@ def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
 
 
 def image_problem(path: Path) -> str | None:
-    """Why a photo cannot be used (missing, empty, not an image), from its header only: fast on large sets."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        return 'file not found'
-    if path.stat().st_size == 0:
-        return 'empty file'
+    """Why a photo cannot be used (missing, empty, truncated, not an image), from decoding it whole as training
+    will (``face_detection.load_image``); None for a usable photo."""
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        return f'not a readable image ({type(err).__name__})'
-    if width < 1 or height < 1:
-        return 'image has no pixels'
+        load_image(path)
+    except ImageReadError as err:
+        text = str(err)
+        return text[len(f'{path}: '):] if text.startswith(f'{path}: ') else text
     return None
 
 
@@ -178,7 +188,8 @@ def _summary_row(label: str, part: pd.DataFrame, splits: Sequence[str]) -> list[
 # FNP (grade folders or a CSV)
 
 def scan_grade_folders(data_root: Path) -> pd.DataFrame:
-    """``image_path`` (relative, posix) and ``grade`` of every photo in ``data_root/grade_0 .. grade_5``."""
+    """``image_path`` (relative, posix) and ``grade`` of every photo in ``data_root/grade_0 .. grade_5``, directly
+    or in patient folders (``grade_3/P001/rest.jpg``; then ``PATIENT_COLUMN`` holds the patient)."""
     if not data_root.is_dir():
         raise UserError(f'--data_root {data_root}: folder not found')
     folders = grade_folders(data_root)
@@ -186,15 +197,19 @@ def scan_grade_folders(data_root: Path) -> pd.DataFrame:
     if outside:
         raise UserError(f'{data_root}: folder(s) {", ".join(outside)} are outside House-Brackmann grades 0-5 '
                         f'(grade_0 = HB I .. grade_5 = HB VI); rename or move them')
-    rows = [{'image_path': p.relative_to(data_root).as_posix(), 'grade': grade}
-            for grade, folder in folders for p in image_files(folder)]
+    rows = [{'image_path': p.relative_to(data_root).as_posix(), 'grade': grade, PATIENT_COLUMN: patient or ''}
+            for grade, folder in folders for p, patient in grade_folder_photos(folder)]
     if not rows:
         raise UserError(f'{data_root}: ' + ('the grade_N folders hold no images' if folders else
                                             'no grade_0 .. grade_5 folders inside (or give --input_csv)'))
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table if table[PATIENT_COLUMN].ne('').any() else table.drop(columns=[PATIENT_COLUMN])
 
 
-def read_input_csv(path: Path) -> pd.DataFrame:
+def read_input_csv(path: Path, data_root: Path) -> pd.DataFrame:
+    """The rows of an input CSV: grades checked, backslash paths read with / where only that file exists, a row
+    repeating an earlier row's photo and grade dropped with one note; a photo listed with two grades is refused
+    with its rows named (``annotations.find_repeated_photos``)."""
     table = read_table(path, 'input CSV')
     require_columns(table, ['image_path', 'grade'], path, 'input CSV')
     table['grade'] = parse_grades(table['grade'], path)
@@ -202,7 +217,41 @@ def read_input_csv(path: Path) -> pd.DataFrame:
     empty = table.index[table['image_path'] == '']
     if len(empty):
         raise UserError(f'{path}: image_path is empty in row {row_number(empty[0])}')
+    table = fix_table_backslashes(table, data_root, path)
+    table = drop_repeated_rows(table, path, data_root, [f'row {row_number(i)}' for i in table.index])
     return table.reset_index(drop=True)
+
+
+def fix_table_backslashes(table: pd.DataFrame, data_root: Path, source: Path) -> pd.DataFrame:
+    """``image_path`` and ``neutral_path`` written on Windows, read with / where only that file exists (one note
+    for the table)."""
+    for column in ('image_path', 'neutral_path'):
+        if column not in table.columns:
+            continue
+        written = table[column].fillna('').astype(str).tolist()
+        fixed, changed = fix_backslash_paths(written, data_root)
+        if changed:
+            table[column] = fixed
+            if column == 'image_path':
+                print(backslash_note(source, written[changed[0]], fixed[changed[0]], len(changed)))
+    return table
+
+
+def drop_repeated_rows(table: pd.DataFrame, source: Path | str, data_root: Path | None, where: Sequence[str],
+                       compare_splits: bool = False) -> pd.DataFrame:
+    """``table`` without the rows that repeat an earlier row's photo and grade (one note); a photo listed with two
+    grades (or, with ``compare_splits``, in two splits) is a ``UserError`` naming its rows. Grade folders cannot
+    list a photo twice; tables can."""
+    splits = [normalise_split(s) or '' for s in table['split']] if compare_splits else None
+    repeats = find_repeated_photos([photo_key(p, data_root) for p in table['image_path']], table['grade'].tolist(),
+                                   where, table['image_path'].tolist(), splits)
+    conflicts = repeats.conflict_message(source)
+    if conflicts:
+        raise UserError(f'{conflicts}; keep one row per photo')
+    note = repeats.duplicate_note(source)
+    if note:
+        print(note)
+    return table.drop(index=table.index[sorted(repeats.dropped)])
 
 
 def merge_generator_annotation(table: pd.DataFrame, data_root: Path) -> pd.DataFrame:
@@ -239,27 +288,50 @@ def merge_generator_annotation(table: pd.DataFrame, data_root: Path) -> pd.DataF
     return table
 
 
-def fill_subjects(table: pd.DataFrame, pattern: re.Pattern) -> pd.DataFrame:
-    """A subject for every row: the ``subject`` column where given, else ``--subject_regex`` on the file name,
-    else the whole file name (each photo its own subject, which keeps splits disjoint but says so)."""
-    given = table['subject'].astype(str).str.strip() if 'subject' in table.columns else pd.Series('', index=table.index)
-    from_names = table['image_path'].map(lambda p: subject_from_name(p, pattern))
-    unmatched = given.eq('') & from_names.isna()
-    if unmatched.any():
-        print(f'warning: --subject_regex {pattern.pattern!r} found no subject in {int(unmatched.sum())} file name(s) '
-              f'(e.g. {table.loc[unmatched, "image_path"].iloc[0]}); each of those photos counts as its own subject')
-    fallback = table['image_path'].map(lambda p: Path(p).stem)
-    table['subject'] = given.where(given != '', from_names.where(~unmatched, fallback))
+def fill_subjects(table: pd.DataFrame, pattern: re.Pattern, one_photo_per_subject: bool = False,
+                  where: str | Path = '') -> pd.DataFrame:
+    """A subject for every row: the ``subject`` column where given; else the patient folder (``grade_N/PATIENT/``,
+    or the folder part of a CSV's ``P001/rest.jpg``) unless ``--subject_regex`` was set; else ``--subject_regex``
+    on the file name, else the whole file name (each photo its own subject, which keeps splits disjoint but says
+    so). With ``one_photo_per_subject`` every photo without a given subject or patient folder is its own subject.
+    Subjects taken from file names that look wrong stop here (``annotations.check_subjects``), naming ``where``."""
+    given = table['subject'].fillna('').astype(str).str.strip() if 'subject' in table.columns \
+        else pd.Series('', index=table.index)
+    patients = table.pop(PATIENT_COLUMN) if PATIENT_COLUMN in table.columns else pd.Series('', index=table.index)
+    explicit_regex = pattern.pattern != DEFAULT_SUBJECT_REGEX
+    derived, sources = subjects_of_paths(table['image_path'].tolist(), pattern, folders=not explicit_regex)
+    derived = pd.Series(derived, index=table.index)
+    sources = pd.Series(sources, index=table.index)
+    from_folder = patients.ne('') | sources.eq('folder')
+    derived = patients.where(patients.ne(''), derived)
+    stems = table['image_path'].map(lambda p: Path(str(p).replace('\\', '/')).stem)
+    if one_photo_per_subject:
+        derived = derived.where(from_folder, stems)
+    else:
+        unmatched = given.eq('') & ~from_folder & table['image_path'].map(
+            lambda p: subject_from_name(Path(str(p).replace('\\', '/')).name, pattern) is None)
+        if unmatched.any():
+            print(f'warning: --subject_regex {pattern.pattern!r} found no subject in {int(unmatched.sum())} file '
+                  f'name(s) (e.g. {table.loc[unmatched, "image_path"].iloc[0]}); each of those photos counts as its '
+                  f'own subject')
+    table['subject'] = given.where(given != '', derived)
+    if not one_photo_per_subject:
+        origin = ['column' if g else ('folder' if f else 'name') for g, f in zip(given, from_folder)]
+        check_subjects(table['subject'].tolist(), table['image_path'].tolist(), origin, where=where,
+                       fixes=SUBJECT_FIXES)
     return table
 
 
 def drop_unusable(table: pd.DataFrame, data_root: Path, progress: bool = True
                   ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Rows whose photo is missing or not an image are left out and listed."""
-    problems = []
-    for rel in tqdm(table['image_path'], desc='checking images', unit='img', disable=not progress or len(table) < 200):
-        path = Path(rel)
-        problems.append(image_problem(path if path.is_absolute() else data_root / path))
+    """Rows whose photo is missing, truncated or not an image (each decoded whole, on a few threads) are left out
+    and listed."""
+    paths = [Path(rel) if Path(rel).is_absolute() else data_root / rel for rel in table['image_path']]
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        problems = list(tqdm(pool.map(image_problem, paths), total=len(paths), desc='checking images', unit='img',
+                             disable=not progress or len(table) < 200))
+    problems = [BACKSLASH_NOT_FOUND if problem == 'file not found' and '\\' in str(rel) else problem
+                for rel, problem in zip(table['image_path'], problems)]
     bad = pd.Series([p is not None for p in problems], index=table.index)
     skipped = [(str(rel), reason) for rel, reason in zip(table['image_path'], problems) if reason is not None]
     kept = table[~bad].reset_index(drop=True)
@@ -270,19 +342,20 @@ def drop_unusable(table: pd.DataFrame, data_root: Path, progress: bool = True
 
 
 def build_fnp_table(data_root: Path | None, input_csv: Path | None, subject_regex: str, ratios: Sequence[float],
-                    seed: int, progress: bool = True) -> tuple[pd.DataFrame, list[tuple[str, str]], Path]:
+                    seed: int, progress: bool = True, one_photo_per_subject: bool = False
+                    ) -> tuple[pd.DataFrame, list[tuple[str, str]], Path]:
     """The annotation table of an FNP-style dataset (grade folders or an input CSV) with subject-disjoint,
     grade-stratified splits. Returns ``(table, skipped photos, data_root)``."""
     ratios = check_ratios(ratios)
     pattern = compile_subject_regex(subject_regex)
     if input_csv is not None:
-        table = read_input_csv(input_csv)
         if data_root is None:
             data_root = input_csv.parent
             print(f'note: image paths in {input_csv} are read relative to its folder {data_root} '
                   f'(pass the same --data_root to training)')
         elif not data_root.is_dir():
             raise UserError(f'--data_root {data_root}: folder not found')
+        table = read_input_csv(input_csv, data_root)
     else:
         if data_root is None:
             raise UserError('--dataset_type FNP needs --data_root (grade_0 .. grade_5 folders) or --input_csv')
@@ -291,7 +364,7 @@ def build_fnp_table(data_root: Path | None, input_csv: Path | None, subject_rege
     if 'split' in table.columns:
         print('note: the input split column is kept as original_split; split is recomputed subject-disjointly')
         table = table.rename(columns={'split': 'original_split'})
-    table = fill_subjects(table, pattern)
+    table = fill_subjects(table, pattern, one_photo_per_subject, input_csv or data_root)
     sides = table['side'] if 'side' in table.columns else pd.Series('', index=table.index)
     read = [side_of(side, grade) for side, grade in zip(sides, table['grade'])]
     table['side'] = [side for side, _ in read]
@@ -307,7 +380,8 @@ def run_fnp(args: argparse.Namespace) -> pd.DataFrame:
     if args.output_csv is None:
         raise UserError('--dataset_type FNP needs --output_csv (where to write the annotation CSV)')
     table, skipped, data_root = build_fnp_table(args.data_root, args.input_csv, args.subject_regex,
-                                                args.split_ratio, args.seed, progress=not args.quiet)
+                                                args.split_ratio, args.seed, progress=not args.quiet,
+                                                one_photo_per_subject=args.one_photo_per_subject)
     table = apply_class_conversion(table, args.convert_classes, args.output_csv)
     status = write_table_safely(table, args.output_csv, args.overwrite)
     write_skipped(skipped, args.output_csv)
@@ -591,10 +665,13 @@ def run_merge(args: argparse.Namespace) -> pd.DataFrame:
         table = read_table(csv_path, 'annotation CSV')
         require_columns(table, ['image_path', 'grade', 'split'], csv_path, 'annotation CSV')
         table['grade'] = parse_grades(table['grade'], csv_path)
+        table['image_path'] = table['image_path'].astype(str).str.strip()
+        table = fix_table_backslashes(table, root, csv_path)
+        table['_where'] = [f'{csv_path} row {row_number(i)}' for i in table.index]
         table = table.reset_index(drop=True)
         if 'subject' in table.columns:
             table['subject'] = table['subject'].fillna('').astype(str)
-        table = fill_subjects(table, pattern)
+        table = fill_subjects(table, pattern, args.one_photo_per_subject, csv_path)
         table['subject'] = name + ':' + table['subject'].astype(str)
         table['image_path'] = _absolute(table['image_path'], root)
         if 'neutral_path' in table.columns:
@@ -602,7 +679,10 @@ def run_merge(args: argparse.Namespace) -> pd.DataFrame:
         table['source'] = name
         tables.append(table)
         print(f'{csv_path}: {len(table)} rows, {table["subject"].nunique()} subjects (as {name}:...)')
-    combined = order_columns(pd.concat(tables, ignore_index=True))
+    combined = pd.concat(tables, ignore_index=True)
+    combined = drop_repeated_rows(combined, 'the merged CSVs', None, combined.pop('_where').tolist(),
+                                  compare_splits=True)
+    combined = order_columns(combined.reset_index(drop=True))
     status = write_table_safely(combined, Path(args.output_csv), args.overwrite)
     print(split_summary(combined))
     print(f'{args.output_csv}: {status} ({len(combined)} rows from {len(csvs)} datasets)')
@@ -647,8 +727,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help='random seed of the split and of the synthetic faces (default: 42)')
     splits.add_argument('--subject_regex', default=DEFAULT_SUBJECT_REGEX,
                        help='regular expression whose first group (or whole match) on the file name without '
-                            'extension is the subject, used where there is no subject column '
+                            'extension is the subject, used where there is no subject column (and, when given, '
+                            'instead of patient folders) '
                             f'(default: {DEFAULT_SUBJECT_REGEX!r}, the part before the first _)')
+    splits.add_argument('--one_photo_per_subject', action='store_true',
+                       help='every photo shows a different person: a photo without a subject column value or '
+                            'patient folder is its own subject, and the check that stops on subjects that look '
+                            'wrong (camera-counter file names, one subject holding most photos) is skipped')
     ck = parser.add_argument_group('CK+')
     ck.add_argument('--grade_mapping', type=Path, default=None,
                     help='CSV mapping CK+ subjects or sequences to palsy grades: columns subject (S005) and/or '

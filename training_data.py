@@ -2,8 +2,9 @@
 folders), validation subjects carved out of the training subjects, the cross-validation pool and its folds, the
 loaders, and the checks and summaries printed before training. ``train_facial_palsy.py`` is its user.
 
-Subjects never cross splits: validation and folds are whole subjects (``annotations.split_subjects``), and a subject
-found in two splits stops the run.
+Subjects never cross splits: validation and folds are whole subjects (``annotations.split_subjects``), a subject
+found in two splits stops the run, and so do subjects taken from file names that look wrong
+(``annotations.check_subjects``) unless ``--one_photo_per_subject`` says every photo shows a different person.
 """
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ from utils import UserError
 
 # share of the training subjects held out for validation when the data gives no validation split
 DEFAULT_VAL_FRACTION = 0.15
+# what gives each photo its patient when the subjects look wrong (annotations.check_subjects)
+SUBJECT_FIXES = ('a subject column in the CSV (prepare_dataset.py writes one; its --subject_regex reads subjects '
+                 'from file names), one folder per patient (grade_N/PATIENT/photo.jpg), or --one_photo_per_subject '
+                 'if every photo shows a different person')
 
 
 # splits
@@ -142,6 +147,30 @@ def split_subjects(dataset: Dataset) -> list[str]:
     return [str(s) for s in dataset.subjects]
 
 
+def settle_subjects(datasets: Sequence[Dataset], args: argparse.Namespace) -> None:
+    """Check the subjects of every photo the run reads before any split is made from them
+    (``annotations.check_subjects``; a one-line ``UserError`` naming the data and the fix). With
+    ``--one_photo_per_subject`` the check is skipped and each photo whose subject came from its file name becomes
+    its own subject (its file name without extension, as ``prepare_dataset.py --one_photo_per_subject`` writes)."""
+    bases = list({id(base): base for base in (DA.base_dataset(d) for d in datasets)}.values())
+    if getattr(args, 'one_photo_per_subject', False):
+        for base in bases:
+            sources = getattr(base, 'subject_sources', None) or []
+            for index, source in enumerate(sources):
+                if source == 'name':
+                    base.subjects[index] = Path(base.paths[index]).stem
+                    base.records[index].subject = base.subjects[index]
+        return
+    subjects: dict[str, tuple[str, str]] = {}  # path -> (subject, source): a photo read by two splits counts once
+    for base in bases:
+        sources = getattr(base, 'subject_sources', None) or ['column'] * len(base.subjects)
+        for path, subject, source in zip(base.paths, base.subjects, sources):
+            subjects.setdefault(str(path), (str(subject), source))
+    where = args.train_csv if args.train_csv is not None else args.data_root
+    annotations.check_subjects([s for s, _ in subjects.values()], list(subjects),
+                               [source for _, source in subjects.values()], where=where, fixes=SUBJECT_FIXES)
+
+
 def carve_validation(labels: Sequence[int], subjects: Sequence[str], fraction: float,
                      seed: int) -> tuple[list[int], list[int]]:
     """Split sample indices into train / val by whole subjects (``annotations.split_subjects`` with ratios
@@ -163,6 +192,9 @@ def build_datasets(args: argparse.Namespace, detector: fpd.LandmarkDetector, pre
     transform = DA.get_augmentation_pipeline(args.augmentation)
     datasets: dict[str, Dataset] = {}
     plain_train = make_dataset(args, sources['train'], detector, preprocess)
+    others = {name: make_dataset(args, sources[name], detector, preprocess)
+              for name in ('val', 'test') if name in sources}
+    settle_subjects([plain_train, *others.values()], args)
     if carve:
         train_idx, val_idx = carve_validation(split_labels(plain_train), split_subjects(plain_train),
                                               args.val_fraction, args.seed)
@@ -172,9 +204,9 @@ def build_datasets(args: argparse.Namespace, detector: fpd.LandmarkDetector, pre
         datasets['val'] = Subset(plain_train, val_idx)
     else:
         datasets['train'] = DA.with_transform(plain_train, transform)
-        datasets['val'] = make_dataset(args, sources['val'], detector, preprocess)
-    if 'test' in sources:
-        datasets['test'] = make_dataset(args, sources['test'], detector, preprocess)
+        datasets['val'] = others['val']
+    if 'test' in others:
+        datasets['test'] = others['test']
     for name, dataset in datasets.items():
         if len(dataset) == 0:
             raise UserError(f'the {name} split has no usable images (see the skipped images above)')
@@ -261,7 +293,7 @@ def split_landmarks(dataset: Dataset) -> list[Any]:
 
 def _csv_paths(csv_path: str, data_root: str, split: str | None) -> set[str]:
     """Photo paths of one split of an annotation CSV, as the dataset resolves them (no photo is opened)."""
-    records, _ = annotations.read_annotation_csv(csv_path, data_root, split)
+    records, _ = annotations.read_annotation_csv(csv_path, data_root, split, verbose=False)
     return {record.path for record in records}
 
 
@@ -279,6 +311,7 @@ def build_cv_pool(args: argparse.Namespace, detector: fpd.LandmarkDetector, prep
     folder except ``test/``. Rows of --test_csv never enter the pool."""
     source = SplitSource(args.train_csv, None)
     dataset = make_dataset(args, source, detector, preprocess)
+    settle_subjects([dataset], args)
     paths = [str(p) for p in dataset.paths]
     keep = [True] * len(paths)
     if args.train_csv is not None:

@@ -296,3 +296,127 @@ def test_grade_mapping_sequences_win_over_subjects_and_bad_rows_are_listed(tmp_p
         ann.read_grade_mapping(tmp_path / 'bad.csv')
     with pytest.raises(UserError, match='CK\\+ images carry no palsy grades'):
         ann.scan_ckplus(tmp_path, None)
+
+
+# photos listed more than once
+
+def test_repeated_photos_are_duplicates_or_conflicts():
+    keys = ['a', 'b', 'a', 'c', 'b', 'a', 'c']
+    repeats = ann.find_repeated_photos(keys, [1, 2, 1, 3, 4, 1, 3], [f'row {i + 2}' for i in range(7)],
+                                       splits=['train', 'train', 'train', 'train', 'train', 'train', 'test'])
+    assert repeats.dropped == {2: 0, 5: 0}  # a: same grade and split, read once (the first row wins)
+    assert repeats.conflicts == [[1, 4], [3, 6]]  # b: two grades; c: two splits
+    assert repeats.describe_conflict([1, 4]) == 'b: row 3 (grade 2), row 6 (grade 4)'
+    assert repeats.describe_conflict([3, 6]) == 'c: row 5 (grade 3, train), row 8 (grade 3, test)'
+    assert repeats.duplicate_note('x.csv') == ('note: x.csv: 2 duplicate row(s) dropped (a photo listed again with '
+                                               'the same grade): row 4 (as row 2: a), row 7 (as row 2: a)')
+    assert ann.find_repeated_photos(keys, [1, 2, 1, 3, 4, 1, 3], keys).conflicts == [[1, 4]]  # splits not compared
+    assert ann.photo_key('./grade_1/../grade_1/x.jpg', '/d') == ann.photo_key('grade_1/x.jpg', '/d')
+
+
+def test_annotation_csv_drops_duplicate_rows_once_and_skips_photos_with_two_grades(tmp_path, capsys):
+    csv = tmp_path / 'a.csv'
+    csv.write_text('image_path,grade,side,split\n'
+                   'grade_1/P1_a.jpg,1,left,train\n'      # row 2
+                   'grade_2/P2_a.jpg,2,left,train\n'      # row 3
+                   './grade_1/P1_a.jpg,1,left,train\n'    # row 4: row 2 again
+                   'grade_2/P2_a.jpg,3,left,train\n'      # row 5: row 3 with another grade
+                   'grade_4/P4_a.jpg,4,right,train\n'     # row 6
+                   'grade_4/P4_a.jpg,4,right,test\n'      # row 7: row 6 in another split
+                   'grade_5/P5_a.jpg,5,left,val\n')
+    records, skipped = ann.read_annotation_csv(csv, tmp_path, 'train')
+    assert [Path(r.path).name for r in records] == ['P1_a.jpg']
+    out = capsys.readouterr().out.splitlines()
+    assert f'note: {csv}: 1 duplicate row(s) dropped (a photo listed again with the same grade): row 4 (as row 2: ' \
+           f'./grade_1/P1_a.jpg)' in out
+    warning = [line for line in out if line.startswith('warning:')]
+    assert warning == [f'warning: {csv}: 2 photo(s) listed with different grades or splits: grade_2/P2_a.jpg: row 3 '
+                       f'(grade 2), row 5 (grade 3); grade_4/P4_a.jpg: row 6 (grade 4, train), row 7 (grade 4, test); '
+                       f'every row of them is left out (listed with the skipped images)']
+    reasons = {reason for _, reason in skipped}
+    assert reasons == {f'{csv}: listed with different grades, so neither is used: grade_2/P2_a.jpg: row 3 (grade 2), '
+                       f'row 5 (grade 3)',
+                       f'{csv}: listed with different splits, so neither is used: grade_4/P4_a.jpg: row 6 (grade 4, '
+                       f'train), row 7 (grade 4, test)'}
+    assert len(skipped) == 3  # rows 3, 5 and 6: every train row of both photos
+    (val,), _ = ann.read_annotation_csv(csv, tmp_path, 'val')  # other splits are not touched
+    assert val.grade == 5 and capsys.readouterr().out == ''  # the table's notes are said once
+
+
+def test_backslash_paths_are_read_with_slashes_or_named_in_the_not_found_reason(tmp_path, capsys):
+    (tmp_path / 'grade_3').mkdir()
+    (tmp_path / 'grade_3' / 'P001_a.jpg').write_bytes(b'x')
+    csv = tmp_path / 'win.csv'
+    csv.write_text('image_path,grade,side,split\ngrade_3\\P001_a.jpg,3,left,train\ngrade_3\\P002_a.jpg,3,left,train\n')
+    records, skipped = ann.read_annotation_csv(csv, tmp_path, 'train')
+    assert [r.path for r in records] == [str(tmp_path / 'grade_3' / 'P001_a.jpg')] and records[0].subject == 'P001'
+    assert capsys.readouterr().out.strip() == (f'note: {csv}: 1 image path(s) with backslashes (written on '
+                                               f'Windows?) are read with / (first: grade_3\\P001_a.jpg -> '
+                                               f'grade_3/P001_a.jpg)')
+    assert skipped == [(str(tmp_path / 'grade_3\\P002_a.jpg'), f'{csv} row 3: file not found (the path has '
+                                                              f'backslashes \\ and the file is not there with / '
+                                                              f'either)')]
+    paths, changed = ann.fix_backslash_paths(['grade_3\\P001_a.jpg', 'grade_3/P001_a.jpg'], tmp_path)
+    assert paths == ['grade_3/P001_a.jpg', 'grade_3/P001_a.jpg'] and changed == [0]
+
+
+# subjects
+
+def test_patient_folders_inside_grade_folders_give_the_subject(tmp_path):
+    for path in ('grade_2/P001/rest.jpg', 'grade_2/P001/smile.jpg', 'grade_2/P001/visit2/eyes.jpg',
+                 'grade_2/P002/rest.jpg', 'grade_2/S9_a.jpg', 'grade_2/.git/x.jpg', 'grade_7/P003/rest.jpg'):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b'x')
+    records, skipped = ann.scan_grade_folders(tmp_path, verbose=False)
+    found = [(Path(r.path).relative_to(tmp_path).as_posix(), r.subject, r.subject_source) for r in records]
+    assert found == [('grade_2/P001/rest.jpg', 'P001', 'folder'), ('grade_2/P001/smile.jpg', 'P001', 'folder'),
+                     ('grade_2/P001/visit2/eyes.jpg', 'P001', 'folder'), ('grade_2/P002/rest.jpg', 'P002', 'folder'),
+                     ('grade_2/S9_a.jpg', 'S9', 'name')]
+    assert skipped == [(str(tmp_path / 'grade_7/P003/rest.jpg'), 'folder grade_7: grade outside 0-5')]
+
+
+def test_a_csv_folder_part_gives_the_subject_but_one_shared_folder_does_not(tmp_path):
+    assert ann.subjects_of_paths(['P001/rest.jpg', 'P001/smile.jpg', 'P002/rest.jpg']) == (
+        ['P001', 'P001', 'P002'], ['folder'] * 3)
+    assert ann.subjects_of_paths(['grade_3/P001/rest.jpg', 'grade_3\\P002\\rest.jpg'])[0] == ['P001', 'P002']
+    # grade and split folders and one folder holding every photo are places, not patients
+    assert ann.subjects_of_paths(['images/S001_01.jpg', 'images/S002_01.jpg']) == (['S001', 'S002'], ['name'] * 2)
+    assert ann.subjects_of_paths(['train/grade_1/S1_a.jpg', 'test/grade_2/S2_a.jpg', 'S3_a.jpg'])[0] == \
+        ['S1', 'S2', 'S3']
+    csv = tmp_path / 'rows.csv'
+    csv.write_text('image_path,grade,side,split,subject\nP001/rest.jpg,1,left,train,\nP002/rest.jpg,2,left,train,\n'
+                   'P003/rest.jpg,2,left,train,Ann\n')
+    records, _ = ann.read_annotation_csv(csv, tmp_path, 'train')
+    assert [(r.subject, r.subject_source) for r in records] == [('P001', 'folder'), ('P002', 'folder'),
+                                                                ('Ann', 'column')]
+
+
+@pytest.mark.parametrize('names, reason', [
+    ([f'DSC{1000 + i:05d}.jpg' for i in range(12)], 'each of them is a subject of its own (12 subjects)'),
+    ([f'{i:04d}.jpg' for i in range(4)], 'each of them is a subject of its own'),
+    ([f'P10{i:05d}.JPG' for i in range(3)], 'camera-counter file names (P1000000, P1000001, P1000002, ...)'),
+    ([f'IMG_{i:04d}.jpg' for i in range(5)], "their subjects are camera prefixes or dates (IMG)"),
+    ([f'2024010{i % 3}_1234{i:02d}.jpg' for i in range(9)], 'camera prefixes or dates (20240100, 20240101'),
+    ([f'patient_{i:02d}_rest.jpg' for i in range(10)], "subject 'patient' (from the file names) holds 10 of the 10"),
+])
+def test_subjects_from_camera_names_or_one_common_word_are_refused(names, reason):
+    subjects, sources = ann.subjects_of_paths([f'grade_1/{n}' for n in names])
+    with pytest.raises(UserError) as err:
+        ann.check_subjects(subjects, names, sources, where='my.csv', fixes='a subject column')
+    message = str(err.value)
+    assert reason in message and message.startswith('my.csv: ') and '\n' not in message
+    assert message.endswith('; give each photo its patient: a subject column')
+
+
+@pytest.mark.parametrize('names, sources', [
+    ([f'S{i:03d}_01.jpg' for i in range(36)], None),                       # the synthetic set, one photo each
+    ([f'S{i // 5:03d}_{i % 5:02d}.jpg' for i in range(600)], None),        # the quick start
+    ([f'patient{i}-rest.jpg' for i in range(12)], None),                     # one photo per named patient
+    ([f'{i // 3:04d}_{i % 3}.jpg' for i in range(30)], None),               # numeric patient ids, three photos each
+    ([f'DSC{1000 + i:05d}.jpg' for i in range(12)], ['column'] * 12),       # a subject column is the user's word
+    ([f'IMG_{i:04d}.jpg' for i in range(12)], ['folder'] * 12),             # so is a patient folder
+    ([f'patient_{i:02d}_rest.jpg' for i in range(9)], None),                 # too few photos to judge the spread
+])
+def test_subjects_that_look_right_pass(names, sources):
+    subjects, derived = ann.subjects_of_paths(names)
+    assert ann.subject_problem(subjects, names, sources or derived) is None

@@ -320,7 +320,7 @@ def test_bad_rows_and_unusable_images_are_skipped_and_listed(tmp_path, fake_mtcn
                          'missing.png']]
     rows += [{'image_path': 'ok.png', 'grade': 'III', 'side': 'left', 'split': 'train'},   # row 10
              {'image_path': 'ok.png', 'grade': 7, 'side': 'left', 'split': 'train'},       # row 11
-             {'image_path': 'ok.png', 'grade': 1, 'side': 'left', 'split': 'val'}]
+             {'image_path': 'photo.jpg', 'grade': 1, 'side': 'left', 'split': 'val'}]
     csv_file = annotated_csv(tmp_path, rows)
     cache = tmp_path / 'cache'
     val = fpd.FacialPalsyDataset(tmp_path, csv_file, split='val', cache_dir=cache, verbose=False)
@@ -434,7 +434,7 @@ def test_annotation_csv_gives_the_rest_photo_and_its_landmarks(tmp_path):
     row = {'image_path': 'grade_2/a_1.jpg', 'grade': 2, 'side': 'left', 'split': 'train',
            'neutral_path': 'rest/grade_2/a_1_rest.jpg', **landmark_columns(points),
            **{f'neutral_{k}': v + 1.0 for k, v in landmark_columns(points).items()}}
-    plain = {k: v for k, v in row.items() if not k.startswith('neutral')}
+    plain = {**{k: v for k, v in row.items() if not k.startswith('neutral')}, 'image_path': 'grade_2/b_1.jpg'}
     csv_path = write_csv(tmp_path / 'pairs.csv', [row, plain])
     records, skipped = fpd.read_annotation_csv(csv_path, tmp_path, 'train')
     assert not skipped and len(records) == 2
@@ -498,3 +498,36 @@ def test_dataset_takes_a_preprocess_as_it_is(tmp_path, fake_mtcnn):
     with pytest.raises(UserError, match='input_mode regions differs'):
         fpd.FacialPalsyDataset(root, split='all', preprocess=preprocess, input_mode='regions',
                                cache_dir=tmp_path / 'cache', verbose=False)
+
+
+# photos listed twice, Windows paths and patient folders
+
+def test_duplicate_rows_are_read_once_and_a_photo_with_two_grades_is_skipped_with_both_rows(tmp_path, fake_mtcnn,
+                                                                                            capsys):
+    for name in ('a.png', 'b.png', 'c.png'):
+        write_rgb(tmp_path / 'grade_1' / name, coloured_points_photo())
+    rows = [{'image_path': 'grade_1/a.png', 'grade': 1, 'side': 'left', 'split': 'train'},   # row 2
+            {'image_path': 'grade_1/b.png', 'grade': 1, 'side': 'left', 'split': 'train'},   # row 3
+            {'image_path': 'grade_1/a.png', 'grade': 1, 'side': 'left', 'split': 'train'},   # row 4: row 2 again
+            {'image_path': 'grade_1/b.png', 'grade': 4, 'side': 'left', 'split': 'train'},   # row 5: b, another grade
+            {'image_path': 'grade_1\\c.png', 'grade': 1, 'side': 'left', 'split': 'train'}]  # made on Windows
+    csv_file = annotated_csv(tmp_path, rows)
+    dataset = fpd.FacialPalsyDataset(tmp_path, csv_file, split='train', cache_dir=tmp_path / 'cache')
+    assert [Path(p).name for p in dataset.paths] == ['a.png', 'c.png'] and dataset.subjects == ['a', 'c']
+    out = capsys.readouterr().out
+    assert f'note: {csv_file}: 1 duplicate row(s) dropped (a photo listed again with the same grade): row 4 (as ' \
+           f'row 2: grade_1/a.png)' in out
+    assert f'warning: {csv_file}: 1 photo(s) listed with different grades or splits: grade_1/b.png: row 3 (grade ' \
+           f'1), row 5 (grade 4); every row of them is left out' in out
+    assert f'note: {csv_file}: 1 image path(s) with backslashes' in out
+    listed = read_csv(dataset.skipped_csv)
+    assert [row['reason'] for row in listed] == [f'{csv_file}: listed with different grades, so neither is used: '
+                                                 f'grade_1/b.png: row 3 (grade 1), row 5 (grade 4)'] * 2
+
+
+def test_patient_folders_inside_grade_folders_are_read_with_their_subject(tmp_path, fake_mtcnn):
+    for path in ('grade_1/P001/rest.png', 'grade_1/P001/smile.png', 'grade_3/P002/rest.png', 'grade_3/S7_a.png'):
+        write_rgb(tmp_path / 'data' / path, coloured_points_photo())
+    dataset = fpd.FacialPalsyDataset(tmp_path / 'data', split='all', cache_dir=tmp_path / 'cache', verbose=False)
+    assert dataset.subjects == ['P001', 'P001', 'P002', 'S7'] and dataset.labels == [1, 1, 3, 3]
+    assert dataset.subject_sources == ['folder', 'folder', 'folder', 'name']

@@ -176,7 +176,7 @@ def test_missing_and_corrupt_images_are_left_out_and_listed(tmp_path):
     assert pd.read_csv(out)['image_path'].tolist() == ['grade_1/p1_a.png']
     skipped = pd.read_csv(tmp_path / 'out_skipped.csv')
     assert skipped['path'].tolist() == ['grade_1/p2_a.jpg', 'grade_1/p3_gone.jpg']
-    assert skipped['reason'].tolist() == ['not a readable image (UnidentifiedImageError)', 'file not found']
+    assert skipped['reason'].tolist() == ['not a readable image (unknown format or corrupt data)', 'file not found']
 
 
 def test_subject_regex_and_side_defaults(tmp_path):
@@ -282,3 +282,140 @@ def test_pairs_refuse_resting_expressions_before_touching_the_folder(tmp_path):
                    '--images_per_subject', '1', '--image_size', '64', '--pairs', '--expressions', 'rest',
                    '--detection_check', '0', '--quiet'])
     assert sorted(p.name for p in root.rglob('*.jpg')) == before
+
+
+# bad data never passes silently
+
+def small_photos(root: Path, paths: list[str]) -> Path:
+    for rel in paths:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / rel), np.full((8, 8, 3), 90, np.uint8))
+    return root
+
+
+def prepare_csv(tmp_path: Path, root: Path, text: str, *extra: str) -> tuple[Path, Path]:
+    source, out = tmp_path / 'in.csv', tmp_path / 'out.csv'
+    source.write_text(text)
+    prep.main(['--dataset_type', 'FNP', '--input_csv', str(source), '--data_root', str(root), '--output_csv',
+               str(out), '--quiet', *extra])
+    return source, out
+
+
+def test_duplicate_rows_are_dropped_once_and_named(tmp_path, capsys):
+    root = small_photos(tmp_path / 'data', [f'grade_{g}/P{g}{k}_a.png' for g in (1, 2) for k in range(3)])
+    rows = ''.join(f'grade_{g}/P{g}{k}_a.png,{g}\n' for g in (1, 2) for k in range(3))
+    source, out = prepare_csv(tmp_path, root, 'image_path,grade\n' + rows + 'grade_1/P10_a.png,1\n'
+                              './grade_2/P21_a.png,2\n')
+    assert (f'note: {source}: 2 duplicate row(s) dropped (a photo listed again with the same grade): row 8 (as '
+            f'row 2: grade_1/P10_a.png), row 9 (as row 6: ./grade_2/P21_a.png)') in capsys.readouterr().out
+    table = pd.read_csv(out)
+    assert sorted(table['image_path']) == sorted(f'grade_{g}/P{g}{k}_a.png' for g in (1, 2) for k in range(3))
+
+
+def test_a_photo_with_two_grades_is_refused_naming_both_rows(tmp_path):
+    root = small_photos(tmp_path / 'data', ['grade_1/P1_a.png', 'grade_2/P2_a.png'])
+    with pytest.raises(UserError) as err:
+        prepare_csv(tmp_path, root, 'image_path,grade\ngrade_1/P1_a.png,1\ngrade_2/P2_a.png,2\ngrade_1/P1_a.png,3\n')
+    assert str(err.value) == (f'{tmp_path / "in.csv"}: 1 photo(s) listed with different grades or splits: '
+                              f'grade_1/P1_a.png: row 2 (grade 1), row 4 (grade 3); keep one row per photo')
+    assert not (tmp_path / 'out.csv').exists()
+
+
+def test_merge_drops_duplicates_and_refuses_a_photo_in_two_splits(tmp_path, capsys):
+    root = small_photos(tmp_path / 'fnp', ['grade_1/S1_a.png', 'grade_1/S2_a.png'])
+    first, second, out = tmp_path / 'a.csv', tmp_path / 'b.csv', tmp_path / 'merged.csv'
+    first.write_text('image_path,grade,split,subject\ngrade_1/S1_a.png,1,train,S1\ngrade_1/S2_a.png,1,test,S2\n')
+    second.write_text('image_path,grade,split,subject\ngrade_1/S1_a.png,1,train,S1\n')
+    merge = ['--dataset_type', 'merge', '--input_csv', str(first), str(second), '--data_root', str(root), str(root),
+             '--output_csv', str(out)]
+    prep.main(merge)
+    assert (f'note: the merged CSVs: 1 duplicate row(s) dropped (a photo listed again with the same grade): {second} '
+            f'row 2 (as {first} row 2: {root.resolve() / "grade_1/S1_a.png"})') in capsys.readouterr().out
+    assert len(pd.read_csv(out)) == 2
+    second.write_text('image_path,grade,split,subject\ngrade_1/S2_a.png,1,train,S2\n')
+    with pytest.raises(UserError, match=rf'photo\(s\) listed with different grades or splits: .*S2_a.png: '
+                                        rf'{first} row 3 \(grade 1, test\), {second} row 2 \(grade 1, train\)'):
+        prep.main(merge + ['--overwrite'])
+
+
+def test_truncated_jpegs_are_decoded_and_left_out(tmp_path):
+    root = small_photos(tmp_path / 'data', ['grade_1/P1_a.jpg', 'grade_1/P2_a.jpg'])
+    whole = (root / 'grade_1' / 'P2_a.jpg').read_bytes()
+    (root / 'grade_1' / 'P2_a.jpg').write_bytes(whole[:len(whole) - 40])  # the header still reads
+    table = fnp(root, tmp_path / 'out.csv')
+    assert table['image_path'].tolist() == ['grade_1/P1_a.jpg']
+    skipped = pd.read_csv(tmp_path / 'out_skipped.csv')
+    assert skipped.values.tolist() == [['grade_1/P2_a.jpg', 'truncated JPEG (the file ends before the image data '
+                                                            'does)']]
+
+
+def test_backslash_paths_are_read_with_slashes_and_hinted_when_missing(tmp_path, capsys):
+    root = small_photos(tmp_path / 'data', ['grade_3/P1_a.png', 'grade_3/P1_b.png'])
+    _, out = prepare_csv(tmp_path, root, 'image_path,grade\ngrade_3\\P1_a.png,3\ngrade_3\\P1_b.png,3\n'
+                                         'grade_3\\P9_a.png,3\n')
+    assert pd.read_csv(out)['image_path'].tolist() == ['grade_3/P1_a.png', 'grade_3/P1_b.png']
+    skipped = pd.read_csv(tmp_path / 'out_skipped.csv')
+    assert skipped.values.tolist() == [['grade_3\\P9_a.png', 'file not found (the path has backslashes \\ and the '
+                                                             'file is not there with / either)']]
+
+
+def test_backslash_note_is_one_line_for_the_table(tmp_path, capsys):
+    root = small_photos(tmp_path / 'data', ['grade_3/P1_a.png', 'grade_3/P1_b.png'])
+    source, _ = prepare_csv(tmp_path, root, 'image_path,grade\ngrade_3\\P1_a.png,3\ngrade_3\\P1_b.png,3\n')
+    notes = [line for line in capsys.readouterr().out.splitlines() if 'backslashes' in line]
+    assert notes == [f'note: {source}: 2 image path(s) with backslashes (written on Windows?) are read with / '
+                     f'(first: grade_3\\P1_a.png -> grade_3/P1_a.png)']
+
+
+def test_patient_folders_give_the_subject_in_grade_folders(tmp_path):
+    paths = [f'grade_{g}/P{g}{k}/{view}.png' for g in (1, 4) for k in range(3) for view in ('rest', 'smile')]
+    table = fnp(small_photos(tmp_path / 'data', paths), tmp_path / 'out.csv')
+    assert sorted(table['image_path']) == sorted(paths)
+    assert dict(zip(table['image_path'], table['subject']))['grade_4/P42/smile.png'] == 'P42'
+    assert table['subject'].nunique() == 6 and table.groupby('subject')['split'].nunique().max() == 1
+    assert '_patient_folder' not in table.columns
+
+
+def test_a_csv_of_patient_folders_takes_the_subject_from_the_folder(tmp_path):
+    paths = [f'P{k:03d}/{view}.png' for k in range(6) for view in ('rest', 'smile', 'eyes')]
+    root = small_photos(tmp_path / 'data', paths)
+    rows = ''.join(f'{p},{int(p[1:4]) % 3}\n' for p in paths)
+    _, out = prepare_csv(tmp_path, root, 'image_path,grade\n' + rows)
+    table = pd.read_csv(out)
+    assert dict(zip(table['image_path'], table['subject'])) == {p: p[:4] for p in paths}
+    assert table.groupby('subject')['split'].nunique().max() == 1
+
+
+def test_camera_names_stop_preparation_until_the_user_says_one_photo_per_subject(tmp_path):
+    paths = [f'grade_{k % 6}/DSC{1000 + k:05d}.JPG' for k in range(12)]
+    root = small_photos(tmp_path / 'data', paths)
+    with pytest.raises(UserError) as err:
+        fnp(root, tmp_path / 'out.csv')
+    message = str(err.value)
+    assert message.startswith(f'{root}: 12 of 12 photos have camera-counter file names (DSC01000, DSC01006, '
+                              f'DSC01001, ...) and each of them is a subject of its own (12 subjects), so one '
+                              f'patient\'s photos can land in train and test alike; give each photo its patient: ')
+    assert message.endswith(prep.SUBJECT_FIXES) and '\n' not in message
+    assert '--one_photo_per_subject' in message and '--subject_regex' in message and 'subject column' in message
+    assert not (tmp_path / 'out.csv').exists()
+    table = fnp(root, tmp_path / 'out.csv', '--one_photo_per_subject')
+    assert sorted(table['subject']) == sorted(Path(p).stem for p in paths)
+
+
+def test_one_subject_holding_most_photos_stops_preparation(tmp_path):
+    paths = [f'grade_{k % 6}/patient_{k:02d}_rest.png' for k in range(12)]
+    root = small_photos(tmp_path / 'data', paths)
+    with pytest.raises(UserError, match=r"subject 'patient' \(from the file names\) holds 12 of the 12 photos, so "
+                                        r"the split would not be by patient; give each photo its patient: a subject "
+                                        r"column in --input_csv, --subject_regex"):
+        fnp(root, tmp_path / 'out.csv')
+    table = fnp(root, tmp_path / 'out.csv', '--subject_regex', r'^patient_(\d+)')
+    assert table['subject'].nunique() == 12
+
+
+def test_an_explicit_subject_regex_wins_over_folders(tmp_path):
+    paths = [f'session{s}/P{k}_{view}.png' for s in (1, 2) for k in range(4) for view in ('rest', 'smile')]
+    root = small_photos(tmp_path / 'data', paths)
+    rows = ''.join(f'{p},{int(p.split("/P")[1][0]) % 2}\n' for p in paths)
+    _, out = prepare_csv(tmp_path, root, 'image_path,grade\n' + rows, '--subject_regex', r'^(P\d+)')
+    assert sorted(pd.read_csv(out)['subject'].unique()) == ['P0', 'P1', 'P2', 'P3']

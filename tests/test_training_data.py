@@ -33,3 +33,47 @@ def test_assign_folds_is_subject_wise_and_stratified():
     assert loso == {s: k + 1 for k, s in enumerate(sorted(folds))}
     with pytest.raises(UserError, match='only 12 subjects'):
         training_data.assign_folds(labels, subjects, 13, seed=0)
+
+
+# subjects that look wrong stop the run before any split is made
+
+def _args(root, **extra):
+    import argparse
+    return argparse.Namespace(data_root=str(root), train_csv=None, val_csv=None, test_csv=None, dataset_type='FNP',
+                              num_classes=6, preload=False, augmentation='none', val_fraction=0.25, seed=0,
+                              **extra)
+
+
+@pytest.fixture
+def camera_photos(tmp_path, monkeypatch):
+    """12 photos with camera-counter names in grade folders, read with a stand-in for MTCNN."""
+    import facial_palsy_dataset as fpd
+    from _data_images import ColourMTCNN, coloured_points_photo, write_rgb
+
+    fake = ColourMTCNN()
+    monkeypatch.setattr(fpd.LandmarkDetector, '_build_mtcnn', lambda self: fake)
+    for k in range(12):
+        write_rgb(tmp_path / 'data' / f'grade_{k % 6}' / f'IMG_{k:04d}.png', coloured_points_photo())
+    detector = fpd.LandmarkDetector(cache_dir=tmp_path / 'cache', progress=False)
+    return tmp_path / 'data', detector, fpd.default_preprocess()
+
+
+def test_camera_names_stop_training_with_the_fix(camera_photos):
+    root, detector, preprocess = camera_photos
+    with pytest.raises(UserError) as err:
+        training_data.build_datasets(_args(root), detector, preprocess)
+    message = str(err.value)
+    assert message == (f'{root}: 12 of 12 photos have camera-counter file names (IMG_0000, IMG_0006, IMG_0001, ...) '
+                       f'and their subjects are camera prefixes or dates (IMG), so one patient\'s photos can land in '
+                       f'train and test alike; give each photo its patient: {training_data.SUBJECT_FIXES}')
+    assert '--one_photo_per_subject' in message and 'subject column' in message
+    with pytest.raises(UserError, match='camera-counter file names'):
+        training_data.build_cv_pool(_args(root), detector, preprocess)
+
+
+def test_one_photo_per_subject_makes_each_photo_its_own_subject(camera_photos):
+    root, detector, preprocess = camera_photos
+    datasets = training_data.build_datasets(_args(root, one_photo_per_subject=True), detector, preprocess)
+    train, val = (set(training_data.split_subjects(datasets[name])) for name in ('train', 'val'))
+    assert len(train) + len(val) == 12 and not train & val
+    assert train | val == {f'IMG_{k:04d}' for k in range(12)}
