@@ -2,6 +2,9 @@
 evaluation over a loader, best-epoch tracking, the per-epoch logs and curves, and ``fit``, which runs the epochs,
 selects on validation and writes the checkpoints.
 
+Each epoch starts from random state seeded by (seed, epoch) (``seed_epoch``), and ``last.pth`` is written only
+when an epoch is complete, so a run resumed from it repeats exactly the epochs an uninterrupted run would have.
+
 Nothing here parses arguments or builds datasets: the training script passes in what it built.
 """
 from __future__ import annotations
@@ -64,6 +67,25 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int, floor: float = 0.01)
 
 
 # one epoch
+
+def epoch_seed(*keys: int) -> int:
+    """A 63-bit seed drawn from ``keys`` (the run's seed, the epoch...) by numpy's ``SeedSequence``, so nearby
+    keys give unrelated streams."""
+    entropy = [int(key) % 2 ** 64 for key in keys]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def seed_epoch(loader: DataLoader, *keys: int) -> int:
+    """Seed python, numpy, torch and the loader's generator from ``keys`` at the start of an epoch: the shuffle,
+    augmentations, MixUp, the side-swapping mirror and dropout of that epoch then depend on nothing before it, and
+    a resumed run replays them. A loader with workers derives their seeds from the generator when the epoch's
+    workers start; persistent workers would keep the random state of the first epoch instead."""
+    seed = epoch_seed(*keys)
+    utils.seed_everything(seed)
+    if getattr(loader, 'generator', None) is not None:
+        loader.generator.manual_seed(seed)
+    return seed
+
 
 @dataclass
 class TrainContext:
@@ -209,14 +231,15 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocas
 
 @dataclass
 class BestTracker:
-    """Best validation value of the selection metric and the epoch that reached it."""
+    """Best validation value of the selection metric, the epoch that reached it and that epoch's metrics."""
     name: str
     value: float | None = None
     epoch: int = 0
+    metrics: dict | None = None
 
-    def update(self, value: float, epoch: int) -> bool:
+    def update(self, value: float, epoch: int, metrics: dict | None = None) -> bool:
         if M.is_improvement(self.name, value, self.value):
-            self.value, self.epoch = float(value), int(epoch)
+            self.value, self.epoch, self.metrics = float(value), int(epoch), metrics
             return True
         return False
 
@@ -234,9 +257,10 @@ def history_row(epoch: int, lr: float, train: dict, val: dict, seconds: float, i
     return row
 
 
-def write_logs(history: list[dict], log_dir: Path, best: BestTracker, plot: bool = True) -> None:
-    """Rewrite summary.csv, training_history.json and (with ``plot``) the curves from the whole history, so a
-    resumed run's logs continue the interrupted ones."""
+def write_logs(history: list[dict], log_dir: Path, best: BestTracker, plot: bool = True,
+               run_id: str | None = None) -> None:
+    """Rewrite summary.csv, training_history.json (with the ``run_id``) and (with ``plot``) the curves from the
+    whole history, so a resumed run's logs continue the interrupted ones."""
     columns = [k for k in history[0] if not isinstance(history[0][k], list)]  # per-class / confusion lists
     utils.atomic_write_csv(log_dir / 'summary.csv', columns,
                            ({k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in row.items() if k in columns}
@@ -247,7 +271,8 @@ def write_logs(history: list[dict], log_dir: Path, best: BestTracker, plot: bool
     payload = {'train_loss': series['train_loss'], 'train_acc': series['train_accuracy'],
                'val_loss': series['val_loss'], 'val_acc': series['val_accuracy'], 'val_f1': series['val_macro_f1'],
                **{k: v for k, v in series.items() if k not in ('train_loss', 'val_loss')},
-               'select_metric': best.name, 'best_epoch': best.epoch, 'best_metric': best.value}
+               'select_metric': best.name, 'best_epoch': best.epoch, 'best_metric': best.value,
+               'run_id': run_id}
     best_row = next((row for row in history if row['epoch'] == best.epoch), None)
     if best_row is not None and 'val_side_confusion_matrix' in best_row:
         payload['side_names'] = list(SIDE_CLASSES)
@@ -290,31 +315,42 @@ def plot_curves(history: list[dict], path: Path, best: BestTracker) -> None:
 # the epoch loop
 
 def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namespace, start_epoch: int,
-        best: BestTracker, history: list[dict], state: Callable[[int, dict | None], dict]) -> dict[str, Any]:
-    """The epoch loop: train, validate, select on validation, checkpoint, log. Ctrl-C saves ``last.pth`` (the
-    weights of the interrupted epoch, labelled with the last completed one) and returns normally."""
+        best: BestTracker, history: list[dict], state: Callable[[int, dict | None], dict], *,
+        seed: Sequence[int] | None = None, run_id: str | None = None,
+        on_saved: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The epoch loop: train, validate, select on validation, checkpoint, log.
+
+    Each epoch is seeded from ``(*seed, epoch)`` (default ``(args.seed,)``). At its end the files are written in
+    an order that loses nothing when the process dies between two of them: ``best_model.pth``, ``epoch_<N>.pth``
+    (weights only), the logs, and last ``last.pth``, which thus always holds a completed epoch; ``on_saved(epoch)``
+    follows. Ctrl-C stops at once without saving the unfinished epoch, says which epoch ``last.pth`` holds and
+    returns normally with ``interrupted`` set."""
     save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
-    last_epoch, interrupted, stopped_early = start_epoch - 1, False, False
-    best_val_metrics = None
+    seed = tuple(seed) if seed is not None else (args.seed,)
+    saved, interrupted, stopped_early = start_epoch - 1, False, False
+    saved_best = (best.value, best.epoch, best.metrics)
+    epoch = start_epoch
     try:
         for epoch in range(start_epoch, args.epochs + 1):
+            seed_epoch(loaders['train'], *seed, epoch)
             started, lr = time.time(), ctx.optimizer.param_groups[0]['lr']
             train_stats = train_one_epoch(ctx, loaders['train'], epoch, args.epochs)
             val_metrics = evaluate(ctx.model, loaders['val'], ctx.device, ctx.autocast, args.num_classes, 'val',
                                    prediction=ctx.prediction, multitask=ctx.multitask)
             if ctx.scheduler is not None and not ctx.step_per_batch:
                 ctx.scheduler.step(val_metrics[args.select_metric])
-            improved = best.update(val_metrics[args.select_metric], epoch)
+            improved = best.update(val_metrics[args.select_metric], epoch, val_metrics)
             history.append(history_row(epoch, lr, train_stats, val_metrics, time.time() - started, improved))
-            last_epoch = epoch
             snapshot = state(epoch, val_metrics)  # built once, written up to three times
             if improved:
-                best_val_metrics = val_metrics
                 checkpoints.save_checkpoint(snapshot, save_dir / 'best_model.pth')
-            checkpoints.save_checkpoint(snapshot, save_dir / 'last.pth')
             if args.save_interval and epoch % args.save_interval == 0:
-                checkpoints.save_checkpoint(snapshot, save_dir / f'epoch_{epoch}.pth')
-            write_logs(history, log_dir, best, plot=epoch % PLOT_EVERY == 0)
+                checkpoints.save_checkpoint(checkpoints.weights_only(snapshot), save_dir / f'epoch_{epoch}.pth')
+            write_logs(history, log_dir, best, plot=epoch % PLOT_EVERY == 0, run_id=run_id)
+            checkpoints.save_checkpoint(snapshot, save_dir / 'last.pth')
+            saved, saved_best = epoch, (best.value, best.epoch, best.metrics)
+            if on_saved is not None:
+                on_saved(epoch)
             print(f'epoch {epoch}/{args.epochs} | lr {lr:.2e} | train loss {train_stats["loss"]:.4f} '
                   f'acc {train_stats["accuracy"]:.3f} | val loss {val_metrics["loss"]:.4f} '
                   f'{M.format_metrics(val_metrics)}{side_text(val_metrics)}{" | best" if improved else ""}')
@@ -324,16 +360,28 @@ def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namesp
                 break
     except KeyboardInterrupt:
         interrupted = True
-        checkpoints.save_checkpoint(state(last_epoch, None), save_dir / 'last.pth')
-        print(f'\ninterrupted: saved {save_dir / "last.pth"} (epoch {last_epoch} completed); continue with '
-              f'--resume {save_dir / "last.pth"}')
+        history[:] = [row for row in history if row['epoch'] <= saved]  # the unfinished epoch leaves no trace
+        best.value, best.epoch, best.metrics = saved_best
+        print('\n' + interrupted_note(epoch, saved, start_epoch, save_dir, getattr(args, 'resume', None)))
     if history:
-        write_logs(history, log_dir, best, plot=True)
-    if best_val_metrics is None:  # the best epoch came before a resume: its row of the history
+        write_logs(history, log_dir, best, plot=True, run_id=run_id)
+    best_val_metrics = best.metrics
+    if best_val_metrics is None:  # a checkpoint of an earlier version: the best epoch's row of the history
         row = next((r for r in history if r['epoch'] == best.epoch), None)
         best_val_metrics = {k[len('val_'):]: v for k, v in row.items() if k.startswith('val_')} if row else None
-    return {'last_epoch': last_epoch, 'interrupted': interrupted, 'stopped_early': stopped_early,
+    return {'last_epoch': saved, 'interrupted': interrupted, 'stopped_early': stopped_early,
             'best_val_metrics': best_val_metrics}
+
+
+def interrupted_note(epoch: int, saved: int, start_epoch: int, save_dir: Path, resumed_from: str | None) -> str:
+    """What Ctrl-C during ``epoch`` left: which completed epoch ``last.pth`` holds and how to continue."""
+    if saved >= start_epoch:
+        return (f'interrupted during epoch {epoch}: {save_dir / "last.pth"} holds epoch {saved}, the last completed '
+                f'one; continue with --resume {save_dir / "last.pth"}')
+    if resumed_from:
+        return (f'interrupted during epoch {epoch}: no epoch completed since the resume; continue again with '
+                f'--resume {resumed_from}')
+    return f'interrupted during epoch {epoch}: no epoch completed, so nothing was saved; start the run again'
 
 
 def side_text(metrics: dict[str, Any]) -> str:
@@ -378,7 +426,8 @@ def write_cv_predictions(results: Sequence[FoldResult], dataset: Dataset, path: 
                      int(result.pred[row])]
             if multitask and result.side_true is not None:
                 side = int(result.side_true[row])
-                cells += [SIDE_CLASSES[side] if 0 <= side < len(SIDE_CLASSES) else 'unknown', SIDE_CLASSES[int(result.side_pred[row])]]
+                cells += [SIDE_CLASSES[side] if 0 <= side < len(SIDE_CLASSES) else 'unknown',
+                          SIDE_CLASSES[int(result.side_pred[row])]]
             rows.append(dict(zip(columns, cells)))
     utils.atomic_write_csv(path, columns, rows)
 

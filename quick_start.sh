@@ -7,32 +7,46 @@
 #
 # Steps: set up .venv -> synthetic dataset (only if ./datasets/facial_palsy/FNP holds no images) -> prepare the
 # subject-disjoint annotation CSV -> train -> evaluate on the test subjects -> grade test photos -> attention maps.
-# Re-running replaces the outputs of the previous quick start (checkpoints, logs, results); your own data in
-# ./datasets/facial_palsy/FNP is only read.
+# Re-running replaces only what an earlier quick start made: a run of yours in ./checkpoints/fnp is moved to
+# ./checkpoints/fnp.previous-<time>, an annotation CSV of yours is used as it is, your photos are only read.
 set -euo pipefail
-cd "$(dirname "$0")"
 
 usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
-PROFILE="${HTNET_PROFILE:-}"
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --profile) PROFILE="${2:?--profile needs a name}"; shift 2 ;;
-        --profile=*) PROFILE="${1#--profile=}"; shift ;;
-        -h|--help) usage; exit 0 ;;
-        *) echo "quick_start.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
-    esac
-done
 
 DATA_ROOT=./datasets/facial_palsy/FNP
 CSV=./datasets/facial_palsy/fnp_annotation.csv
+CSV_MARK=./datasets/facial_palsy/.fnp_annotation.csv.quick_start  # SHA-256 of the CSV this script wrote
 SAVE_DIR=./checkpoints/fnp
 LOG_DIR=./logs/fnp
+RUN_MARK=.quick_start_run  # in $SAVE_DIR: the run id of the run this script trained
 EVAL_DIR=./evaluation_results
 ATTENTION_DIR=./attention_visualizations
 CONFIG=config_examples.yaml
 STEP=0
 TOTAL=7
-START=$(date +%s)
+
+# what an earlier quick start made, and so may replace
+
+digest() { python -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$1"; }
+
+own_csv() {  # true when $CSV is the file an earlier quick start wrote, unchanged since
+    [ -f "$CSV" ] && [ -f "$CSV_MARK" ] && [ "$(cat "$CSV_MARK")" = "$(digest "$CSV")" ]
+}
+
+own_run() {  # true when $SAVE_DIR / $LOG_DIR hold the run an earlier quick start trained, and no other
+    [ -f "$SAVE_DIR/$RUN_MARK" ] || return 1
+    python -c 'import sys, checkpoints; sys.exit(checkpoints.run_ids_in(sys.argv[1], sys.argv[2]) != {sys.argv[3]})' \
+        "$SAVE_DIR" "$LOG_DIR" "$(cat "$SAVE_DIR/$RUN_MARK")"
+}
+
+mark_run() {
+    python -c 'import sys, checkpoints; print(checkpoints.run_id_of(sys.argv[1]) or "")' "$SAVE_DIR/last.pth" \
+        > "$SAVE_DIR/$RUN_MARK"
+}
+
+overwrite_flag() {  # --overwrite only for the quick start's own run; the training moves any other run aside
+    if own_run; then echo --overwrite; fi
+}
 
 step() {  # step "name" command...: run one step, stop at the first failure naming it
     local name="$1"; shift
@@ -49,6 +63,40 @@ step() {  # step "name" command...: run one step, stop at the first failure nami
 }
 
 setup() { source scripts/setup_venv.sh; }
+
+prepare_csv() {
+    if [ -f "$CSV" ] && ! own_csv; then
+        echo "    $CSV was not written by quick_start.sh: using it as it is (move it away to get a fresh one)"
+        return 0
+    fi
+    # no CSV yet, or the one an earlier quick start wrote: replacing it loses nothing
+    python prepare_dataset.py --dataset_type FNP --data_root "$DATA_ROOT" --output_csv "$CSV" \
+        --split_ratio 0.7 0.15 0.15 --overwrite || return 1
+    digest "$CSV" > "$CSV_MARK"
+}
+
+train() {
+    local overwrite
+    overwrite=$(overwrite_flag)
+    python train_facial_palsy.py --config "$CONFIG" --profile "$PROFILE" \
+        --data_root "$DATA_ROOT" --train_csv "$CSV" --val_csv "$CSV" --test_csv "$CSV" --dataset_type FNP \
+        --save_dir "$SAVE_DIR" --log_dir "$LOG_DIR" $overwrite || return 1
+    mark_run
+}
+
+main() {  # the steps; sourcing the script (as its tests do) only defines the functions above
+cd "$(dirname "$0")"
+PROFILE="${HTNET_PROFILE:-}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --profile) PROFILE="${2:?--profile needs a name}"; shift 2 ;;
+        --profile=*) PROFILE="${1#--profile=}"; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "quick_start.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+done
+START=$(date +%s)
+
 step "set up .venv from requirements.txt" setup
 
 if [ -z "$PROFILE" ]; then
@@ -70,14 +118,9 @@ make_data() {
 }
 step "dataset" make_data
 
-step "prepare the annotation CSV (subject-disjoint split)" \
-    python prepare_dataset.py --dataset_type FNP --data_root "$DATA_ROOT" --output_csv "$CSV" \
-        --split_ratio 0.7 0.15 0.15 --overwrite
+step "prepare the annotation CSV (subject-disjoint split)" prepare_csv
 
-step "train HTNet" \
-    python train_facial_palsy.py --config "$CONFIG" --profile "$PROFILE" \
-        --data_root "$DATA_ROOT" --train_csv "$CSV" --val_csv "$CSV" --test_csv "$CSV" --dataset_type FNP \
-        --save_dir "$SAVE_DIR" --log_dir "$LOG_DIR" --overwrite
+step "train HTNet" train
 
 step "evaluate on the test subjects" \
     python evaluate_facial_palsy.py --model_path "$SAVE_DIR/best_model.pth" --data_root "$DATA_ROOT" \
@@ -94,12 +137,14 @@ rows = pd.read_csv(csv)
 rows = rows[rows['split'] == 'test']
 out = Path('test_images')
 out.mkdir(exist_ok=True)
-for old in out.glob('*'):
-    if old.is_file():
-        old.unlink()
+manifest = out / '.quick_start_files'  # the photos an earlier quick start copied: only those are replaced
+for name in (manifest.read_text().split('\n') if manifest.is_file() else []):
+    if name and (out / name).is_file():
+        (out / name).unlink()
 paths = [Path(p) if Path(p).is_absolute() else root / p for p in rows['image_path']]
 for path in paths:
     shutil.copy2(path, out / path.name)
+manifest.write_text('\n'.join(path.name for path in paths) + '\n')
 shutil.copy2(paths[0], 'test_image.jpg')
 print(f'    {len(paths)} test photos copied to ./test_images/, one of them to ./test_image.jpg')
 EOF
@@ -138,3 +183,8 @@ Outputs:
   predictions          ./predictions.csv, ./test_image_prediction.png
   attention maps       $ATTENTION_DIR/
 EOF
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    main "$@"
+fi

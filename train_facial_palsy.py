@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,9 +40,7 @@ import training_data
 import utils
 from utils import UserError
 
-CHECKPOINT_NAMES = ('best_model.pth', 'last.pth')
-LOG_NAMES = ('summary.csv', 'training_history.json', 'training_curves.png', 'args.yaml', 'test_metrics.json',
-             'skipped_images.csv', 'baseline_metrics.json')
+LOG_BYTES = 10 ** 7  # room the logs and curves of a run need, checked with the checkpoints' before any slow work
 
 
 # arguments
@@ -89,11 +89,14 @@ EPILOG = '''examples:
       --train_csv ./datasets/facial_palsy/fnp_annotation.csv --cv loso --cv_folds_limit 3 \\
       --save_dir ./checkpoints/fnp_loso --log_dir ./logs/fnp_loso
 
-outputs: <save_dir>/best_model.pth (best validation --select_metric), last.pth, epoch_N.pth;
+outputs: <save_dir>/best_model.pth (best validation --select_metric), last.pth (the last completed epoch,
+with the optimizer state to --resume from), epoch_N.pth (weights only);
 <log_dir>/summary.csv, training_history.json, training_curves.png, args.yaml, test_metrics.json (with --test_csv),
 skipped_images.csv (photos that could not be used), baseline_metrics.json (with --baseline symmetry);
 with --cv: <save_dir>/fold_<k>/ and <log_dir>/fold_<k>/ as above for each fold, then <log_dir>/cv_summary.json,
-cv_predictions.csv (path, subject, fold, true, predicted) and cv_folds.png
+cv_predictions.csv (path, subject, fold, true, predicted) and cv_folds.png.
+An earlier run in --save_dir / --log_dir is moved to <dir>.previous-<time> (--overwrite replaces it instead,
+once the new run's first checkpoint is written; --resume continues it).
 '''
 
 
@@ -119,6 +122,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     data.add_argument('--val_fraction', type=float, default=None,
                       help='when no validation rows exist, move this fraction of the training subjects (whole '
                            'subjects, stratified by grade) to validation; 0.15 when not given')
+    data.add_argument('--one_photo_per_subject', action='store_true',
+                      help='every photo shows a different person: a photo whose subject comes from its file name is '
+                           'its own subject, and the check that stops camera-counter names is skipped')
     data.add_argument('--dataset_type', default='FNP', type=dataset_type,
                       help='FNP: an annotation CSV or grade_0..grade_5 folders; CK+ (or CKPlus): the CK+ sequence '
                            'layout graded by the mapping CSV given as --train_csv')
@@ -163,7 +169,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     model.add_argument('--dropout', type=float, default=0.0, help='dropout in attention and feed-forward layers')
     model.add_argument('--pretrained_path', default=None,
                        help='weights to start from: a micro-expression file of main_HTNet.py (3 classes, 28x28) or '
-                            'any checkpoint; tensors that do not fit (the head) are skipped and listed')
+                            'any checkpoint; tensors that do not fit (the head) are skipped and listed. A file '
+                            'that fits fewer than half of the network\'s tensors (the heads aside) is refused')
+    model.add_argument('--allow_partial_pretrained', action='store_true',
+                       help='with --pretrained_path: start from a file even when fewer than half of the tensors fit')
     model.add_argument('--pos_emb', default='interpolate', choices=['interpolate', 'skip'],
                        help='with --pretrained_path: resize positional embeddings of another input size, or skip them')
     model.add_argument('--multitask', action='store_true',
@@ -197,15 +206,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                        help='validation metric that picks best_model.pth (mae: lower is better)')
 
     run = parser.add_argument_group('run')
-    run.add_argument('--save_dir', default='./checkpoints/fnp', help='folder of best_model.pth, last.pth, epoch_N.pth')
+    run.add_argument('--save_dir', default='./checkpoints/fnp',
+                     help='folder of best_model.pth, last.pth, epoch_N.pth; an earlier run there is moved to '
+                          '<save_dir>.previous-<time> unless --resume or --overwrite is given')
     run.add_argument('--log_dir', default='./logs/fnp',
                      help='folder of summary.csv, training_history.json, args.yaml, training_curves.png')
-    run.add_argument('--save_interval', type=int, default=10, help='also keep epoch_N.pth every N epochs; 0 = never')
+    run.add_argument('--save_interval', type=int, default=10,
+                     help='also keep epoch_N.pth (weights only) every N epochs; 0 = never')
     run.add_argument('--resume', default=None, metavar='PATH',
-                     help='continue from a checkpoint (e.g. <save_dir>/last.pth) at its next epoch, with optimizer '
-                          'and scheduler state')
+                     help='continue from a checkpoint (e.g. <save_dir>/last.pth, which always holds a completed '
+                          'epoch) at its next epoch, with optimizer and scheduler state; with the same --seed the '
+                          'remaining epochs repeat those of an uninterrupted run exactly (on CPU). Resumes into '
+                          'the run\'s own folders or empty ones')
     run.add_argument('--overwrite', action='store_true',
-                     help='replace the checkpoints and logs of an earlier run in --save_dir / --log_dir')
+                     help='replace the checkpoints and logs of an earlier run in --save_dir / --log_dir; they are '
+                          'set aside until the new run\'s first checkpoint is written, and come back if it fails '
+                          'before that')
     run.add_argument('--device', default='auto', help='auto (CUDA when available), cpu, cuda or cuda:N')
     run.add_argument('--amp', nargs='?', const='bf16', default='none', choices=['none', 'bf16', 'fp16'],
                      help='mixed precision on CUDA (--amp alone = bf16); ignored on CPU')
@@ -259,15 +275,15 @@ def validate_args(args: argparse.Namespace) -> None:
     for name, value in positive.items():
         if value < 1:
             raise UserError(f'--{name} must be at least 1, got {value}')
-    if not args.learning_rate > 0:
-        raise UserError(f'--learning_rate must be positive, got {args.learning_rate}')
+    if not 0 < args.learning_rate < math.inf:  # written so that NaN fails too
+        raise UserError(f'--learning_rate must be a positive number, got {args.learning_rate}')
     for name in ('weight_decay', 'mixup', 'dropout', 'warmup_epochs', 'num_workers', 'save_interval',
                  'early_stopping', 'lr_patience', 'threads', 'side_loss_weight'):
-        if getattr(args, name) < 0:
-            raise UserError(f'--{name} cannot be negative, got {getattr(args, name)}')
+        if not 0 <= getattr(args, name) < math.inf:
+            raise UserError(f'--{name} must be a number of at least 0, got {getattr(args, name)}')
     if not 0 <= args.label_smoothing < 1:
         raise UserError(f'--label_smoothing must lie in [0, 1), got {args.label_smoothing}')
-    if args.dropout >= 1:
+    if not args.dropout < 1:
         raise UserError(f'--dropout must be below 1, got {args.dropout}')
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise UserError(f'--val_fraction must lie between 0 and 1, got {args.val_fraction}')
@@ -329,7 +345,8 @@ def validate_cv_args(args: argparse.Namespace) -> None:
     if args.dataset_type == 'CK+':
         raise UserError('--cv reads FNP data (an annotation CSV or grade folders); convert CK+ with '
                         'prepare_dataset.py first')
-    if args.val_csv is not None and args.train_csv is not None and not training_data._same_file(args.val_csv, args.train_csv):
+    if (args.val_csv is not None and args.train_csv is not None
+            and not training_data._same_file(args.val_csv, args.train_csv)):
         raise UserError('--cv pools the train and val rows of --train_csv and carves validation subjects from '
                         'each fold; a separate --val_csv does not fit: drop it or put its rows into --train_csv')
 
@@ -355,17 +372,30 @@ def model_args_for(args: argparse.Namespace, input_size: int) -> dict[str, Any]:
 def build_model(model_args: dict[str, Any], args: argparse.Namespace) -> nn.Module:
     model = Model.build_model(model_args)
     if args.pretrained_path:
-        load_pretrained_weights(model, args.pretrained_path, args.pos_emb)
+        load_pretrained_weights(model, args.pretrained_path, args.pos_emb, args.allow_partial_pretrained)
     return model
 
 
-def load_pretrained_weights(model: nn.Module, path: str, pos_emb: str) -> dict[str, list]:
-    """Transfer every tensor that fits; a file from which nothing fits is refused rather than silently ignored."""
+HEAD_PREFIXES = ('mlp_head.', 'side_head.')  # the heads start fresh whenever the classes differ
+
+
+def load_pretrained_weights(model: nn.Module, path: str, pos_emb: str, allow_partial: bool = False
+                            ) -> dict[str, list]:
+    """Transfer every tensor that fits. A file from which nothing fits is refused, and so is one that fits fewer
+    than half of the network's tensors (the heads aside) unless ``allow_partial``: such a start is mostly random
+    weights, which the user should choose knowingly."""
     print(f'pretrained weights: {path}')
     report = checkpoints.load_pretrained(model, path, pos_emb=pos_emb, verbose=True)
+    mismatches = "; ".join(f"{n}: {r}" for n, r in report["skipped"][:3]) or 'none in the file'
     if not [name for name in report['loaded'] if not name.endswith('pos_emb')]:  # positions alone transfer nothing
         raise UserError(f'{path}: no tensor fits this network (different --dim/--heads/--num_hierarchies?); '
-                        f'first mismatches: {"; ".join(f"{n}: {r}" for n, r in report["skipped"][:3])}')
+                        f'first mismatches: {mismatches}')
+    body = [name for name in model.state_dict() if not name.startswith(HEAD_PREFIXES)]
+    fitted = len([name for name in report['loaded'] + report['interpolated'] if not name.startswith(HEAD_PREFIXES)])
+    if fitted * 2 < len(body) and not allow_partial:
+        raise UserError(f'{path}: only {fitted} of the network\'s {len(body)} tensors (the heads aside) fit; first '
+                        f'mismatches: {mismatches}; check --dim/--heads/--block_repeats, or pass '
+                        f'--allow_partial_pretrained to start from it anyway')
     return report
 
 
@@ -413,12 +443,15 @@ def class_weights_for(labels: Sequence[int], num_classes: int) -> torch.Tensor:
 
 def make_train_context(model_args: dict[str, Any], args: argparse.Namespace, datasets: dict[str, Dataset],
                        loaders: dict[str, DataLoader], device: torch.device, autocast: Any,
-                       scaler: torch.amp.GradScaler) -> tuple[nn.Module, engine.TrainContext]:
-    """A fresh network (with --pretrained_path weights), its criterion (class weights from this training split),
-    optimizer and schedule. Returns the uncompiled model (what checkpoints store) and the context ``fit`` runs."""
-    model = build_model(model_args, args).to(device)
+                       scaler: torch.amp.GradScaler, model: nn.Module | None = None
+                       ) -> tuple[nn.Module, engine.TrainContext]:
+    """The network (``model``, or a fresh one with --pretrained_path weights), its criterion (class weights from
+    this training split), optimizer and schedule. Returns the uncompiled model (what checkpoints store) and the
+    context ``fit`` runs."""
+    model = (model if model is not None else build_model(model_args, args)).to(device)
     train_model = maybe_compile(model, args.compile, device)
-    criterion = build_criterion(args, training_data.split_labels(datasets['train']), annotations.grade_names(args.num_classes), device)
+    criterion = build_criterion(args, training_data.split_labels(datasets['train']),
+                                annotations.grade_names(args.num_classes), device)
     optimizer, scheduler, step_per_batch = engine.build_optimizer(model, args, len(loaders['train']))
     mixup = DA.MixUp(args.mixup) if args.mixup > 0 else None
     ctx = engine.TrainContext(model=train_model, criterion=criterion, optimizer=optimizer, device=device,
@@ -429,35 +462,39 @@ def make_train_context(model_args: dict[str, Any], args: argparse.Namespace, dat
 
 # outputs
 
-def earlier_outputs(save_dir: Path, log_dir: Path) -> list[Path]:
-    """Files an earlier run of this script left in ``save_dir`` / ``log_dir``."""
-    found = [save_dir / n for n in CHECKPOINT_NAMES if (save_dir / n).is_file()]
-    found += sorted(save_dir.glob('epoch_*.pth'))
-    found += [log_dir / n for n in LOG_NAMES if (log_dir / n).is_file()]
-    return found
-
-
-def clear_earlier_outputs(found: list[Path], save_dir: Path, log_dir: Path, args: argparse.Namespace,
-                          what: str = 'run', advice: str = '') -> None:
-    """Never replace an earlier run's checkpoints or logs without being told to; with ``--overwrite`` remove them
-    all up front, so no stale epoch_N.pth or test_metrics.json sits beside the new run's files."""
-    if not found:
-        return
-    if not args.overwrite:
-        raise UserError(f'{found[0]} is from an earlier {what}; {advice}replace it with --overwrite, or choose '
-                        f'another --save_dir/--log_dir')
-    if args.pretrained_path and any(training_data._same_file(args.pretrained_path, str(path)) for path in found):
-        raise UserError(f'--pretrained_path {args.pretrained_path} would be removed by --overwrite; copy it out of '
-                        f'{save_dir} first or choose another --save_dir')
-    for path in found:
-        path.unlink()
-    print(f'--overwrite: removed {len(found)} files of an earlier {what} from {save_dir} and {log_dir}')
-
-
-def check_outputs_free(save_dir: Path, log_dir: Path, args: argparse.Namespace) -> None:
+def load_resume(args: argparse.Namespace, model_args: dict[str, Any], preprocess: dict[str, Any]) -> dict | None:
+    """The ``--resume`` checkpoint, checked against this run's network and settings (None without --resume)."""
     if not args.resume:
-        clear_earlier_outputs(earlier_outputs(save_dir, log_dir), save_dir, log_dir, args, 'run',
-                              f'continue it with --resume {save_dir / "last.pth"}, ')
+        return None
+    checkpoint = checkpoints.load_checkpoint(args.resume)
+    checkpoints.check_resume(checkpoint, args.resume, model_args=model_args, preprocess=preprocess,
+                             prediction=losses.prediction_for(args.loss), select_metric=args.select_metric,
+                             epochs=args.epochs)
+    return checkpoint
+
+
+def prepare_run_folders(args: argparse.Namespace, model_args: dict[str, Any], epochs_done: int = 0,
+                        resume_checkpoint: dict | None = None, runs: int | None = 1,
+                        cv: bool = False) -> checkpoints.RunFolders:
+    """Before any slow work: make --save_dir / --log_dir free (``checkpoints.guard_run_folders``: an earlier run
+    is moved aside, replaced with --overwrite, or continued with --resume), print the disk the checkpoints will
+    take and check both folders can be written and have that room. The caller restores the earlier run if this
+    one stops before its first checkpoint (``RunFolders.restore``)."""
+    save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
+    need, text = checkpoints.disk_estimate(model_args, epochs_done + 1, args.epochs, args.save_interval, runs)
+    folders = checkpoints.guard_run_folders(save_dir, log_dir, overwrite=args.overwrite, resume=args.resume,
+                                            resume_checkpoint=resume_checkpoint, cv=cv, keep=[args.pretrained_path])
+    try:
+        replaced = [save_dir / name for name in checkpoints.RUN_CHECKPOINTS] if not folders.moves else []
+        need = max(need - sum(path.stat().st_size for path in replaced if path.is_file()),
+                   need // (2 * (runs or 1)))  # a checkpoint is written next to the one it replaces
+        print(f'{text} in {save_dir}')
+        utils.check_writable(save_dir, '--save_dir', need_bytes=need)
+        utils.check_writable(log_dir, '--log_dir', need_bytes=LOG_BYTES)
+    except BaseException:
+        folders.restore()
+        raise
+    return folders
 
 
 # main
@@ -468,22 +505,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = setup_device(args)
     if args.cv is not None:
         return run_cross_validation(args, device)
-    autocast, scaler = utils.amp_context(device, args.amp)
-    save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
-    check_outputs_free(save_dir, log_dir, args)
 
+    # everything that can be refused is checked here, before the earlier run is touched and before any slow work
     detector = fpd.LandmarkDetector(device=device, cache_dir=args.cache_dir, progress=True)
     preprocess = run_preprocess(args, detector)
-    input_size = fpd.model_input_size(preprocess)
-    model_args = model_args_for(args, input_size)
-    class_names = annotations.grade_names(args.num_classes)
-    resume_checkpoint = None
-    if args.resume:
-        resume_checkpoint = checkpoints.load_checkpoint(args.resume)
-        checkpoints.check_resume(resume_checkpoint, args.resume, model_args=model_args, preprocess=preprocess,
-                                 prediction=losses.prediction_for(args.loss), select_metric=args.select_metric,
-                                 epochs=args.epochs)
+    model_args = model_args_for(args, fpd.model_input_size(preprocess))
+    resume_checkpoint = load_resume(args, model_args, preprocess)
+    utils.seed_everything(args.seed)  # the initial weights depend on the seed alone
+    model = build_model(model_args, args)  # --pretrained_path is judged here
+    done = int(resume_checkpoint['epoch']) if resume_checkpoint is not None else 0
+    folders = prepare_run_folders(args, model_args, done, resume_checkpoint)
+    try:
+        return train_run(args, device, detector, preprocess, model_args, model, resume_checkpoint, folders)
+    finally:
+        folders.restore()  # nothing to do once the run's first checkpoint is written
 
+
+def train_run(args: argparse.Namespace, device: torch.device, detector: fpd.LandmarkDetector,
+              preprocess: dict[str, Any], model_args: dict[str, Any], model: nn.Module,
+              resume_checkpoint: dict | None, folders: checkpoints.RunFolders) -> dict[str, Any]:
+    """The slow part of ``main``: landmarks, splits, the epochs, and the test split scored once at the end."""
+    save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
+    autocast, scaler = utils.amp_context(device, args.amp)
+    class_names = annotations.grade_names(args.num_classes)
+    run_id = (resume_checkpoint or {}).get('run_id') or checkpoints.new_run_id()
     datasets = training_data.build_datasets(args, detector, preprocess)
     training_data.check_subject_overlap(datasets)
     split_summary = training_data.describe_splits(datasets, class_names)
@@ -493,36 +538,37 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     utils.save_args(args, log_dir / 'args.yaml')
     baseline = None
     if args.baseline == 'symmetry':  # fitted first, so that every checkpoint carries it for evaluation
-        baseline = symmetry.fit_baseline(training_data.split_landmarks(datasets['train']), training_data.split_labels(datasets['train']),
-                                         args.num_classes, seed=args.seed)
-    done = int(resume_checkpoint['epoch']) if resume_checkpoint is not None else 0
-    utils.seed_everything(args.seed + done)  # a resumed run draws fresh but repeatable batches and augmentations
-    loaders = training_data.build_loaders(datasets, args, device, seed=args.seed + done)
+        baseline = symmetry.fit_baseline(training_data.split_landmarks(datasets['train']),
+                                         training_data.split_labels(datasets['train']), args.num_classes,
+                                         seed=args.seed)
+    loaders = training_data.build_loaders(datasets, args, device, seed=args.seed)  # each epoch reseeds it
 
-    model, ctx = make_train_context(model_args, args, datasets, loaders, device, autocast, scaler)
-    print(f'HTNet: {Model.count_parameters(model) / 1e6:.3f}M parameters; input {input_size}x{input_size} '
-          f'({args.input_mode}; face {args.image_size}px, regions {args.region_size}px); '
-          f'{len(loaders["train"])} steps per epoch')
+    model, ctx = make_train_context(model_args, args, datasets, loaders, device, autocast, scaler, model=model)
+    print(f'HTNet: {Model.count_parameters(model) / 1e6:.3f}M parameters; input {model_args["image_size"]}x'
+          f'{model_args["image_size"]} ({args.input_mode}; face {args.image_size}px, regions {args.region_size}px); '
+          f'{len(loaders["train"])} steps per epoch; run {run_id}')
     if args.scheduler != 'cosine' and args.warmup_epochs:
         print('note: --warmup_epochs only applies to --scheduler cosine')
 
     start_epoch, best, history = 1, engine.BestTracker(args.select_metric), []
     if resume_checkpoint is not None:
         done, best.value, best.epoch, history = checkpoints.restore_training(
-            resume_checkpoint, args.resume, model, ctx.optimizer, ctx.scheduler)
+            resume_checkpoint, args.resume, model, ctx.optimizer, ctx.scheduler, ctx.scaler)
+        best.metrics = resume_checkpoint.get('best_val_metrics')
         shown = f'{best.value:.4f} at epoch {best.epoch}' if best.value is not None else 'none yet'
-        print(f'resumed from {args.resume}: epoch {done} done; best validation {best.name} {shown}')
-        del resume_checkpoint
+        print(f'resumed run {run_id} from {args.resume}: epoch {done} done; best validation {best.name} {shown}')
         start_epoch = done + 1
+        carry_best_checkpoint(Path(args.resume).parent, save_dir, best.epoch, resume_checkpoint.get('run_id'))
 
-    state = checkpoint_maker(model, ctx, model_args, preprocess, args, best, history, baseline)
-    outcome = engine.fit(ctx, loaders, args, start_epoch, best, history, state)
+    state = checkpoint_maker(model, ctx, model_args, preprocess, args, best, history, baseline, run_id)
+    outcome = engine.fit(ctx, loaders, args, start_epoch, best, history, state, run_id=run_id,
+                         on_saved=lambda epoch: folders.commit())
     results: dict[str, Any] = {
         'best_epoch': best.epoch, 'best_metric': best.value, 'select_metric': best.name,
         'best_val_metrics': outcome['best_val_metrics'], 'last_epoch': outcome['last_epoch'],
         'epochs_run': outcome['last_epoch'] - start_epoch + 1, 'interrupted': outcome['interrupted'],
         'stopped_early': outcome['stopped_early'], 'splits': split_summary, 'save_dir': str(save_dir),
-        'log_dir': str(log_dir), 'history': history, 'test_metrics': None,
+        'log_dir': str(log_dir), 'history': history, 'test_metrics': None, 'run_id': run_id,
     }
     if best.epoch:
         print(f'best epoch {best.epoch}: validation {best.name} {best.value:.4f} -> {save_dir / "best_model.pth"}')
@@ -535,6 +581,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return results
 
 
+def carry_best_checkpoint(source_dir: Path, save_dir: Path, best_epoch: int, run_id: str | None) -> None:
+    """A run resumed into a new folder brings its best checkpoint along, so that the test split is scored with
+    the best epoch even when it came before the resume."""
+    source, target = source_dir / 'best_model.pth', save_dir / 'best_model.pth'
+    if not best_epoch or target.is_file() or not source.is_file():
+        return
+    stored = checkpoints.load_checkpoint(source)
+    if int(stored.get('epoch', -1)) == best_epoch and stored.get('run_id') == run_id:
+        utils.atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+        print(f'copied the best checkpoint so far (epoch {best_epoch}) from {source} to {target}')
+
+
 def run_preprocess(args: argparse.Namespace, detector: fpd.LandmarkDetector) -> dict[str, Any]:
     """How this run turns photos into network inputs (stored in every checkpoint), built once."""
     return fpd.default_preprocess(input_mode=args.input_mode, image_size=args.image_size,
@@ -543,14 +601,16 @@ def run_preprocess(args: argparse.Namespace, detector: fpd.LandmarkDetector) -> 
 
 def checkpoint_maker(model: nn.Module, ctx: engine.TrainContext, model_args: dict[str, Any],
                      preprocess: dict[str, Any], args: argparse.Namespace, best: engine.BestTracker,
-                     history: list[dict], baseline: symmetry.SymmetryBaseline | None = None
-                     ) -> Callable[[int, dict | None], dict]:
-    """``state(epoch, val_metrics)``: the checkpoint dict of the run at that moment (``checkpoints.build_checkpoint``)."""
+                     history: list[dict], baseline: symmetry.SymmetryBaseline | None = None,
+                     run_id: str | None = None) -> Callable[[int, dict | None], dict]:
+    """``state(epoch, val_metrics)``: the checkpoint dict of the run at that moment
+    (``checkpoints.build_checkpoint``)."""
     def state(epoch: int, val_metrics: dict | None) -> dict[str, Any]:
         return checkpoints.build_checkpoint(
             model=model, model_args=model_args, preprocess=preprocess, epoch=epoch, optimizer=ctx.optimizer,
             scheduler=ctx.scheduler, best_metric=best.value, best_epoch=best.epoch, select_metric=best.name,
             prediction=ctx.prediction, args=vars(args), history=history, val_metrics=val_metrics,
+            best_val_metrics=best.metrics, run_id=run_id, scaler=ctx.scaler,
             symmetry_baseline=None if baseline is None else baseline.to_dict())
     return state
 
@@ -572,7 +632,8 @@ def score_test(loader: DataLoader, checkpoint_path: Path, device: torch.device, 
     test = engine.metrics_of(out, len(class_names))
     payload = {'split': 'test', 'note': 'held-out test split, scored once with best_model.pth; never used for '
                                         'model selection',
-               'checkpoint': str(checkpoint_path), 'epoch': int(checkpoint['epoch']), 'class_names': list(class_names),
+               'checkpoint': str(checkpoint_path), 'epoch': int(checkpoint['epoch']),
+               'run_id': checkpoint.get('run_id'), 'class_names': list(class_names),
                'prediction': checkpoint.get('prediction', 'argmax'), 'metrics': test}
     utils.atomic_write_text(log_dir / 'test_metrics.json', json.dumps(utils.to_plain(payload), indent=2))
     print(f'TEST (held out, epoch {checkpoint["epoch"]}): n {test["n"]} | {M.format_metrics(test)}'
@@ -586,8 +647,9 @@ def report_baseline(baseline: symmetry.SymmetryBaseline, datasets: dict[str, Dat
                     log_dir: Path, htnet_val: dict | None, htnet_test: dict | None) -> dict[str, Any]:
     """Score the fitted symmetry baseline on val (and test) with the metrics HTNet gets, print both side by side
     and write ``<log_dir>/baseline_metrics.json``."""
-    scores = symmetry.score_baseline(baseline, {name: (training_data.split_landmarks(datasets[name]), training_data.split_labels(datasets[name]))
-                                                for name in ('val', 'test') if name in datasets}, args.num_classes)
+    splits = {name: (training_data.split_landmarks(datasets[name]), training_data.split_labels(datasets[name]))
+              for name in ('val', 'test') if name in datasets}
+    scores = symmetry.score_baseline(baseline, splits, args.num_classes)
     payload = {'baseline': 'symmetry', 'note': 'landmark symmetry baseline (symmetry.py) fitted on the training '
                                                'photos; scored with the same metrics as HTNet',
                'n_train': len(datasets['train']), 'val': scores.get('val'), 'test': scores.get('test'),
@@ -600,29 +662,13 @@ def report_baseline(baseline: symmetry.SymmetryBaseline, datasets: dict[str, Dat
 
 # cross-validation
 
-CV_FILES = ('cv_summary.json', 'cv_predictions.csv', 'cv_folds.png')
-
-
-def cv_earlier_outputs(save_dir: Path, log_dir: Path) -> list[Path]:
-    """Files an earlier cross-validation left: every ``fold_<k>`` run and the pooled summary files."""
-    found = [log_dir / name for name in CV_FILES if (log_dir / name).is_file()]
-    folds = sorted({p.name for base in (save_dir, log_dir) if base.is_dir() for p in base.glob('fold_*') if p.is_dir()})
-    for name in folds:
-        found += earlier_outputs(save_dir / name, log_dir / name)
-    return found
-
-
-def check_cv_outputs_free(save_dir: Path, log_dir: Path, args: argparse.Namespace) -> None:
-    """Refuse to replace an earlier cross-validation, or clear it with --overwrite, before any fold starts (so no
-    stale fold of a larger K is mistaken for this run's)."""
-    clear_earlier_outputs(cv_earlier_outputs(save_dir, log_dir), save_dir, log_dir, args, 'cross-validation')
-
-
 def run_fold(fold: int, dataset: Dataset, train_idx: list[int], heldout_idx: list[int], args: argparse.Namespace,
-             device: torch.device, model_args: dict, preprocess: dict) -> engine.FoldResult | None:
+             device: torch.device, model_args: dict, preprocess: dict, run_id: str | None = None,
+             on_saved: Callable[[int], None] | None = None) -> engine.FoldResult | None:
     """Train one fold as a normal run in ``<save_dir>/fold_<k>`` and ``<log_dir>/fold_<k>`` (validation carved
-    from the fold's training subjects), then score its held-out subjects once with the fold's best checkpoint.
-    Returns None when the fold was interrupted before any best checkpoint existed."""
+    from the fold's training subjects, epochs seeded from (seed, fold, epoch)), then score its held-out subjects
+    once with the fold's best checkpoint. Returns None when the fold was interrupted before any best checkpoint
+    existed."""
     fold_args = copy.copy(args)
     fold_args.save_dir = str(Path(args.save_dir) / f'fold_{fold}')
     fold_args.log_dir = str(Path(args.log_dir) / f'fold_{fold}')
@@ -631,8 +677,9 @@ def run_fold(fold: int, dataset: Dataset, train_idx: list[int], heldout_idx: lis
     log_dir.mkdir(parents=True, exist_ok=True)
     labels, subjects = training_data.split_labels(dataset), training_data.split_subjects(dataset)
     try:
-        fit_pos, val_pos = training_data.carve_validation([labels[i] for i in train_idx], [subjects[i] for i in train_idx],
-                                            args.val_fraction, args.seed + fold)
+        fit_pos, val_pos = training_data.carve_validation([labels[i] for i in train_idx],
+                                                          [subjects[i] for i in train_idx], args.val_fraction,
+                                                          args.seed + fold)
     except UserError as err:
         raise UserError(f'fold {fold}: {err} (validation subjects come from the fold\'s training subjects; '
                         f'use fewer folds or a larger --val_fraction)') from err
@@ -647,8 +694,9 @@ def run_fold(fold: int, dataset: Dataset, train_idx: list[int], heldout_idx: lis
     autocast, scaler = utils.amp_context(device, args.amp)
     model, ctx = make_train_context(model_args, fold_args, datasets, loaders, device, autocast, scaler)
     best, history = engine.BestTracker(args.select_metric), []
-    state = checkpoint_maker(model, ctx, model_args, preprocess, fold_args, best, history)
-    outcome = engine.fit(ctx, loaders, fold_args, 1, best, history, state)
+    state = checkpoint_maker(model, ctx, model_args, preprocess, fold_args, best, history, run_id=run_id)
+    outcome = engine.fit(ctx, loaders, fold_args, 1, best, history, state, seed=(args.seed, fold), run_id=run_id,
+                         on_saved=on_saved)
     summary = {'fold': fold, 'heldout_subjects': sorted(set(training_data.split_subjects(datasets['test']))),
                'val_subjects': sorted(set(training_data.split_subjects(datasets['val']))),
                'n_train': len(datasets['train']), 'n_val': len(datasets['val']), 'n_heldout': len(heldout_idx),
@@ -667,14 +715,29 @@ def run_cross_validation(args: argparse.Namespace, device: torch.device) -> dict
     """``--cv K`` / ``--cv loso``: detect the pool's landmarks once, train one run per fold on index subsets of
     that dataset, pool every held-out prediction and write ``cv_summary.json``, ``cv_predictions.csv`` and
     ``cv_folds.png`` in --log_dir. Returns the summary dict."""
-    save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
-    check_cv_outputs_free(save_dir, log_dir, args)
     if args.val_fraction is None:
         args.val_fraction = training_data.DEFAULT_VAL_FRACTION
     detector = fpd.LandmarkDetector(device=device, cache_dir=args.cache_dir, progress=True)
     preprocess = run_preprocess(args, detector)
     model_args = model_args_for(args, fpd.model_input_size(preprocess))
+    if args.pretrained_path:
+        build_model(model_args, args)  # judged once here, before any slow work; every fold reads it again
+    folds_planned = args.cv_folds_limit or (None if args.cv == 'loso' else args.cv)
+    folders = prepare_run_folders(args, model_args, runs=folds_planned, cv=True)
+    args.pretrained_path = folders.where(args.pretrained_path)  # read by every fold, wherever it was moved
+    try:
+        return cross_validate(args, device, detector, preprocess, model_args, folders)
+    finally:
+        folders.restore()  # nothing to do once the first fold's first checkpoint is written
+
+
+def cross_validate(args: argparse.Namespace, device: torch.device, detector: fpd.LandmarkDetector,
+                   preprocess: dict[str, Any], model_args: dict[str, Any], folders: checkpoints.RunFolders
+                   ) -> dict[str, Any]:
+    """The slow part of ``run_cross_validation``: the pool's landmarks, the folds, the pooled summary."""
+    save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
     class_names = annotations.grade_names(args.num_classes)
+    run_id = checkpoints.new_run_id()
 
     dataset, pool = training_data.build_cv_pool(args, detector, preprocess)
     labels, subjects = training_data.split_labels(dataset), training_data.split_subjects(dataset)
@@ -698,7 +761,8 @@ def run_cross_validation(args: argparse.Namespace, device: torch.device) -> dict
         training = [i for i in pool if folds[subjects[i]] != fold]
         print(f'\n=== fold {fold}/{num_folds}: {len(heldout)} held-out images of '
               f'{len({subjects[i] for i in heldout})} subjects ===')
-        result = run_fold(fold, dataset, training, heldout, args, device, model_args, preprocess)
+        result = run_fold(fold, dataset, training, heldout, args, device, model_args, preprocess,
+                          run_id=f'{run_id}-fold_{fold}', on_saved=lambda epoch: folders.commit())
         if result is not None:
             results.append(result)
             print(f'fold {fold} held out (best epoch {result.summary["best_epoch"]}): n {len(heldout)} | '

@@ -271,14 +271,17 @@ def loader_dataset(dataset: Dataset, args: argparse.Namespace, train: bool) -> D
 
 def build_loaders(datasets: dict[str, Dataset], args: argparse.Namespace, device: torch.device,
                   seed: int) -> dict[str, DataLoader]:
+    """The loaders of the splits. The training loader's workers start afresh each epoch (not persistent): they
+    take their seeds from its generator, which ``engine.seed_epoch`` seeds from (seed, epoch), so a resumed run
+    replays every epoch exactly."""
     generator = torch.Generator().manual_seed(seed)
-    common = dict(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=device.type == 'cuda',
-                  persistent_workers=args.num_workers > 0)
+    common = dict(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=device.type == 'cuda')
     loaders = {'train': DataLoader(loader_dataset(datasets['train'], args, train=True), shuffle=True,
-                                   generator=generator, **common)}
+                                   generator=generator, persistent_workers=False, **common)}
     for name in ('val', 'test'):
         if name in datasets:
-            loaders[name] = DataLoader(loader_dataset(datasets[name], args, train=False), shuffle=False, **common)
+            loaders[name] = DataLoader(loader_dataset(datasets[name], args, train=False), shuffle=False,
+                                       persistent_workers=args.num_workers > 0, **common)
     return loaders
 
 

@@ -11,6 +11,7 @@ Any test file may use them::
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,3 +82,17 @@ def tiny_checkpoint(synthetic_dataset, tmp_path_factory) -> TinyCheckpoint:
         '--epochs', '2', '--batch_size', '8', '--learning_rate', '2e-3', '--device', 'cpu', '--seed', str(SEED),
         '--augmentation', 'none', '--save_interval', '1', *TINY_MODEL_FLAGS])
     return TinyCheckpoint(path=save_dir / 'best_model.pth', save_dir=save_dir, log_dir=log_dir, results=results)
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by path relative to it: equal before and after means nothing in
+    the folder was lost or changed."""
+    folder = Path(folder)
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob('*')) if path.is_file()}
+
+
+@pytest.fixture
+def tree_hashes():
+    """``file_hashes`` for tests that check an earlier run survived."""
+    return file_hashes

@@ -99,7 +99,8 @@ def test_build_checkpoint_is_plain_and_stores_num_classes_once(tmp_path):
     path = checkpoints.save_checkpoint(checkpoint, tmp_path / 'best_model.pth')
     opened = torch.load(path, weights_only=True)
     assert {'model', 'optimizer', 'scheduler', 'epoch', 'best_metric', 'best_epoch', 'select_metric', 'model_args',
-            'preprocess', 'class_names', 'prediction', 'side_names', 'args', 'history', 'val_metrics'} == set(opened)
+            'preprocess', 'class_names', 'prediction', 'side_names', 'args', 'history', 'val_metrics',
+            'best_val_metrics', 'run_id'} == set(opened)
     assert 'num_classes' not in opened and opened['model_args']['num_classes'] == 6
     assert opened['class_names'] == annotations.grade_names(6)
     assert opened['side_names'] == list(annotations.SIDE_CLASSES)
@@ -136,7 +137,8 @@ def test_resume_accepts_the_same_settings_also_from_an_old_preprocess():
 
 
 @pytest.mark.parametrize('change, message', [
-    ({'drop': 'optimizer'}, 'not a training checkpoint'),
+    ({'drop': 'model_args'}, 'not a training checkpoint'),
+    ({'drop': 'optimizer'}, 'a progress mark of epoch 2 with the weights only'),
     ({'settings': {'model_args': {**TINY_MODEL_ARGS, 'dim': 32}}}, 'dim 16 in the checkpoint vs 32 now'),
     ({'settings': {'preprocess': upgrade_preprocess({**OLD_PREPROCESS, 'image_size': 224, 'region_size': 21,
                                                      'input_size': 42})}}, 'region_size 28 in the checkpoint'),
@@ -243,3 +245,45 @@ def test_utils_imports_neither_torch_nor_the_checkpoints():
     code = ('import sys, utils; utils.to_plain({"a": (1, 2)}); '
             'assert "torch" not in sys.modules and "checkpoints" not in sys.modules, sorted(sys.modules)')
     subprocess.run([sys.executable, '-c', code], check=True, cwd=os.path.dirname(checkpoints.__file__))
+
+
+# run folders
+
+def test_run_files_are_only_those_a_training_writes(tmp_path):
+    save_dir, log_dir = tmp_path / 'c', tmp_path / 'l'
+    for path in (save_dir / 'last.pth', save_dir / 'epoch_10.pth', save_dir / 'epoch_9.pth', save_dir / 'mine.pth',
+                 save_dir / 'epoch_best.pth', log_dir / 'summary.csv', log_dir / 'notes.csv'):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text('x')
+    assert checkpoints.run_files(save_dir, log_dir) == [save_dir / 'last.pth', save_dir / 'epoch_9.pth',
+                                                       save_dir / 'epoch_10.pth', log_dir / 'summary.csv']
+
+
+def test_run_id_of_reads_checkpoints_and_logs_and_none_otherwise(tmp_path):
+    path = checkpoints.save_checkpoint(training_checkpoint(run_id='20260101-000000-abcdef'), tmp_path / 'last.pth')
+    assert checkpoints.run_id_of(path) == '20260101-000000-abcdef'
+    (tmp_path / 'training_history.json').write_text('{"run_id": "r1"}')
+    assert checkpoints.run_id_of(tmp_path / 'training_history.json') == 'r1'
+    (tmp_path / 'broken.pth').write_bytes(b'not a checkpoint')
+    assert checkpoints.run_id_of(tmp_path / 'broken.pth') is None
+    assert checkpoints.run_id_of(checkpoints.save_checkpoint(training_checkpoint(), tmp_path / 'old.pth')) is None
+    assert checkpoints.run_ids_in(tmp_path, tmp_path) == {'20260101-000000-abcdef', 'r1'}
+
+
+def test_a_moved_run_comes_back_when_the_new_one_fails_and_goes_when_it_commits(tmp_path, tree_hashes):
+    save_dir = tmp_path / 'c'
+    save_dir.mkdir()
+    (save_dir / 'last.pth').write_text('earlier')
+    (save_dir / 'epoch_5.pth').write_text('earlier mark')
+    before = tree_hashes(save_dir)
+    folders = checkpoints.guard_run_folders(save_dir, save_dir, overwrite=True)
+    assert not (save_dir / 'last.pth').exists() and len(folders.moves) == 2
+    (save_dir / 'epoch_1.pth').write_text('partial new run')
+    folders.restore()
+    assert tree_hashes(save_dir) == before  # the partial file is gone, the earlier ones are back
+    folders = checkpoints.guard_run_folders(save_dir, save_dir, overwrite=True)
+    (save_dir / 'last.pth').write_text('new')
+    folders.commit()
+    folders.restore()  # settled: nothing to undo
+    assert tree_hashes(save_dir) == {'last.pth': tree_hashes(save_dir)['last.pth']}
+    assert (save_dir / 'last.pth').read_text() == 'new'

@@ -1,6 +1,7 @@
 """train_facial_palsy.py --cv K / --cv loso: subject-disjoint folds, pooled held-out scores, refusals."""
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -105,10 +106,22 @@ def _fold_datasets(tmp_path, summary):
     return out
 
 
-def test_an_earlier_cross_validation_is_not_overwritten(three_fold_run, synthetic_dataset):
-    _, tmp_path = three_fold_run
-    with pytest.raises(UserError, match='earlier cross-validation'):
-        train.main(cv_args(synthetic_dataset, tmp_path, '--cv', '3'))
+def test_an_earlier_cross_validation_is_moved_aside_not_overwritten(three_fold_run, synthetic_dataset, tmp_path,
+                                                                   tree_hashes, capsys):
+    _, earlier = three_fold_run
+    shutil.copytree(earlier / 'c', tmp_path / 'c')
+    shutil.copytree(earlier / 'l', tmp_path / 'l')
+    (tmp_path / 'c' / 'notes.txt').write_text('mine')
+    before = {name: tree_hashes(tmp_path / name) for name in ('c', 'l')}
+    results = train.main(cv_args(synthetic_dataset, tmp_path, '--cv', '3', '--cv_folds_limit', '1'))
+    out = capsys.readouterr().out
+    assert results['folds_run'] == 1 and (tmp_path / 'c' / 'notes.txt').read_text() == 'mine'
+    for name in ('c', 'l'):
+        [moved] = tmp_path.glob(f'{name}.previous-*')
+        assert f'{tmp_path / name} -> {moved}' in out
+        kept = dict(tree_hashes(moved), **({'notes.txt': before['c']['notes.txt']} if name == 'c' else {}))
+        assert kept == before[name]  # every file of the earlier 3 folds, unchanged
+    assert not (tmp_path / 'c' / 'fold_3').exists() and not (tmp_path / 'l' / 'fold_2').exists()
 
 
 def test_loso_with_a_folds_limit_is_partial(synthetic_dataset, tmp_path, capsys):

@@ -87,7 +87,7 @@ def test_metrics_of_adds_loss_and_side_scores():
 
 def fit_args(tmp_path, **overrides) -> argparse.Namespace:
     values = dict(save_dir=str(tmp_path / 'ckpt'), log_dir=str(tmp_path / 'logs'), epochs=3, num_classes=3,
-                  select_metric='macro_f1', save_interval=2, early_stopping=0)
+                  select_metric='macro_f1', save_interval=2, early_stopping=0, seed=0)
     values.update(overrides)
     return argparse.Namespace(**values)
 
@@ -159,3 +159,52 @@ def test_cv_reports_pool_folds_and_write_their_files(tmp_path):
     assert [r['subject'] for r in rows] == ['a', 'a', 'b', 'b', 'c', 'c'] and rows[1]['predicted'] == '1'
     assert json.loads((tmp_path / 'cv_summary.json').read_text())['folds_run'] == 3
     assert (tmp_path / 'cv_folds.png').stat().st_size > 0
+
+
+def test_each_epoch_is_seeded_from_the_seed_and_the_epoch_alone():
+    images, labels = separable_data(16)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=4, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+
+    def epoch_draws(*keys):
+        engine.seed_epoch(loader, *keys)
+        return [batch[1].tolist() for batch in loader], float(np.random.rand()), float(torch.rand(()))
+
+    first = epoch_draws(7, 3)
+    torch.rand(100), np.random.rand(100)  # whatever ran before the epoch
+    assert epoch_draws(7, 3) == first
+    assert epoch_draws(7, 4) != first and epoch_draws(8, 3) != first
+    assert engine.epoch_seed(7, 3) != engine.epoch_seed(3, 7)
+
+
+def test_an_interrupted_epoch_leaves_last_pth_at_the_completed_one(tmp_path, capsys):
+    torch.manual_seed(0)
+    images, labels = separable_data()
+    loaders = {'train': DataLoader(TensorDataset(images, labels), batch_size=16, shuffle=True,
+                                   generator=torch.Generator()),
+               'val': DataLoader(TensorDataset(images[:24], labels[:24]), batch_size=16)}
+    model = Model.build_model(TINY)
+    ctx = make_context(model)
+    real, calls, saved = engine.training_loss, [], []
+
+    def ctrl_c_in_epoch_2(*args):
+        calls.append(1)
+        if len(calls) == 5:  # 3 steps per epoch: the second step of epoch 2
+            raise KeyboardInterrupt
+        return real(*args)
+
+    args = fit_args(tmp_path, save_interval=0)
+    best, history = engine.BestTracker(args.select_metric), []
+    engine.training_loss = ctrl_c_in_epoch_2
+    try:
+        outcome = engine.fit(ctx, loaders, args, 1, best, history,
+                             lambda epoch, val: {'model': {k: v.clone() for k, v in model.state_dict().items()},
+                                                 'epoch': epoch}, on_saved=saved.append)
+    finally:
+        engine.training_loss = real
+    assert outcome['interrupted'] and outcome['last_epoch'] == 1 and saved == [1]
+    assert [row['epoch'] for row in history] == [1] and best.epoch == 1
+    last = torch.load(tmp_path / 'ckpt' / 'last.pth', weights_only=True)
+    assert last['epoch'] == 1
+    assert not all(torch.equal(last['model'][k], v) for k, v in model.state_dict().items())  # not mid-epoch weights
+    assert 'holds epoch 1, the last completed one' in capsys.readouterr().out

@@ -62,9 +62,17 @@ def test_two_epochs_write_checkpoints_and_logs(two_epoch_run, synthetic_dataset)
     assert results['best_epoch'] == 1 + int(np.argmax(val_f1))
     assert results['best_metric'] == pytest.approx(max(val_f1))
 
-    for name in ('best_model.pth', 'last.pth', 'epoch_1.pth', 'epoch_2.pth'):
+    for name in ('best_model.pth', 'last.pth'):
         checkpoint = torch.load(save_dir / name, weights_only=True)
         assert CONTRACT_KEYS <= set(checkpoint), name
+        assert checkpoint['run_id'] == results['run_id']
+    for epoch in (1, 2):  # progress marks: weights and what grading needs, no optimizer state
+        mark = torch.load(save_dir / f'epoch_{epoch}.pth', weights_only=True)
+        assert set(mark) == {'model', 'model_args', 'preprocess', 'class_names', 'prediction', 'epoch', 'run_id',
+                             'select_metric'}
+        assert mark['epoch'] == epoch and mark['run_id'] == results['run_id']
+        assert checkpoints.load_trained(save_dir / f'epoch_{epoch}.pth').num_classes == 6
+    assert (save_dir / 'epoch_2.pth').stat().st_size * 2 < (save_dir / 'last.pth').stat().st_size
     last = torch.load(save_dir / 'last.pth', weights_only=True)
     best = torch.load(save_dir / 'best_model.pth', weights_only=True)
     assert last['epoch'] == 2 and best['epoch'] == results['best_epoch']
@@ -80,7 +88,7 @@ def test_two_epochs_write_checkpoints_and_logs(two_epoch_run, synthetic_dataset)
     assert {'lr', 'train_loss', 'val_loss', *(f'val_{m}' for m in METRIC_NAMES)} <= set(rows[0])
     history_json = json.loads((log_dir / 'training_history.json').read_text())
     assert len(history_json['train_loss']) == len(history_json['val_f1']) == 2
-    assert history_json['best_epoch'] == results['best_epoch']
+    assert history_json['best_epoch'] == results['best_epoch'] and history_json['run_id'] == results['run_id']
     assert yaml.safe_load((log_dir / 'args.yaml').read_text())['dim'] == 16
     assert (log_dir / 'training_curves.png').read_bytes()[:4] == b'\x89PNG'
 
@@ -127,6 +135,9 @@ def test_resume_continues_at_the_next_epoch(two_epoch_run, synthetic_dataset, tm
     steps_per_epoch = steps(before) // 2
     assert steps(after) == 3 * steps_per_epoch  # Adam moments and step count carried over, not restarted
     assert after['scheduler'] is not None
+    # the best epoch so far came along, so the new folder's best_model.pth is this run's best in any case
+    best = torch.load(resumed_dir / 'best_model.pth', weights_only=True)
+    assert best['epoch'] == results['best_epoch'] and best['run_id'] == before['run_id'] == results['run_id']
 
 
 def test_resume_refuses_another_network_before_reading_photos(two_epoch_run, synthetic_dataset, tmp_path):
@@ -141,30 +152,6 @@ def test_resume_refuses_another_network_before_reading_photos(two_epoch_run, syn
         train.main(argv)
 
 
-def test_an_earlier_run_is_not_overwritten(two_epoch_run, synthetic_dataset):
-    _results, save_dir, log_dir = two_epoch_run
-    with pytest.raises(UserError, match='--overwrite'):
-        train.main(run_args(synthetic_dataset, save_dir, log_dir, '--epochs', '1'))
-
-
-def test_overwrite_clears_the_earlier_run_first(tmp_path):
-    save_dir, log_dir = tmp_path / 'c', tmp_path / 'l'
-    earlier = [save_dir / 'best_model.pth', save_dir / 'last.pth', save_dir / 'epoch_50.pth',
-               log_dir / 'summary.csv', log_dir / 'test_metrics.json']
-    for path in earlier:
-        path.parent.mkdir(exist_ok=True)
-        path.write_text('earlier run')
-    (save_dir / 'notes.txt').write_text('not ours')
-    args = train.parse_args(['--data_root', str(tmp_path), '--save_dir', str(save_dir), '--log_dir', str(log_dir),
-                             '--pretrained_path', str(save_dir / 'best_model.pth'), '--overwrite'])
-    with pytest.raises(UserError, match='would be removed by --overwrite'):
-        train.check_outputs_free(save_dir, log_dir, args)
-    args.pretrained_path = None
-    train.check_outputs_free(save_dir, log_dir, args)
-    assert not any(path.exists() for path in earlier)
-    assert (save_dir / 'notes.txt').exists()
-
-
 def test_command_line_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         utils.run_cli(train.main, ['--data_root', str(tmp_path / 'missing')])
@@ -173,7 +160,7 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
     assert err.count('\n') == 0 and 'missing: folder not found' in err
 
 
-def test_interrupt_saves_last_checkpoint(synthetic_dataset, tmp_path, monkeypatch):
+def test_interrupt_keeps_the_last_completed_epoch(synthetic_dataset, tmp_path, monkeypatch, capsys):
     calls = []
     real = engine.train_one_epoch
 
@@ -190,6 +177,8 @@ def test_interrupt_saves_last_checkpoint(synthetic_dataset, tmp_path, monkeypatc
     assert results['test_metrics'] is None  # an interrupted run is not scored on test
     last = torch.load(tmp_path / 'c' / 'last.pth', weights_only=True)
     assert last['epoch'] == 1 and len(last['history']) == 1
+    assert (f'interrupted during epoch 2: {tmp_path / "c" / "last.pth"} holds epoch 1, the last completed one; '
+            f'continue with --resume {tmp_path / "c" / "last.pth"}') in capsys.readouterr().out
 
 
 def test_folder_layout_with_carved_validation_and_options(synthetic_dataset, tmp_path):
