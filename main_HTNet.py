@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from checkpoints import describe_mismatches, load_checkpoint, save_checkpoint, state_dict_mismatches
 from Model import HTNet, build_model, count_parameters, extract_state_dict, model_args_from
-from utils import (UserError, add_config_args, atomic_write_text, parse_args_with_config, resolve_device, run_cli,
-                   save_args, save_figure, seed_everything, to_plain)
+from utils import (UserError, add_config_args, atomic_write_text, check_writable, parse_args_with_config,
+                   resolve_device, run_cli, save_args, save_figure, seed_everything, to_plain)
 
 CLASS_NAMES = ('negative', 'positive', 'surprise')
 CSV_NAME = 'combined_3_class2_for_optical_flow.csv'
@@ -767,7 +767,7 @@ def set_up(args: argparse.Namespace) -> Run:
     check_outputs_free(args, weights_dir, subjects, model_args)
     results_path = Path(args.results_json) if args.results_json else \
         weights_dir / ('results.json' if args.train else 'results_eval.json')
-    weights_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(weights_dir, '--weights_dir')  # before the slow work (landmarks, training)
     if args.train:
         atomic_write_text(weights_dir / 'model_args.json', json.dumps(model_args, indent=2) + '\n')
     save_args(args, results_path.with_name(results_path.stem + '_args.yaml'))

@@ -13,6 +13,7 @@ uses for its validation subjects and cross-validation folds too.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ from annotations import (BACKSLASH_NOT_FOUND, DEFAULT_SUBJECT_REGEX, GRADE_3_TO_
                          read_table, require_columns, row_number, scan_ckplus, side_of, split_subjects,
                          subject_from_name, subjects_of_paths)
 from face_detection import ImageReadError, load_image
-from utils import UserError, add_config_args, atomic_write_text, parse_args_with_config, run_cli
+from utils import UserError, add_config_args, atomic_write_text, check_writable, parse_args_with_config, run_cli
 
 # columns taken over from a generator's <data_root>/annotation.csv
 MERGED_COLUMNS = ('subject', 'side', 'neutral_path', *LANDMARK_COLUMNS, *NEUTRAL_LANDMARK_COLUMNS)
@@ -92,7 +93,7 @@ DECODE_THREADS = 4
 def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
     if len(ratios) != 3:
         raise UserError(f'--split_ratio needs three numbers (train val test), got {len(ratios)}')
-    if any(r < 0 for r in ratios) or ratios[0] <= 0:
+    if not all(math.isfinite(r) and r >= 0 for r in ratios) or ratios[0] <= 0:
         raise UserError(f'--split_ratio {" ".join(map(str, ratios))}: ratios must be >= 0 and train > 0')
     if abs(sum(ratios) - 1.0) > 1e-6:
         raise UserError(f'--split_ratio {" ".join(map(str, ratios))}: the ratios sum to {sum(ratios):g}, not 1')
@@ -778,6 +779,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.num_subjects < 1 or args.images_per_subject < 1:
         raise UserError('--num_subjects and --images_per_subject must be at least 1')
     check_ratios(args.split_ratio)
+    for flag, folder in (('--output_csv', args.output_csv and args.output_csv.parent),
+                         ('--output_root', args.output_root)):
+        if folder is not None:  # before any slow work (decoding every photo, drawing faces)
+            check_writable(folder, f'{flag} folder' if flag == '--output_csv' else flag)
     if args.dataset_type == 'merge':
         run_merge(args)
         return 0

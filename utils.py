@@ -300,6 +300,8 @@ def check_writable(folder: str | os.PathLike, what: str, need_bytes: int = 0) ->
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f'{what} {folder}: cannot create the folder (a file is in the way)') from None
     except OSError as err:
         raise UserError(f'{what} {folder}: cannot create the folder ({err.strerror or err})') from None
     if not folder.is_dir():

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import prepare_dataset as prep
+import utils
 import synthetic_faces as sf
 from annotations import GRADE_6_TO_3
 from utils import UserError
@@ -419,3 +420,20 @@ def test_an_explicit_subject_regex_wins_over_folders(tmp_path):
     rows = ''.join(f'{p},{int(p.split("/P")[1][0]) % 2}\n' for p in paths)
     _, out = prepare_csv(tmp_path, root, 'image_path,grade\n' + rows, '--subject_regex', r'^(P\d+)')
     assert sorted(pd.read_csv(out)['subject'].unique()) == ['P0', 'P1', 'P2', 'P3']
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--split_ratio', 'nan', '0.15', '0.15'], '--split_ratio nan 0.15 0.15: ratios must be >= 0 and train > 0'),
+    (['--output_csv', '{blocker}/out.csv'], 'cannot create the folder (a file is in the way)'),
+])
+def test_bad_ratios_and_unwritable_outputs_stop_before_any_work(tmp_path, capsys, flags, message):
+    blocker = tmp_path / 'blocker'
+    blocker.write_text('a file, not a folder')
+    argv = ['--dataset_type', 'FNP', '--data_root', str(tmp_path / 'nowhere'), '--output_csv', str(tmp_path / 'a.csv')]
+    argv += [flag.replace('{blocker}', str(blocker)) for flag in flags]
+    with pytest.raises(SystemExit) as exit_info:
+        utils.run_cli(prep.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count('\n') == 0
+    assert blocker.read_text() == 'a file, not a folder'

@@ -99,7 +99,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_earlier_file(tmp_path):
 def test_check_writable_refuses_before_any_work(tmp_path):
     blocker = tmp_path / 'file.txt'
     blocker.write_text('x')
-    with pytest.raises(UserError, match='--save_dir .*file.txt/run: cannot create the folder'):
+    with pytest.raises(UserError, match=r'--save_dir .*file.txt/run: cannot create the folder \(a file is in the way'):
         utils.check_writable(blocker / 'run', '--save_dir')
     with pytest.raises(UserError, match='free on its disk, but this run needs about'):
         utils.check_writable(tmp_path / 'ok', '--save_dir', need_bytes=10 ** 18)
