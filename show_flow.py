@@ -18,7 +18,7 @@ import cv2
 from face_detection import FaceLandmarks, LandmarkDetector, load_image
 from facial_palsy_dataset import aligned_faces, region_motion
 from optical_flow import FLOW_SETTINGS, flow_between, flow_picture
-from utils import UserError, atomic_write_text, run_cli
+from utils import UserError, atomic_write_text, check_writable, run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -61,13 +61,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     existing = [str(p) for p in outputs if p.exists()]
     if existing and not args.overwrite:
         raise UserError(f'{existing[0]} already exists; choose another --output_dir or pass --overwrite')
+    check_writable(args.output_dir, '--output_dir')
     rest, expression = load_image(args.rest), load_image(args.expression)
     rest_points, expression_points = detect_pair(args.rest, args.expression, args.device, args.cache_dir)
     rest_face, expression_face, face_points = aligned_faces(
         rest, expression, rest_points, None if args.no_align else expression_points, args.image_size)
     flow_img = flow_between(rest_face, expression_face)
     motion = region_motion(flow_img, face_points, args.region_size)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(outputs[0]), cv2.cvtColor(flow_img, cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(outputs[1]), cv2.cvtColor(flow_picture(rest_face, expression_face, flow_img), cv2.COLOR_RGB2BGR))
     report = {'rest': str(args.rest), 'expression': str(args.expression), 'aligned': not args.no_align,
