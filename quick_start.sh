@@ -35,12 +35,12 @@ own_csv() {  # true when $CSV is the file an earlier quick start wrote, unchange
 
 own_run() {  # true when $SAVE_DIR / $LOG_DIR hold the run an earlier quick start trained, and no other
     [ -f "$SAVE_DIR/$RUN_MARK" ] || return 1
-    python -c 'import sys, checkpoints; sys.exit(checkpoints.run_ids_in(sys.argv[1], sys.argv[2]) != {sys.argv[3]})' \
+    python -c 'import sys, run_folders; sys.exit(run_folders.run_ids_in(sys.argv[1], sys.argv[2]) != {sys.argv[3]})' \
         "$SAVE_DIR" "$LOG_DIR" "$(cat "$SAVE_DIR/$RUN_MARK")"
 }
 
 mark_run() {
-    python -c 'import sys, checkpoints; print(checkpoints.run_id_of(sys.argv[1]) or "")' "$SAVE_DIR/last.pth" \
+    python -c 'import sys, run_folders; print(run_folders.run_id_of(sys.argv[1]) or "")' "$SAVE_DIR/last.pth" \
         > "$SAVE_DIR/$RUN_MARK"
 }
 

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 import Model
 import annotations
 import checkpoints
+import run_folders
 import data_augmentation as DA
 import engine
 import facial_palsy_dataset as fpd
@@ -475,17 +476,17 @@ def load_resume(args: argparse.Namespace, model_args: dict[str, Any], preprocess
 
 def prepare_run_folders(args: argparse.Namespace, model_args: dict[str, Any], epochs_done: int = 0,
                         resume_checkpoint: dict | None = None, runs: int | None = 1,
-                        cv: bool = False) -> checkpoints.RunFolders:
-    """Before any slow work: make --save_dir / --log_dir free (``checkpoints.guard_run_folders``: an earlier run
+                        cv: bool = False) -> run_folders.RunFolders:
+    """Before any slow work: make --save_dir / --log_dir free (``run_folders.guard_run_folders``: an earlier run
     is moved aside, replaced with --overwrite, or continued with --resume), print the disk the checkpoints will
     take and check both folders can be written and have that room. The caller restores the earlier run if this
     one stops before its first checkpoint (``RunFolders.restore``)."""
     save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
-    need, text = checkpoints.disk_estimate(model_args, epochs_done + 1, args.epochs, args.save_interval, runs)
-    folders = checkpoints.guard_run_folders(save_dir, log_dir, overwrite=args.overwrite, resume=args.resume,
+    need, text = run_folders.disk_estimate(model_args, epochs_done + 1, args.epochs, args.save_interval, runs)
+    folders = run_folders.guard_run_folders(save_dir, log_dir, overwrite=args.overwrite, resume=args.resume,
                                             resume_checkpoint=resume_checkpoint, cv=cv, keep=[args.pretrained_path])
     try:
-        replaced = [save_dir / name for name in checkpoints.RUN_CHECKPOINTS] if not folders.moves else []
+        replaced = [save_dir / name for name in run_folders.RUN_CHECKPOINTS] if not folders.moves else []
         need = max(need - sum(path.stat().st_size for path in replaced if path.is_file()),
                    need // (2 * (runs or 1)))  # a checkpoint is written next to the one it replaces
         print(f'{text} in {save_dir}')
@@ -523,12 +524,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def train_run(args: argparse.Namespace, device: torch.device, detector: fpd.LandmarkDetector,
               preprocess: dict[str, Any], model_args: dict[str, Any], model: nn.Module,
-              resume_checkpoint: dict | None, folders: checkpoints.RunFolders) -> dict[str, Any]:
+              resume_checkpoint: dict | None, folders: run_folders.RunFolders) -> dict[str, Any]:
     """The slow part of ``main``: landmarks, splits, the epochs, and the test split scored once at the end."""
     save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
     autocast, scaler = utils.amp_context(device, args.amp)
     class_names = annotations.grade_names(args.num_classes)
-    run_id = (resume_checkpoint or {}).get('run_id') or checkpoints.new_run_id()
+    run_id = (resume_checkpoint or {}).get('run_id') or run_folders.new_run_id()
     datasets = training_data.build_datasets(args, detector, preprocess)
     training_data.check_subject_overlap(datasets)
     split_summary = training_data.describe_splits(datasets, class_names)
@@ -732,12 +733,12 @@ def run_cross_validation(args: argparse.Namespace, device: torch.device) -> dict
 
 
 def cross_validate(args: argparse.Namespace, device: torch.device, detector: fpd.LandmarkDetector,
-                   preprocess: dict[str, Any], model_args: dict[str, Any], folders: checkpoints.RunFolders
+                   preprocess: dict[str, Any], model_args: dict[str, Any], folders: run_folders.RunFolders
                    ) -> dict[str, Any]:
     """The slow part of ``run_cross_validation``: the pool's landmarks, the folds, the pooled summary."""
     save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
     class_names = annotations.grade_names(args.num_classes)
-    run_id = checkpoints.new_run_id()
+    run_id = run_folders.new_run_id()
 
     dataset, pool = training_data.build_cv_pool(args, detector, preprocess)
     labels, subjects = training_data.split_labels(dataset), training_data.split_subjects(dataset)

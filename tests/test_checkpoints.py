@@ -13,6 +13,7 @@ import torch
 
 import annotations
 import checkpoints
+import run_folders
 import Model
 from facial_palsy_dataset import upgrade_preprocess
 from utils import UserError
@@ -249,41 +250,13 @@ def test_utils_imports_neither_torch_nor_the_checkpoints():
 
 # run folders
 
-def test_run_files_are_only_those_a_training_writes(tmp_path):
-    save_dir, log_dir = tmp_path / 'c', tmp_path / 'l'
-    for path in (save_dir / 'last.pth', save_dir / 'epoch_10.pth', save_dir / 'epoch_9.pth', save_dir / 'mine.pth',
-                 save_dir / 'epoch_best.pth', log_dir / 'summary.csv', log_dir / 'notes.csv'):
-        path.parent.mkdir(exist_ok=True)
-        path.write_text('x')
-    assert checkpoints.run_files(save_dir, log_dir) == [save_dir / 'last.pth', save_dir / 'epoch_9.pth',
-                                                       save_dir / 'epoch_10.pth', log_dir / 'summary.csv']
-
 
 def test_run_id_of_reads_checkpoints_and_logs_and_none_otherwise(tmp_path):
     path = checkpoints.save_checkpoint(training_checkpoint(run_id='20260101-000000-abcdef'), tmp_path / 'last.pth')
-    assert checkpoints.run_id_of(path) == '20260101-000000-abcdef'
+    assert run_folders.run_id_of(path) == '20260101-000000-abcdef'
     (tmp_path / 'training_history.json').write_text('{"run_id": "r1"}')
-    assert checkpoints.run_id_of(tmp_path / 'training_history.json') == 'r1'
+    assert run_folders.run_id_of(tmp_path / 'training_history.json') == 'r1'
     (tmp_path / 'broken.pth').write_bytes(b'not a checkpoint')
-    assert checkpoints.run_id_of(tmp_path / 'broken.pth') is None
-    assert checkpoints.run_id_of(checkpoints.save_checkpoint(training_checkpoint(), tmp_path / 'old.pth')) is None
-    assert checkpoints.run_ids_in(tmp_path, tmp_path) == {'20260101-000000-abcdef', 'r1'}
-
-
-def test_a_moved_run_comes_back_when_the_new_one_fails_and_goes_when_it_commits(tmp_path, tree_hashes):
-    save_dir = tmp_path / 'c'
-    save_dir.mkdir()
-    (save_dir / 'last.pth').write_text('earlier')
-    (save_dir / 'epoch_5.pth').write_text('earlier mark')
-    before = tree_hashes(save_dir)
-    folders = checkpoints.guard_run_folders(save_dir, save_dir, overwrite=True)
-    assert not (save_dir / 'last.pth').exists() and len(folders.moves) == 2
-    (save_dir / 'epoch_1.pth').write_text('partial new run')
-    folders.restore()
-    assert tree_hashes(save_dir) == before  # the partial file is gone, the earlier ones are back
-    folders = checkpoints.guard_run_folders(save_dir, save_dir, overwrite=True)
-    (save_dir / 'last.pth').write_text('new')
-    folders.commit()
-    folders.restore()  # settled: nothing to undo
-    assert tree_hashes(save_dir) == {'last.pth': tree_hashes(save_dir)['last.pth']}
-    assert (save_dir / 'last.pth').read_text() == 'new'
+    assert run_folders.run_id_of(tmp_path / 'broken.pth') is None
+    assert run_folders.run_id_of(checkpoints.save_checkpoint(training_checkpoint(), tmp_path / 'old.pth')) is None
+    assert run_folders.run_ids_in(tmp_path, tmp_path) == {'20260101-000000-abcdef', 'r1'}

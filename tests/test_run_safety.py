@@ -19,6 +19,7 @@ import yaml
 
 import Model
 import checkpoints
+import run_folders
 import engine
 import train_facial_palsy as train
 import training_data
@@ -285,7 +286,7 @@ def test_overwrite_replaces_the_earlier_run_once_the_first_checkpoint_is_written
     assert results['run_id'] != earlier_id and 'removed the' in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / 'c').iterdir()) == ['best_model.pth', 'last.pth', 'notes.txt']
     assert not list(tmp_path.rglob('.overwritten-*')) and not list(tmp_path.glob('*.previous-*'))
-    assert checkpoints.run_ids_in(tmp_path / 'c', tmp_path / 'l') == {results['run_id']}
+    assert run_folders.run_ids_in(tmp_path / 'c', tmp_path / 'l') == {results['run_id']}
 
 
 # no flag: the earlier run moves aside
@@ -302,7 +303,7 @@ def test_an_earlier_run_is_moved_aside_without_resume_or_overwrite(earlier_run, 
     assert tree_hashes(kept_c) == {k: v for k, v in earlier_run['c'].items() if k != 'notes.txt'}
     assert tree_hashes(kept_l) == earlier_run['l']
     assert (tmp_path / 'c' / 'notes.txt').read_text() == 'my notes'  # a user's own file stays where it was
-    assert checkpoints.run_ids_in(tmp_path / 'c', tmp_path / 'l') == {results['run_id']}
+    assert run_folders.run_ids_in(tmp_path / 'c', tmp_path / 'l') == {results['run_id']}
 
 
 # room and permissions, before any slow work
@@ -334,13 +335,13 @@ def test_the_disk_a_run_takes_is_estimated_from_the_parameter_count():
     paper = Model.model_args_from(image_size=56, patch_size=7, num_classes=6, dim=256, heads=3, num_hierarchies=3,
                                   block_repeats=[2, 2, 10])
     parameters = 139_586_066
-    total, text = checkpoints.disk_estimate(paper, 1, 100, 10)
+    total, text = run_folders.disk_estimate(paper, 1, 100, 10)
     assert total == 2 * 12 * parameters + 10 * 4 * parameters
     assert text == ('disk: about 8.9 GB of checkpoints (best_model.pth and last.pth of 1.7 GB each with the '
                     'optimizer state, 10 epoch_N.pth of 558.3 MB each, weights only)')
-    resumed, _ = checkpoints.disk_estimate(paper, 51, 100, 10)
+    resumed, _ = run_folders.disk_estimate(paper, 51, 100, 10)
     assert resumed == 2 * 12 * parameters + 5 * 4 * parameters
-    assert checkpoints.disk_estimate(paper, 1, 100, 0, runs=5)[0] == 5 * 2 * 12 * parameters
+    assert run_folders.disk_estimate(paper, 1, 100, 0, runs=5)[0] == 5 * 2 * 12 * parameters
 
 
 # one-line errors
@@ -414,3 +415,34 @@ def test_quick_start_overwrites_only_its_own_run_and_csv(earlier_run, tmp_path, 
     owned = quick_start(tmp_path, 'set +e; own_csv; echo "$?|"; digest "$CSV" > "$CSV_MARK"; own_csv; echo "$?|"; '
                                   'echo edited >> "$CSV"; own_csv; echo "$?"')
     assert [part.strip() for part in owned.stdout.split('|')] == ['1', '0', '1']  # edited since: the user's now
+
+
+# run_folders.py on its own
+
+def test_run_files_are_only_those_a_training_writes(tmp_path):
+    save_dir, log_dir = tmp_path / 'c', tmp_path / 'l'
+    for path in (save_dir / 'last.pth', save_dir / 'epoch_10.pth', save_dir / 'epoch_9.pth', save_dir / 'mine.pth',
+                 save_dir / 'epoch_best.pth', log_dir / 'summary.csv', log_dir / 'notes.csv'):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text('x')
+    assert run_folders.run_files(save_dir, log_dir) == [save_dir / 'last.pth', save_dir / 'epoch_9.pth',
+                                                       save_dir / 'epoch_10.pth', log_dir / 'summary.csv']
+
+
+def test_a_moved_run_comes_back_when_the_new_one_fails_and_goes_when_it_commits(tmp_path, tree_hashes):
+    save_dir = tmp_path / 'c'
+    save_dir.mkdir()
+    (save_dir / 'last.pth').write_text('earlier')
+    (save_dir / 'epoch_5.pth').write_text('earlier mark')
+    before = tree_hashes(save_dir)
+    folders = run_folders.guard_run_folders(save_dir, save_dir, overwrite=True)
+    assert not (save_dir / 'last.pth').exists() and len(folders.moves) == 2
+    (save_dir / 'epoch_1.pth').write_text('partial new run')
+    folders.restore()
+    assert tree_hashes(save_dir) == before  # the partial file is gone, the earlier ones are back
+    folders = run_folders.guard_run_folders(save_dir, save_dir, overwrite=True)
+    (save_dir / 'last.pth').write_text('new')
+    folders.commit()
+    folders.restore()  # settled: nothing to undo
+    assert tree_hashes(save_dir) == {'last.pth': tree_hashes(save_dir)['last.pth']}
+    assert (save_dir / 'last.pth').read_text() == 'new'
