@@ -28,13 +28,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 import utils
-from utils import check_writable, csv_header, guard_outputs, png_made_here
+from annotations import subject_from_name
 from facial_palsy_dataset import ImageReadError
 from inference import (STATUSES, SYMMETRY_COLUMNS, FacialPalsyPredictor, display_grade, probability_column,
-                       symmetry_line, symmetry_row)
+                       subject_grades_from_photos, symmetry_line, symmetry_row)
+from utils import check_writable, csv_header, guard_outputs, png_made_here
 
 __all__ = ['FacialPalsyPredictor', 'get_args_parser', 'main']
 
@@ -64,7 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help='CSV for --image_dir: path, status, grade_index, grade, confidence, one p_<grade> '
                              'column per class, face_detected, error, then the sym_<measurement> symmetry columns '
                              'and, for a checkpoint with a side head, predicted_side, side_confidence and '
-                             'side_p_<left|right|none>')
+                             'side_p_<left|right|none>. When the file names name patients (the part before the '
+                             'first "_", e.g. P001_smile.jpg) and a patient has several photos, <name>_subjects.csv '
+                             'beside it grades each patient from the mean of their photo probabilities')
     parser.add_argument('--overlay_dir', default=None,
                         help=f'with --image_dir, also write an overlay PNG per readable photo here '
                              f'(<photo name>{OVERLAY_SUFFIX})')
@@ -190,7 +194,10 @@ def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) ->
         raise utils.UserError(f'--image_dir {image_dir}: no files to grade')
     overlay_dir = Path(args.overlay_dir) if args.overlay_dir else None
     overlay_names = folder_overlay_names(files)
+    subjects_csv = subjects_csv_path(output_csv)
     replaced = guard_outputs([output_csv], predictions_csv_made_here, args.overwrite, '--output_csv')
+    guard_outputs([subjects_csv], lambda path: csv_header(path)[:2] == ['subject', 'n_photos'], args.overwrite,
+                  'per-patient CSV')
     check_writable(output_csv.parent, '--output_csv folder')
     if overlay_dir is not None:
         guard_outputs([overlay_dir / name for name in overlay_names.values()], png_made_here, args.overwrite,
@@ -217,7 +224,38 @@ def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) ->
         if result['status'] == 'unreadable':
             print(f'unreadable: {result["error"]}')
     print(f'{len(results)} files -> {output_csv}: ' + ', '.join(f'{s} {counts.get(s, 0)}' for s in STATUSES))
-    return {'results': results, 'csv': str(output_csv), 'counts': dict(counts)}
+    subjects = write_subject_table(predictor, results, subjects_csv)
+    return {'results': results, 'csv': str(output_csv), 'counts': dict(counts), 'subjects': subjects}
+
+
+def subjects_csv_path(output_csv: Path) -> Path:
+    return output_csv.with_name(output_csv.stem + '_subjects.csv')
+
+
+def write_subject_table(predictor: FacialPalsyPredictor, results: Sequence[dict[str, Any]], path: Path
+                        ) -> list[dict[str, Any]] | None:
+    """A grade per patient when the file names name patients (the part before the first ``_``, as
+    ``prepare_dataset.py`` reads them) and some patient has several graded photos: the mean of their photo
+    probabilities, read with the checkpoint's rule, printed and written to ``path``. None (and nothing written)
+    otherwise."""
+    graded = [r for r in results if r['probabilities'] is not None]
+    subjects = [subject_from_name(r['path']) or Path(r['path']).stem for r in graded]
+    if not graded or len(set(subjects)) == len(subjects):
+        return None
+    probabilities = np.array([[r['probabilities'][g] for g in predictor.grades] for r in graded])
+    names, counts, mean, grade_index = subject_grades_from_photos(subjects, probabilities, predictor.prediction)
+    rows = []
+    for name, count, probs, index in zip(names, counts, mean, grade_index):
+        row = {'subject': name, 'n_photos': int(count), 'grade_index': int(index),
+               'grade': predictor.grades[index], 'confidence': round(float(probs[index]), 6)}
+        row.update({probability_column(g): round(float(p), 6) for g, p in zip(predictor.grades, probs)})
+        rows.append(row)
+    utils.atomic_write_csv(path, list(rows[0]), rows)
+    print(f'per patient ({len(rows)} subjects from the file names; the mean of each one\'s photos) -> {path}:')
+    for row in rows:
+        print(f'  {row["subject"]}: {display_grade(row["grade"])} ({row["confidence"]:.3f}, '
+              f'{row["n_photos"]} photos)')
+    return rows
 
 
 def folder_overlay_names(files: Sequence[Path]) -> dict[Path, str]:

@@ -14,6 +14,10 @@ landmarks, face square and region mosaic as in training; flags given only overri
   ``skipped.csv`` when photos could not be used.
 - ``symmetry_by_grade.csv`` (mean of each symmetry measurement per true grade) and ``asymmetry_by_grade.png``
   (box plot of the asymmetry index per true grade): does the geometry the network sees grow with the grade?
+- Patient-level grades when the photos name their subjects (a ``subject`` column, or the file-name rule) and some
+  subject has several: ``subject_metrics`` in ``metrics.json`` (the same metrics, from the mean of each subject's
+  photo probabilities, with intervals from resampling subjects), a second block of the printed table, and
+  ``subject_predictions.csv`` (one row per subject).
 
 A checkpoint with a side head adds ``side_accuracy`` (over photos whose side is known, with its bootstrap
 interval) and the side confusion matrix to ``metrics.json``. A checkpoint whose ``prediction`` entry is
@@ -40,18 +44,19 @@ from tqdm import tqdm
 
 import metrics as M
 import utils
-from annotations import SIDE_CLASSES, grade_names
+from annotations import SIDE_CLASSES, grade_names, subject_grades
 from checkpoints import check_input_size, load_trained
 from facial_palsy_dataset import (INPUT_MODES, CKPlusFacialPalsyDataset, FacialPalsyDataset, ImageReadError,
                                   LandmarkDetector)
-from inference import SYMMETRY_COLUMNS, face_symmetry, probability_column, symmetry_row
+from inference import (SYMMETRY_COLUMNS, face_symmetry, probability_column, subject_grades_from_photos,
+                       symmetry_row)
 from losses import decode_grades
 from symmetry import MEASUREMENT_NAMES
 
 CONFIDENCE = 0.95
 OUTPUT_FILES = ('metrics.json', 'confusion_matrix.png', 'per_class_accuracy.png', 'classification_report.txt',
                 'predictions.csv', 'predictions.npz', 'args.yaml', 'skipped.csv', 'symmetry_by_grade.csv',
-                'asymmetry_by_grade.png')
+                'asymmetry_by_grade.png', 'subject_predictions.csv')
 # flag -> the preprocess entry it may override (the face square, the regions; the network must still fit)
 PREPROCESS_FLAGS = {'image_size': 'face_size', 'region_size': 'region_size', 'input_mode': 'input_mode'}
 
@@ -251,6 +256,34 @@ def score(labels: np.ndarray, predictions: np.ndarray, groups: list[str] | None,
     return {'point': point, 'intervals': intervals, 'per_class': per_class}
 
 
+def subject_scores(groups: list[str] | None, labels: np.ndarray, probabilities: np.ndarray, grades: Sequence[str],
+                   rule: str, args: argparse.Namespace) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
+    """Patient-level grades, as a clinician grades a patient from several photos of one sitting: each subject's
+    photo probabilities are averaged and read with the checkpoint's prediction rule; the subject's true grade is
+    its most frequent photo grade (ties: the higher, ``annotations.subject_grades``). Returns the metrics with 95%
+    intervals from resampling subjects (None when the data names no repeated subjects) and one row per subject."""
+    if groups is None:
+        return None, None
+    names, counts, mean, pred = subject_grades_from_photos(groups, probabilities, rule)
+    true_of = subject_grades(groups, labels)
+    true = np.array([true_of[name] for name in names], dtype=np.int64)
+    num_classes = probabilities.shape[1]
+    intervals = M.bootstrap_metrics(true, pred, num_classes, groups=None, n_boot=args.n_boot, seed=args.seed,
+                                    alpha=1.0 - CONFIDENCE)
+    point = M.compute_metrics(true, pred, num_classes)
+    payload = {'n_subjects': len(names), 'photos_per_subject': float(counts.mean()),
+               'rule': 'mean of the photo probabilities of each subject, read with the checkpoint\'s prediction rule',
+               'metrics': {name: intervals[name] for name in M.METRIC_NAMES},
+               'confusion_matrix': point['confusion_matrix'],
+               'bootstrap': {'n_boot': args.n_boot, 'seed': args.seed, 'resampled_by': 'subject'}}
+    table = pd.DataFrame({'subject': names, 'n_photos': counts, 'true_label': true,
+                          'true_grade': [grades[k] for k in true], 'pred_label': pred,
+                          'pred_grade': [grades[k] for k in pred], 'correct': true == pred})
+    for k, name in enumerate(grades):
+        table[probability_column(name)] = mean[:, k].round(6)
+    return payload, table
+
+
 def score_symmetry_baseline(checkpoint: dict, dataset, indices: Sequence[int], labels: np.ndarray,
                             groups: list[str] | None, num_classes: int, args: argparse.Namespace) -> dict | None:
     """The interpretable baseline stored by ``train_facial_palsy.py --baseline symmetry``, scored on the same photos
@@ -379,6 +412,12 @@ def metrics_table(payload: dict[str, Any]) -> str:
             lines.append(f'{label:<22}{side["value"]:>8.4f}   [{side["ci_low"]:.4f}, {side["ci_high"]:.4f}]')
     boot = payload['bootstrap']
     lines.append(f'({boot["n_boot"]} bootstrap resamples of {boot["n_groups"]} {boot["resampled_by"]}s)')
+    patients = payload.get('subject_metrics')
+    if patients:
+        lines += ['', f'patient level: {patients["n_subjects"]} subjects, the mean of each one\'s '
+                      f'{patients["photos_per_subject"]:.1f} photos on average', '-' * 46]
+        for name, entry in patients['metrics'].items():
+            lines.append(f'{name:<22}{entry["value"]:>8.4f}   [{entry["ci_low"]:.4f}, {entry["ci_high"]:.4f}]')
     return '\n'.join(lines)
 
 
@@ -514,8 +553,9 @@ def check_output_dir(output_dir: Path, overwrite: bool) -> list[str]:
 def write_outputs(output_dir: Path, args: argparse.Namespace, payload: dict[str, Any], table: pd.DataFrame,
                   labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str],
                   skipped: list[tuple[str, str]], predictions: np.ndarray | None = None,
-                  grades: Sequence[str] | None = None) -> dict[str, str]:
-    """Every output file; returns name -> path. ``predictions`` default to the most probable grades."""
+                  grades: Sequence[str] | None = None, subject_table: pd.DataFrame | None = None) -> dict[str, str]:
+    """Every output file; returns name -> path. ``predictions`` default to the most probable grades;
+    ``subject_table`` (patient-level grades) is written as ``subject_predictions.csv`` when there is one."""
     predictions = probabilities.argmax(axis=1) if predictions is None else np.asarray(predictions)
     grades = list(grades or class_names)
     title = f'{Path(args.model_path).name} on {payload["split"]} ({payload["n"]} photos)'
@@ -538,6 +578,8 @@ def write_outputs(output_dir: Path, args: argparse.Namespace, payload: dict[str,
     plot_per_class(list(payload['per_class_accuracy'].values()), class_names, target('per_class_accuracy.png'),
                    title)
     write_csv_table(symmetry_by_grade(table, grades), target('symmetry_by_grade.csv'))
+    if subject_table is not None:
+        write_csv_table(subject_table, target('subject_predictions.csv'))
     plot_asymmetry_by_grade(table, grades, target('asymmetry_by_grade.png'), title)
     utils.save_args(args, target('args.yaml'))
     if skipped:
@@ -575,10 +617,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if baseline is not None:
         payload['symmetry_baseline'] = baseline
     table = predictions_table(dataset, indices, labels, probabilities, grades, predictions, side_probabilities)
+    subject_metrics, subject_table = subject_scores(groups, labels, probabilities, grades, rule, args)
+    if subject_metrics is not None:
+        payload['subject_metrics'] = subject_metrics
 
-    (output_dir / 'skipped.csv').unlink(missing_ok=True)  # would otherwise describe an earlier evaluation
+    for name in ('skipped.csv', 'subject_predictions.csv'):  # would otherwise describe an earlier evaluation
+        (output_dir / name).unlink(missing_ok=True)
     written = write_outputs(output_dir, args, payload, table, labels, probabilities, class_names, skipped,
-                            predictions=predictions, grades=grades)
+                            predictions=predictions, grades=grades, subject_table=subject_table)
 
     print()
     print(metrics_table(payload))

@@ -46,6 +46,23 @@ def probability_column(name: str) -> str:
     return 'p_' + re.sub(r'[^0-9A-Za-z-]+', '_', name).strip('_')
 
 
+def subject_grades_from_photos(subjects: Sequence[str], probabilities: np.ndarray, rule: str
+                               ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """A grade per patient from the photos of one sitting: each subject's photo probabilities averaged and read with
+    the checkpoint's prediction ``rule``. Returns ``(subjects sorted, photos per subject, mean probabilities
+    (S, C), grade indices (S,))``."""
+    names = sorted(set(map(str, subjects)))
+    row_of = {name: k for k, name in enumerate(names)}
+    rows = np.array([row_of[str(s)] for s in subjects], dtype=np.int64)
+    counts = np.bincount(rows, minlength=len(names))
+    mean = np.zeros((len(names), np.shape(probabilities)[1]))
+    np.add.at(mean, rows, np.asarray(probabilities, dtype=np.float64))
+    mean /= np.maximum(counts, 1)[:, None]
+    # decode_grades reads logits through a softmax; the log of a distribution gives that distribution back
+    grades = decode_grades(torch.log(torch.as_tensor(mean).clamp_min(1e-12)), rule).numpy()
+    return names, counts, mean, grades
+
+
 def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     """An in-memory photo as HxWx3 uint8 RGB. PIL images follow their EXIF orientation like files do; numpy
     arrays are taken as RGB (grayscale and RGBA are converted, floats in [0, 1] scaled to 0-255)."""

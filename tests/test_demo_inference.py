@@ -236,3 +236,33 @@ def test_a_file_the_script_did_not_write_is_never_replaced(tiny_checkpoint, phot
         demo.main(['--model_path', str(tiny_checkpoint.path), '--image_path', str(photo), '--device', 'cpu',
                    '--output_path', str(user_picture)])
     assert user_picture.read_bytes() == photo.read_bytes()
+
+
+def test_folder_of_several_photos_per_patient_gets_a_grade_per_patient(tiny_checkpoint, synthetic_dataset, tmp_path,
+                                                                       capsys):
+    """P001_a.jpg, P001_b.jpg ...: <output_csv>_subjects.csv grades each patient from the mean of their photos."""
+    photos = sorted(synthetic_dataset.root.rglob('*.jpg'))[:6]
+    folder = tmp_path / 'visit'
+    folder.mkdir()
+    for k, photo in enumerate(photos):
+        shutil.copy(photo, folder / f'P{k // 2 + 1:03d}_{k % 2}.jpg')
+    output_csv = tmp_path / 'predictions.csv'
+    result = demo.main(['--model_path', str(tiny_checkpoint.path), '--image_dir', str(folder), '--output_csv',
+                        str(output_csv), '--device', 'cpu'])
+    photo_rows = pd.read_csv(output_csv)
+    patients = pd.read_csv(tmp_path / 'predictions_subjects.csv')
+    assert patients['subject'].tolist() == ['P001', 'P002', 'P003'] and patients['n_photos'].tolist() == [2, 2, 2]
+    columns = [c for c in photo_rows.columns if c.startswith('p_')]
+    photo_rows['subject'] = photo_rows['path'].map(lambda p: Path(p).stem.split('_')[0])
+    mean = photo_rows.groupby('subject')[columns].mean()
+    np.testing.assert_allclose(mean.to_numpy(), patients[columns].to_numpy(), atol=1e-5)
+    assert (mean.to_numpy().argmax(axis=1) == patients['grade_index'].to_numpy()).all()
+    assert len(result['subjects']) == 3 and 'per patient (3 subjects' in capsys.readouterr().out
+
+    single = tmp_path / 'single'
+    single.mkdir()
+    shutil.copy(photos[0], single / 'A_0.jpg')
+    shutil.copy(photos[1], single / 'B_0.jpg')
+    result = demo.main(['--model_path', str(tiny_checkpoint.path), '--image_dir', str(single), '--output_csv',
+                        str(tmp_path / 'one.csv'), '--device', 'cpu'])
+    assert result['subjects'] is None and not (tmp_path / 'one_subjects.csv').exists()

@@ -258,3 +258,29 @@ def test_files_of_another_kind_in_the_output_folder_are_not_replaced(synthetic_d
     assert sorted(p.name for p in output_dir.iterdir()) == ['predictions.csv']
     evaluate.main([*argv, '--overwrite'])
     assert (output_dir / 'metrics.json').is_file() and 'my,own' not in (output_dir / 'predictions.csv').read_text()
+
+
+def test_patient_level_grades_average_each_subjects_photos(synthetic_dataset, tiny_checkpoint, tmp_path):
+    """subject_metrics: each subject's photo probabilities averaged and argmax-ed (the tiny checkpoint's rule),
+    scored against its grade, with intervals from resampling subjects; subject_predictions.csv has one row each."""
+    output_dir = tmp_path / 'results'
+    result = evaluate.main([*base_args(synthetic_dataset, tiny_checkpoint.path, synthetic_dataset.csv, output_dir),
+                            '--n_boot', '50'])
+    photos = pd.read_csv(output_dir / 'predictions.csv')
+    subjects = pd.read_csv(output_dir / 'subject_predictions.csv')
+    assert sorted(subjects['subject']) == sorted(photos['subject'].unique())
+    assert subjects['n_photos'].sum() == len(photos) and subjects['n_photos'].max() > 1
+    columns = [c for c in photos.columns if c.startswith('p_')]
+    mean = photos.groupby('subject')[columns].mean().loc[subjects['subject']]
+    np.testing.assert_allclose(mean.to_numpy(), subjects[columns].to_numpy(), atol=1e-5)
+    assert (mean.to_numpy().argmax(axis=1) == subjects['pred_label'].to_numpy()).all()
+    assert (photos.groupby('subject')['true_label'].max().loc[subjects['subject']].to_numpy()
+            == subjects['true_label'].to_numpy()).all()  # one grade per subject here
+    expected = M.compute_metrics(subjects['true_label'], subjects['pred_label'], 6)
+    stored = json.loads((output_dir / 'metrics.json').read_text())['subject_metrics']
+    assert stored['n_subjects'] == len(subjects) and stored['bootstrap']['resampled_by'] == 'subject'
+    for name in M.METRIC_NAMES:
+        entry = stored['metrics'][name]
+        assert entry['value'] == pytest.approx(expected[name])
+        assert entry['ci_low'] <= entry['value'] <= entry['ci_high']
+    assert result['metrics']['subject_metrics']['n_subjects'] == len(subjects)
