@@ -180,7 +180,7 @@ Outputs:
   checkpoints          $SAVE_DIR/ (best_model.pth, last.pth)
   training logs        $LOG_DIR/ (summary.csv, training_history.json, training_curves.png, args.yaml)
   evaluation           $EVAL_DIR/ (metrics.json, confusion_matrix.png, classification_report.txt, predictions.csv)
-  predictions          ./predictions.csv, ./test_image_prediction.png
+  predictions          ./predictions.csv (per photo), ./predictions_subjects.csv (per patient), ./test_image_prediction.png
   attention maps       $ATTENTION_DIR/
 EOF
 }
