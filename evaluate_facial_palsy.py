@@ -523,10 +523,6 @@ def write_csv_table(table: pd.DataFrame, path: Path) -> None:
     utils.atomic_write_text(path, table.to_csv(index=False))
 
 
-def write_skipped(skipped: list[tuple[str, str]], path: Path) -> None:
-    utils.atomic_write_csv(path, ['path', 'reason'], [{'path': p, 'reason': r} for p, r in skipped])
-
-
 def evaluation_made_here(output_dir: Path) -> bool:
     """Whether ``output_dir`` holds an earlier evaluation of this script (its ``metrics.json``), whose files may be
     refreshed."""
@@ -583,7 +579,7 @@ def write_outputs(output_dir: Path, args: argparse.Namespace, payload: dict[str,
     plot_asymmetry_by_grade(table, grades, target('asymmetry_by_grade.png'), title)
     utils.save_args(args, target('args.yaml'))
     if skipped:
-        write_skipped(skipped, target('skipped.csv'))
+        utils.write_skipped(target('skipped.csv'), skipped)
     return written
 
 

@@ -212,10 +212,6 @@ class FacialPalsyPredictor:
         side = (torch.cat(side_chunks) if side_chunks else torch.zeros(0, len(self.sides))) if self.sides else None
         return grade, side
 
-    def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Softmax class probabilities ``(N, num_classes)`` of network inputs, ``batch_size`` at a time."""
-        return torch.softmax(self.logits(inputs)[0], dim=1)
-
     # prediction
 
     def predict(self, image_or_path: ImageInput) -> dict[str, Any]:

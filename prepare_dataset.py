@@ -32,7 +32,8 @@ from annotations import (BACKSLASH_NOT_FOUND, DEFAULT_SUBJECT_REGEX, GRADE_3_TO_
                          read_table, require_columns, row_number, scan_ckplus, side_of, split_subjects,
                          subject_from_name, subjects_of_paths)
 from face_detection import ImageReadError, load_image
-from utils import UserError, add_config_args, atomic_write_text, check_writable, parse_args_with_config, run_cli
+from utils import (UserError, add_config_args, atomic_write_text, check_writable, parse_args_with_config, run_cli,
+                   write_skipped as write_skipped_csv)
 
 # columns taken over from a generator's <data_root>/annotation.csv
 MERGED_COLUMNS = ('subject', 'side', 'neutral_path', *LANDMARK_COLUMNS, *NEUTRAL_LANDMARK_COLUMNS)
@@ -137,7 +138,7 @@ def write_skipped(skipped: list[tuple[str, str]], output: Path) -> Path | None:
     if not skipped:
         return None
     target = output.with_name(f'{output.stem}_skipped.csv') if output.suffix else output / 'skipped.csv'
-    atomic_write_text(target, pd.DataFrame(skipped, columns=['path', 'reason']).to_csv(index=False))
+    write_skipped_csv(target, skipped)
     print(f'warning: {len(skipped)} image(s) left out, listed in {target}; first: {skipped[0][0]} '
           f'({skipped[0][1]})')
     return target

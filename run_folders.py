@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 import Model
-from utils import UserError, format_bytes
+from utils import UserError, format_bytes, same_path
 
 # run folders
 
@@ -102,10 +102,6 @@ def run_ids_in(save_dir: str | os.PathLike, log_dir: str | os.PathLike) -> set[s
     return {run_id for run_id in map(run_id_of, [p for p in files if p.name in RUN_RECORDS]) if run_id}
 
 
-def _same_folder(a: Any, b: Any) -> bool:
-    return a is not None and b is not None and os.path.realpath(a) == os.path.realpath(b)
-
-
 def _other_run(files: Sequence[Path], save_dir: Path, log_dir: Path, resume: str | os.PathLike,
                checkpoint: Mapping[str, Any]) -> str | None:
     """How ``save_dir`` / ``log_dir`` hold a run other than the one ``resume`` continues (None when they hold
@@ -121,7 +117,7 @@ def _other_run(files: Sequence[Path], save_dir: Path, log_dir: Path, resume: str
         ids = sorted({run_id for run_id in map(run_id_of, records) if run_id})
         if ids and ids != [resumed_id]:
             return f'{flag} {folder} holds run {ids[0]}'
-        if not ids and not any(_same_folder(folder, path) for path in own[flag]):
+        if not ids and not any(same_path(folder, path) for path in own[flag]):
             return f'{flag} {folder} holds files of another run'
     return None
 
@@ -168,7 +164,7 @@ class RunFolders:
     def where(self, path: str | os.PathLike | None) -> str | None:
         """Where a file of the earlier run is now (``path`` itself when it was not moved)."""
         for original, now in self.moves:
-            if path is not None and _same_folder(original, path):
+            if path is not None and same_path(original, path):
                 return str(now)
         return None if path is None else str(path)
 
@@ -240,7 +236,7 @@ def guard_run_folders(save_dir: str | os.PathLike, log_dir: str | os.PathLike, *
                             f'{Path(resume).parent} or an empty folder, or add --overwrite to replace that run')
     if overwrite:
         for path in keep:
-            if path is not None and any(_same_folder(path, file) for file in files):
+            if path is not None and any(same_path(path, file) for file in files):
                 raise UserError(f'{path} would be removed by --overwrite; copy it out of {save_dir} first or choose '
                                 f'another --save_dir')
     stamp = time.strftime('%Y%m%d-%H%M%S')

@@ -347,7 +347,7 @@ def validate_cv_args(args: argparse.Namespace) -> None:
         raise UserError('--cv reads FNP data (an annotation CSV or grade folders); convert CK+ with '
                         'prepare_dataset.py first')
     if (args.val_csv is not None and args.train_csv is not None
-            and not training_data._same_file(args.val_csv, args.train_csv)):
+            and not utils.same_path(args.val_csv, args.train_csv)):
         raise UserError('--cv pools the train and val rows of --train_csv and carves validation subjects from '
                         'each fold; a separate --val_csv does not fit: drop it or put its rows into --train_csv')
 
@@ -606,13 +606,15 @@ def checkpoint_maker(model: nn.Module, ctx: engine.TrainContext, model_args: dic
                      run_id: str | None = None) -> Callable[[int, dict | None], dict]:
     """``state(epoch, val_metrics)``: the checkpoint dict of the run at that moment
     (``checkpoints.build_checkpoint``)."""
+    stored_baseline = None if baseline is None else baseline.to_dict()  # fitted once, before the epochs
+
     def state(epoch: int, val_metrics: dict | None) -> dict[str, Any]:
         return checkpoints.build_checkpoint(
             model=model, model_args=model_args, preprocess=preprocess, epoch=epoch, optimizer=ctx.optimizer,
             scheduler=ctx.scheduler, best_metric=best.value, best_epoch=best.epoch, select_metric=best.name,
             prediction=ctx.prediction, args=vars(args), history=history, val_metrics=val_metrics,
             best_val_metrics=best.metrics, run_id=run_id, scaler=ctx.scaler,
-            symmetry_baseline=None if baseline is None else baseline.to_dict())
+            symmetry_baseline=stored_baseline)
     return state
 
 

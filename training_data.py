@@ -49,10 +49,6 @@ def _read_split_counts(csv_path: str) -> Counter | None:
     return Counter(split for split in map(annotations.normalise_split, table['split']) if split)
 
 
-def _same_file(a: str | None, b: str | None) -> bool:
-    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
-
-
 def _has_split_folder(data_root: str, split: str) -> bool:
     return bool(annotations.grade_folders(Path(data_root) / split))
 
@@ -85,7 +81,7 @@ def resolve_split_sources(args: argparse.Namespace) -> tuple[dict[str, SplitSour
     if train_counts is not None and train_counts.get('train', 0) == 0:
         raise UserError(f'{args.train_csv} has no split=train rows (splits: {_fmt_counts(train_counts)})')
     carve = False
-    if args.val_csv is None or _same_file(args.val_csv, args.train_csv):
+    if args.val_csv is None or utils.same_path(args.val_csv, args.train_csv):
         if train_counts is None or train_counts.get('val', 0) == 0:
             if args.val_fraction is None:
                 found = 'has no split column' if train_counts is None else \

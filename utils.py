@@ -294,6 +294,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, write)
 
 
+def same_path(a: str | os.PathLike | None, b: str | os.PathLike | None) -> bool:
+    """Whether two paths (neither None) name the same file or folder, links and ``..`` resolved."""
+    return a is not None and b is not None and os.path.realpath(a) == os.path.realpath(b)
+
+
+def write_skipped(path: str | os.PathLike, skipped: Sequence[tuple[str, str]]) -> Path:
+    """The photos a script left out, one ``path, reason`` row each, so nothing disappears silently."""
+    return atomic_write_csv(path, ['path', 'reason'], [{'path': str(p), 'reason': str(r)} for p, r in skipped])
+
+
 def check_writable(folder: str | os.PathLike, what: str, need_bytes: int = 0) -> Path:
     """Make sure ``folder`` can take the outputs before any slow work: it can be created, a file can be written
     in it, and (with ``need_bytes``) the disk has that much free. Each problem is a one-line ``UserError``."""

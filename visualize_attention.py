@@ -804,7 +804,7 @@ def visualize_folder(visualizer: AttentionVisualizer, args: argparse.Namespace) 
             rows.append(summary_row(path, analysis, stems[path]))
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write_csv(output_dir / 'skipped.csv', ['path', 'reason'], [{'path': p, 'reason': r} for p, r in skipped])
+    utils.write_skipped(output_dir / 'skipped.csv', skipped)
     names = visualizer.region_names
     columns = ['path', 'stem', 'status', 'grade_index', 'grade', 'confidence',
                *[f'attention_{n}' for n in names], *[f'saliency_{n}' for n in names]]
