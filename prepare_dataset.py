@@ -50,9 +50,12 @@ examples:
   python prepare_dataset.py --dataset_type FNP --data_root ./datasets/facial_palsy/FNP \\
       --output_csv ./datasets/facial_palsy/fnp_annotation.csv --split_ratio 0.7 0.15 0.15
 
+  # the second face family (shaded 3-D heads), to test a model trained on family a out of family
+  python prepare_dataset.py --dataset_type synthetic --family b --output_root ./datasets/facial_palsy/FNP_b
+
   # synthetic rest / expression pairs (rest photos in rest/grade_N/, neutral_path in the CSV) for --input_mode flow
   python prepare_dataset.py --dataset_type synthetic --pairs --output_root ./datasets/facial_palsy/FNP_pairs
-  python prepare_dataset.py --dataset_type FNP --data_root ./datasets/facial_palsy/FNP_pairs \
+  python prepare_dataset.py --dataset_type FNP --data_root ./datasets/facial_palsy/FNP_pairs \\
       --output_csv ./datasets/facial_palsy/fnp_pairs_annotation.csv
 
   # your own photos in grade_0 .. grade_5 folders (subject = file name before the first _, or the patient
@@ -536,12 +539,17 @@ def synthetic_settings(args: argparse.Namespace) -> dict[str, Any]:
     them; ``pairs`` is False where a manifest has no entry, as generate_dataset writes it only for pairs)."""
     return {'generator': 'synthetic_faces.py', 'version': synthetic_faces.GENERATOR_VERSION, 'seed': args.seed,
             'num_subjects': args.num_subjects, 'images_per_subject': args.images_per_subject,
-            'image_size': args.image_size, 'expressions': args.expressions, 'pairs': bool(args.pairs)}
+            'image_size': args.image_size, 'expressions': args.expressions, 'pairs': bool(args.pairs),
+            'family': args.family}
+
+
+# what a manifest without the entry means: written before the option existed, or (pairs) without it
+_MANIFEST_DEFAULTS = {'pairs': False, 'family': 'a'}
 
 
 def _synthetic_is_current(root: Path, settings: dict[str, Any]) -> bool:
     manifest = synthetic_faces.read_manifest(root)
-    if manifest is None or any(manifest.get(k, False if k == 'pairs' else None) != v for k, v in settings.items()):
+    if manifest is None or any(manifest.get(k, _MANIFEST_DEFAULTS.get(k)) != v for k, v in settings.items()):
         return False
     return (root / 'annotation.csv').is_file() and all((root / f).is_file() for f in manifest.get('files', []))
 
@@ -572,14 +580,15 @@ def run_synthetic(args: argparse.Namespace) -> pd.DataFrame:
     what = 'rest / expression pairs' if args.pairs else 'photos'
     previous = synthetic_faces.read_manifest(root) if root.is_dir() else None
     if previous is not None and not args.overwrite and _synthetic_is_current(root, settings):
-        print(f'{root}: already holds this synthetic set (seed {args.seed}, {args.num_subjects} subjects x '
-              f'{args.images_per_subject} {what}); nothing to do (--overwrite draws it again)')
+        print(f'{root}: already holds this synthetic set (family {args.family}, seed {args.seed}, '
+              f'{args.num_subjects} subjects x {args.images_per_subject} {what}); nothing to do (--overwrite draws '
+              f'it again)')
         table = pd.read_csv(root / 'annotation.csv')
     else:
         if previous is not None:
             removed = synthetic_faces.remove_generated_files(root)
-            print(f'{root}: replacing a previous synthetic set (seed {previous.get("seed")}, '
-                  f'{previous.get("num_subjects")} subjects; {removed} photos removed)')
+            print(f'{root}: replacing a previous synthetic set (family {previous.get("family", "a")}, seed '
+                  f'{previous.get("seed")}, {previous.get("num_subjects")} subjects; {removed} photos removed)')
         elif root.is_dir() and any(root.iterdir()):
             if not args.overwrite:
                 raise UserError(f'--output_root {root} is not empty and holds no synthetic dataset; choose an empty '
@@ -588,7 +597,7 @@ def run_synthetic(args: argparse.Namespace) -> pd.DataFrame:
                   f'replaced')
         table = synthetic_faces.generate_dataset(root, args.num_subjects, args.images_per_subject, args.image_size,
                                                  args.seed, progress=not args.quiet, expressions=args.expressions,
-                                                 pairs=args.pairs)
+                                                 pairs=args.pairs, family=args.family)
         rest = f', rest photos in {synthetic_faces.REST_FOLDER}/grade_N/' if args.pairs else ''
         print(f'{root}: {len(table)} synthetic {what} of {args.num_subjects} subjects written '
               f'(grade_N/{rest}, annotation.csv, preview.jpg, README.md)')
@@ -748,6 +757,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                            'its lowest grade. Alone it converts --input_csv to --output_csv; with --dataset_type it '
                            'applies to the CSV being written')
     synth = parser.add_argument_group('synthetic faces')
+    synth.add_argument('--family', choices=synthetic_faces.FACE_FAMILIES, default='a',
+                       help='face family to draw: a = flat, illustrated faces (the original demo set); b = shaded 3-D '
+                            'heads designed independently of a (own head, features and colours; only the grades, '
+                            'sides and expressions mean the same). Train on one and test on the other to see whether '
+                            'a model reads the signs of palsy or the style of the faces; subject names differ '
+                            '(S001 / synb0001), so sets of both can be merged (default: a)')
     synth.add_argument('--num_subjects', type=int, default=120,
                        help='synthetic subjects, spread evenly over the six grades (default: 120)')
     synth.add_argument('--images_per_subject', type=int, default=5, help='photos per subject (default: 5)')

@@ -273,6 +273,28 @@ def test_pairs_are_part_of_the_settings_and_their_columns_reach_the_csv(tmp_path
         assert table[column].tolist() == generated.loc[table['image_path'], column].tolist()
 
 
+def test_face_family_is_recorded_and_part_of_the_settings(tmp_path, capsys):
+    root = tmp_path / 'family'
+    args = ['--dataset_type', 'synthetic', '--output_root', str(root), '--num_subjects', '6',
+            '--images_per_subject', '1', '--image_size', '64', '--detection_check', '0', '--quiet']
+    prep.main(args + ['--family', 'b'])
+    assert sf.read_manifest(root)['family'] == 'b'
+    assert pd.read_csv(root / 'annotation.csv')['subject'].str.startswith('synb').all()
+    assert '--family b' in (root / 'README.md').read_text()
+    capsys.readouterr()
+    prep.main(args + ['--family', 'b'])
+    assert 'nothing to do' in capsys.readouterr().out
+    prep.main(args)  # family a is another set: drawn again
+    out = capsys.readouterr().out
+    assert 'replacing a previous synthetic set (family b' in out
+    assert sf.read_manifest(root)['family'] == 'a'
+    assert pd.read_csv(root / 'annotation.csv')['subject'].str.fullmatch(r'S\d{3}').all()
+    assert not list(root.glob('grade_*/synb*'))  # family b's photos removed
+    with pytest.raises(SystemExit):
+        prep.main(args + ['--family', 'c'])
+    assert "--family" in capsys.readouterr().err
+
+
 def test_pairs_refuse_resting_expressions_before_touching_the_folder(tmp_path):
     root = tmp_path / 'kept'
     prep.main(['--dataset_type', 'synthetic', '--output_root', str(root), '--num_subjects', '2',
