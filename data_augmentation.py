@@ -11,14 +11,22 @@ grade), so image and label never disagree.
 
 Where each class acts:
 
-* ``FacialPalsyAugmentation`` (``standard``) and ``AsymmetryPreservingAugmentation`` (``asymmetry_preserving``, the
-  recommended default) act on the **face image before the regions are cut** (``FacialPalsyDataset`` hands over the
-  face square with its five points): ``transform(image HxWx3 uint8, landmarks (5, 2)) -> (image, landmarks)``. The geometric part is one similarity transform (rotation about the face centre, isotropic
-  scale, shift) done with a single ``cv2.warpAffine``; the same 2x3 matrix moves the five MTCNN points, so the
-  regions are cut where the features now are. The photometric part (brightness, contrast, gamma, saturation,
-  blur) follows. The standard one may also light one side of the face more than the other (a lighting gradient);
-  the asymmetry-preserving one changes the whole face alike and rotates only a little, because the roll of the eye
-  line is itself a palsy sign.
+* ``FacialPalsyAugmentation`` (``standard``), ``AsymmetryPreservingAugmentation`` (``asymmetry_preserving``, the
+  recommended default) and ``RobustAugmentation`` (``robust``) act on the **face image before the regions are cut**
+  (``FacialPalsyDataset`` hands over the face square with its five points):
+  ``transform(image HxWx3 uint8, landmarks (5, 2)) -> (image, landmarks)``. The geometric part is one similarity
+  transform (rotation about the face centre, isotropic scale, shift) done with a single ``cv2.warpAffine``; the same
+  2x3 matrix moves the five MTCNN points, so the regions are cut where the features now are. The photometric part
+  (brightness, contrast, gamma, saturation, blur) follows. The standard one may also light one side of the face
+  more than the other (a lighting gradient); the asymmetry-preserving one changes the whole face alike and rotates
+  only a little, because the roll of the eye line is itself a palsy sign.
+* ``RobustAugmentation`` (``robust``) prepares a model for faces unlike the training faces (another face
+  generator, another camera, another landmark detector): the asymmetry-preserving geometry, then each landmark
+  jittered on its own (the image stays, so the regions are cut a little off-centre, as a detector places its points
+  on an unfamiliar face), wider brightness / contrast / gamma / saturation / hue / white-balance changes, and camera
+  effects (blur or resolution loss, sensor noise, JPEG re-compression, now and then grayscale). All of it acts on the
+  whole face alike, never on one side; ``strength`` (``get_augmentation_pipeline('robust', strength=...)``) scales
+  every range, 0 changing nothing.
 * ``CutOut`` and ``RandomErasing`` act on the **network input**, the normalised ``(3, S, S)`` mosaic tensor. Every
   erased patch lies inside one quadrant (one facial region), so it never spans the left and right regions. They are
   attached to a photo augmentation as its ``mosaic_transform`` (the ``strong`` pipeline), which the dataset applies
@@ -36,9 +44,10 @@ derived from the worker seed PyTorch hands out, so workers never repeat each oth
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Union
 
 import cv2
@@ -47,15 +56,16 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 import losses
+from synthetic_photo import encode_jpeg
 from utils import UserError
 
 __all__ = [
     'AUGMENTATION_NAMES', 'DEFAULT_AUGMENTATION', 'FacialPalsyAugmentation', 'AsymmetryPreservingAugmentation',
-    'CutOut', 'RandomErasing', 'MosaicCompose', 'MixUp', 'mixup_loss', 'get_augmentation_pipeline', 'PhotoParams',
-    'transform_points', 'transform_box',
+    'RobustAugmentation', 'CutOut', 'RandomErasing', 'MosaicCompose', 'MixUp', 'mixup_loss',
+    'get_augmentation_pipeline', 'PhotoParams', 'RobustParams', 'transform_points', 'transform_box',
 ]
 
-AUGMENTATION_NAMES = ('none', 'standard', 'asymmetry_preserving', 'strong')
+AUGMENTATION_NAMES = ('none', 'standard', 'asymmetry_preserving', 'strong', 'robust')
 DEFAULT_AUGMENTATION = 'asymmetry_preserving'
 
 # Rotations beyond this could tilt a face far enough for the eye line to read as a different roll than the
@@ -126,6 +136,12 @@ def _check_interval(name: str, value: Sequence[float], low: float, high: float) 
     return a, b
 
 
+def _check_eye_line_rotation(max_rotation: float) -> None:
+    if float(max_rotation) > MAX_ASYMMETRY_PRESERVING_ROTATION:
+        raise ValueError(f'max_rotation={max_rotation} is too large to preserve the roll of the eye line; '
+                         f'use at most {MAX_ASYMMETRY_PRESERVING_ROTATION} degrees (or the standard pipeline)')
+
+
 def _face_reference(landmarks: np.ndarray | None, width: int, height: int) -> tuple[np.ndarray, float]:
     """Face centre and size (inter-ocular distance, in pixels) that scale the geometric and lighting changes, so
     they mean the same on a 4000-pixel photo as on a 224-pixel face crop."""
@@ -159,7 +175,7 @@ def transform_box(box: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return np.concatenate([corners.min(axis=0), corners.max(axis=0)]).astype(np.float32)
 
 
-@dataclass
+@dataclasses.dataclass
 class PhotoParams:
     """One draw of a photo augmentation (kept so a draw can be inspected or replayed)."""
     angle: float = 0.0          # degrees, counter-clockwise as cv2.getRotationMatrix2D
@@ -176,6 +192,23 @@ class PhotoParams:
     @property
     def is_geometric_identity(self) -> bool:
         return self.angle == 0.0 and self.scale == 1.0 and self.shift == (0.0, 0.0)
+
+
+def _tone_curve(image: np.ndarray, params: PhotoParams) -> np.ndarray:
+    """Brightness, contrast and gamma of a draw: one per-value curve, so one ``cv2.LUT`` does all three."""
+    if params.brightness == 0.0 and params.contrast == 1.0 and params.gamma == 1.0:
+        return image
+    mean = (float(np.mean(cv2.mean(image)[:3])) / 255.0) ** params.gamma
+    values = (np.arange(256, dtype=np.float64) / 255.0) ** params.gamma
+    values = (values - mean) * params.contrast + mean + params.brightness
+    lut = np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+    return cv2.LUT(image, lut)
+
+
+def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma < 0.3:  # below this a Gaussian kernel changes nothing visible
+        return image
+    return cv2.GaussianBlur(image, (0, 0), sigma)
 
 
 # classes: photo augmentations (before cropping)
@@ -289,22 +322,13 @@ class FacialPalsyAugmentation:
 
     def _photometric(self, image: np.ndarray, params: PhotoParams, centre: np.ndarray,
                      face_size: float) -> np.ndarray:
-        # Brightness, contrast and gamma are one per-value curve, so one cv2.LUT does all three.
-        if params.brightness != 0.0 or params.contrast != 1.0 or params.gamma != 1.0:
-            mean = (float(np.mean(cv2.mean(image)[:3])) / 255.0) ** params.gamma
-            values = (np.arange(256, dtype=np.float64) / 255.0) ** params.gamma
-            values = (values - mean) * params.contrast + mean + params.brightness
-            lut = np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
-            image = cv2.LUT(image, lut)
+        image = _tone_curve(image, params)
         if params.saturation != 1.0:
             grey = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
             image = cv2.addWeighted(image, params.saturation, grey, 1.0 - params.saturation, 0.0)
         if params.lighting > 0.0:
             image = self._lighting_gradient(image, params, centre, face_size)
-        sigma = params.blur * face_size
-        if sigma >= 0.3:  # below this a Gaussian kernel changes nothing visible
-            image = cv2.GaussianBlur(image, (0, 0), sigma)
-        return image
+        return _gaussian_blur(image, params.blur * face_size)
 
     @staticmethod
     def _lighting_gradient(image: np.ndarray, params: PhotoParams, centre: np.ndarray,
@@ -323,10 +347,11 @@ class FacialPalsyAugmentation:
         # cv2 rounds and saturates to uint8 in one pass, several times faster than numpy on a full photo
         return cv2.multiply(image.astype(np.float32), cv2.cvtColor(gain, cv2.COLOR_GRAY2RGB), dtype=cv2.CV_8U)
 
+    _REPR_FIELDS = ('max_rotation', 'scale', 'max_shift', 'brightness', 'contrast', 'gamma', 'saturation',
+                    'lighting', 'p_lighting', 'blur', 'p_blur', 'mosaic_transform')
+
     def __repr__(self) -> str:
-        fields = ('max_rotation', 'scale', 'max_shift', 'brightness', 'contrast', 'gamma', 'saturation', 'lighting',
-                  'p_lighting', 'blur', 'p_blur', 'mosaic_transform')
-        return f'{type(self).__name__}({", ".join(f"{k}={getattr(self, k)!r}" for k in fields)})'
+        return f'{type(self).__name__}({", ".join(f"{k}={getattr(self, k)!r}" for k in self._REPR_FIELDS)})'
 
 
 class AsymmetryPreservingAugmentation(FacialPalsyAugmentation):
@@ -345,12 +370,236 @@ class AsymmetryPreservingAugmentation(FacialPalsyAugmentation):
                  blur: float = 0.02, p_blur: float = 0.1,
                  mosaic_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  rng: RandomGenerator | None = None, seed: int | None = None):
-        if float(max_rotation) > MAX_ASYMMETRY_PRESERVING_ROTATION:
-            raise ValueError(f'max_rotation={max_rotation} is too large to preserve the roll of the eye line; '
-                             f'use at most {MAX_ASYMMETRY_PRESERVING_ROTATION} degrees (or the standard pipeline)')
+        _check_eye_line_rotation(max_rotation)
         super().__init__(max_rotation=max_rotation, scale=scale, max_shift=max_shift, brightness=brightness,
                          contrast=contrast, gamma=gamma, saturation=saturation, lighting=0.0, p_lighting=0.0,
                          blur=blur, p_blur=p_blur, mosaic_transform=mosaic_transform, rng=rng, seed=seed)
+
+
+@dataclasses.dataclass
+class RobustParams(PhotoParams):
+    """One draw of ``RobustAugmentation``: the changes of ``PhotoParams`` plus landmark jitter, colour and camera."""
+    landmark_offsets: tuple[tuple[float, float], ...] = ((0.0, 0.0),) * 5  # per point, in inter-ocular distances
+    temperature: float = 0.0    # log gain of red over blue: > 0 a warmer light, < 0 a colder one
+    tint: float = 0.0           # log gain of green over red and blue
+    hue: float = 0.0            # degrees of rotation of every colour about the grey axis
+    grayscale: bool = False
+    downscale: float = 1.0      # side of the intermediate image as a fraction of the photo's (1 = full resolution)
+    noise: float = 0.0          # sensor-noise sigma, fraction of the 0-255 range
+    noise_offset: tuple[float, float] = (0.0, 0.0)  # where the noise window lies in the fixed noise field (0-1)
+    jpeg_quality: int = 100     # 100 = not re-compressed
+
+
+# RGB weights of luma (ITU-R BT.601, those of cv2.COLOR_RGB2GRAY): the colour changes keep grey grey and keep the
+# luma of grey.
+_LUMA = np.array([0.299, 0.587, 0.114])
+# The robust pipeline's strongest degradations: below these a photo stops looking like one from another camera.
+MIN_JPEG_QUALITY = 5
+MIN_DOWNSCALE = 0.1
+MAX_ROBUST_STRENGTH = 4.0
+_NOISE_FIELD_SEED = 1729
+_NOISE_FIELD_MIN_SIDE = 512
+
+
+@functools.lru_cache(maxsize=2)
+def _noise_field(side: int) -> np.ndarray:
+    """A fixed ``(side, side, 3)`` field of standard-normal noise. Drawing fresh noise for a 224x224 face costs
+    about 1.5 ms, more than the rest of the robust pipeline together; a window at a random place of one field
+    costs nothing and is as unpredictable to the network. Built once per process from a fixed seed, so every
+    DataLoader worker holds the same field and a draw replays anywhere."""
+    return np.random.default_rng(_NOISE_FIELD_SEED).standard_normal((side, side, 3), dtype=np.float32)
+
+
+def _colour_matrix(params: RobustParams) -> np.ndarray | None:
+    """White balance, saturation (0 for grayscale) and hue of a draw as one 3x3 RGB matrix for ``cv2.transform``
+    (``None`` when it would change nothing). Every pixel is changed by the same matrix, wherever it lies."""
+    saturation = 0.0 if params.grayscale else params.saturation
+    if params.temperature == 0.0 and params.tint == 0.0 and saturation == 1.0 and params.hue == 0.0:
+        return None
+    gains = np.exp([params.temperature, params.tint, -params.temperature])
+    white_balance = np.diag(gains / (_LUMA @ gains))
+    desaturate = saturation * np.eye(3) + (1.0 - saturation) * np.outer(np.ones(3), _LUMA)
+    angle = math.radians(params.hue)
+    cross = np.array([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]])  # cross product with (1, 1, 1)
+    hue = (math.cos(angle) * np.eye(3) + (1.0 - math.cos(angle)) / 3.0 * np.ones((3, 3))
+           + math.sin(angle) / math.sqrt(3.0) * cross)
+    return (hue @ desaturate @ white_balance).astype(np.float32)
+
+
+def _resolution_loss(image: np.ndarray, factor: float) -> np.ndarray:
+    """Down to ``factor`` of the side and back up: the detail a lower-resolution camera never recorded."""
+    height, width = image.shape[:2]
+    # Down to half size, bilinear interpolation already averages neighbours and is several times faster than
+    # INTER_AREA at fractional factors; below half it would skip pixels, so INTER_AREA averages them.
+    small = cv2.resize(image, (max(1, round(width * factor)), max(1, round(height * factor))),
+                       interpolation=cv2.INTER_LINEAR if factor >= 0.5 else cv2.INTER_AREA)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _sensor_noise(image: np.ndarray, sigma: float, offset: tuple[float, float], grayscale: bool) -> np.ndarray:
+    height, width = image.shape[:2]
+    side = max(_NOISE_FIELD_MIN_SIDE, -(-2 * max(height, width) // 256) * 256)
+    top, left = (int(f * (side - n + 1)) for f, n in zip(offset, (height, width)))
+    noise = _noise_field(side)[top:top + height, left:left + width]
+    if grayscale:  # a grayscale sensor's noise has no colour either
+        noise = cv2.cvtColor(np.ascontiguousarray(noise[..., 0]), cv2.COLOR_GRAY2RGB)
+    # cv2 rounds and saturates to uint8 in one pass
+    return cv2.addWeighted(image, 1.0, noise, 255.0 * sigma, 0.0, dtype=cv2.CV_8U)
+
+
+def _recompress_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    data = np.frombuffer(encode_jpeg(image, quality), dtype=np.uint8)
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+class RobustAugmentation(AsymmetryPreservingAugmentation):
+    """Augmentation for faces unlike the training faces (another face generator, another camera, another landmark
+    detector), still leaving the left-right signal as it is: every change acts on the whole face alike.
+
+    * geometry: the asymmetry-preserving similarity transform (small rotation, isotropic scale, shift);
+    * landmark jitter: each of the five points moved on its own by up to ``landmark_jitter`` inter-ocular
+      distances, the image left where it is, so the regions are cut a little off-centre, as a detector places its
+      points on a face unlike those it was trained on;
+    * photometric: brightness, contrast, gamma, saturation, hue and white balance (colour temperature and tint),
+      wider than the asymmetry-preserving pipeline's;
+    * camera: a Gaussian blur or a resolution loss (down- and upscaling), sensor noise, JPEG re-compression, each
+      with its own probability, and a rare grayscale conversion.
+
+    No lighting gradient and no flip: nothing here treats the image-left half differently from the image-right
+    half (the noise is independent per pixel, the same on both sides in distribution).
+
+    ``strength`` multiplies every range: the sizes of the changes (for ``scale`` its distance from 1, for
+    ``min_downscale`` the lost fraction ``1 - min_downscale``, for ``jpeg_quality`` the loss ``100 - quality``) and
+    the probability of the grayscale conversion, the one change without a size. Strength 0 changes nothing (the
+    geometric identity, no jitter, no re-compression); above 1 each range stops where its change stops making sense
+    (rotation at ``MAX_ASYMMETRY_PRESERVING_ROTATION``, contrast at 0.9, saturation at 1, JPEG quality at
+    ``MIN_JPEG_QUALITY``, downscaling at ``MIN_DOWNSCALE``). The attributes hold the ranges after ``strength``.
+
+    Args:
+        strength: factor on every range, in ``[0, MAX_ROBUST_STRENGTH]``.
+        max_rotation, scale, max_shift: the geometry, as in ``AsymmetryPreservingAugmentation``.
+        landmark_jitter: largest distance each landmark moves, as a fraction of the inter-ocular distance.
+        brightness, contrast, gamma, saturation: as in ``FacialPalsyAugmentation``.
+        hue: largest hue rotation in degrees.
+        white_balance: largest log gain of the colour temperature (red against blue) and, at half of it, of the
+            tint (green against red and blue).
+        blur: largest Gaussian sigma, as a fraction of the inter-ocular distance; with probability ``p_blur``.
+        min_downscale: smallest side of the intermediate image of a resolution loss, as a fraction of the photo's;
+            with probability ``p_downscale`` (never together with the blur: ``p_blur + p_downscale <= 1``).
+        noise: largest sensor-noise sigma, as a fraction of the 0-255 range; with probability ``p_noise``.
+        jpeg_quality: range ``(min, max)`` of the JPEG quality; with probability ``p_jpeg``.
+        p_grayscale: probability of a grayscale photo.
+        mosaic_transform: optional callable applied by the dataset to the network input tensor.
+        rng, seed: source of randomness (default: numpy's global state).
+    """
+
+    _REPR_FIELDS = ('strength', 'max_rotation', 'scale', 'max_shift', 'landmark_jitter', 'brightness', 'contrast',
+                    'gamma', 'saturation', 'hue', 'white_balance', 'blur', 'p_blur', 'min_downscale', 'p_downscale',
+                    'noise', 'p_noise', 'jpeg_quality', 'p_jpeg', 'p_grayscale', 'mosaic_transform')
+
+    def __init__(self, *, strength: float = 1.0, max_rotation: float = 3.0, scale: Sequence[float] = (0.95, 1.05),
+                 max_shift: float = 0.03, landmark_jitter: float = 0.03, brightness: float = 0.15,
+                 contrast: float = 0.3, gamma: float = 0.3, saturation: float = 0.4, hue: float = 10.0,
+                 white_balance: float = 0.15, blur: float = 0.03, p_blur: float = 0.25, min_downscale: float = 0.5,
+                 p_downscale: float = 0.25, noise: float = 0.02, p_noise: float = 0.3,
+                 jpeg_quality: Sequence[float] = (30, 90), p_jpeg: float = 0.5, p_grayscale: float = 0.05,
+                 mosaic_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 rng: RandomGenerator | None = None, seed: int | None = None):
+        strength = _check_range('strength', strength, 0.0, MAX_ROBUST_STRENGTH)
+
+        def scaled(name: str, value: float, high: float) -> float:
+            return min(_check_range(name, value, 0.0, high) * strength, high)
+
+        _check_eye_line_rotation(max_rotation)
+        scale = tuple(min(max(1.0 + strength * (s - 1.0), 0.5), 2.0)
+                      for s in _check_interval('scale', scale, 0.5, 2.0))
+        super().__init__(max_rotation=scaled('max_rotation', max_rotation, MAX_ASYMMETRY_PRESERVING_ROTATION),
+                         scale=scale, max_shift=scaled('max_shift', max_shift, 1.0),
+                         brightness=scaled('brightness', brightness, 1.0), contrast=scaled('contrast', contrast, 0.9),
+                         gamma=scaled('gamma', gamma, 1.0), saturation=scaled('saturation', saturation, 1.0),
+                         blur=scaled('blur', blur, 0.5), p_blur=p_blur, mosaic_transform=mosaic_transform, rng=rng,
+                         seed=seed)
+        self.strength = strength
+        self.landmark_jitter = scaled('landmark_jitter', landmark_jitter, 0.25)
+        self.hue = scaled('hue', hue, 180.0)
+        self.white_balance = scaled('white_balance', white_balance, 1.0)
+        lost = 1.0 - _check_range('min_downscale', min_downscale, MIN_DOWNSCALE, 1.0)
+        self.min_downscale = max(1.0 - strength * lost, MIN_DOWNSCALE)
+        self.p_downscale = _check_probability('p_downscale', p_downscale)
+        if self.p_blur + self.p_downscale > 1.0:
+            raise ValueError(f'p_blur + p_downscale = {self.p_blur + self.p_downscale} must be at most 1 (a photo is '
+                             f'either blurred or downscaled)')
+        self.noise = scaled('noise', noise, 0.2)
+        self.p_noise = _check_probability('p_noise', p_noise)
+        self.jpeg_quality = tuple(max(100.0 - strength * (100.0 - q), float(MIN_JPEG_QUALITY))
+                                  for q in _check_interval('jpeg_quality', jpeg_quality, MIN_JPEG_QUALITY, 100))
+        self.p_jpeg = _check_probability('p_jpeg', p_jpeg)
+        self.p_grayscale = min(_check_probability('p_grayscale', p_grayscale) * strength, 1.0)
+
+    # drawing
+
+    def sample_params(self) -> RobustParams:
+        """Draw one set of parameters; every call draws the same number of values (see the base class)."""
+        gen = self._random.get()
+        u = gen.uniform(-1.0, 1.0, size=11)
+        v = gen.uniform(0.0, 1.0, size=19)  # landmark jitter (10), then the coins and magnitudes of the camera
+        radius = self.landmark_jitter * np.sqrt(v[:5])  # uniform over the disc, not crowded at its centre
+        direction = 2.0 * math.pi * v[5:10]
+        offsets = tuple((float(r * math.cos(a)), float(r * math.sin(a))) for r, a in zip(radius, direction))
+        resolution = v[10]  # one coin: a blur below p_blur, a resolution loss in the next p_downscale
+        blurred = resolution < self.p_blur
+        downscaled = not blurred and resolution < self.p_blur + self.p_downscale
+        lo, hi = self.scale
+        q_lo, q_hi = self.jpeg_quality
+        return RobustParams(
+            angle=float(u[0] * self.max_rotation),
+            scale=float(lo + (u[1] + 1.0) / 2.0 * (hi - lo)),
+            shift=(float(u[2] * self.max_shift), float(u[3] * self.max_shift)),
+            brightness=float(u[4] * self.brightness),
+            contrast=float(1.0 + u[5] * self.contrast),
+            gamma=float(math.exp(u[6] * self.gamma)),
+            saturation=float(1.0 + u[7] * self.saturation),
+            hue=float(u[8] * self.hue),
+            temperature=float(u[9] * self.white_balance),
+            tint=float(u[10] * self.white_balance / 2.0),
+            landmark_offsets=offsets,
+            blur=float(v[11] * self.blur) if blurred else 0.0,
+            downscale=float(1.0 - v[11] * (1.0 - self.min_downscale)) if downscaled else 1.0,
+            noise=float(v[13] * self.noise) if v[12] < self.p_noise else 0.0,
+            noise_offset=(float(v[14]), float(v[15])),
+            jpeg_quality=int(round(q_lo + v[17] * (q_hi - q_lo))) if v[16] < self.p_jpeg else 100,
+            grayscale=bool(v[18] < self.p_grayscale),
+        )
+
+    # applying
+
+    def apply(self, image: np.ndarray, landmarks: Any, box: Any = None,
+              params: PhotoParams | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Augment a photo as the base class does, then jitter the moved landmarks (the box is not jittered)."""
+        if params is None:
+            params = self.sample_params()
+        elif not isinstance(params, RobustParams):
+            params = RobustParams(**dataclasses.asdict(params))
+        image, points, box = super().apply(image, landmarks, box, params)
+        if points is not None:
+            face_size = _face_reference(points, image.shape[1], image.shape[0])[1]
+            points = (points + np.asarray(params.landmark_offsets, dtype=np.float64) * face_size).astype(np.float32)
+        return image, points, box
+
+    def _photometric(self, image: np.ndarray, params: PhotoParams, centre: np.ndarray,
+                     face_size: float) -> np.ndarray:
+        image = _tone_curve(image, params)
+        matrix = _colour_matrix(params)
+        if matrix is not None:
+            image = cv2.transform(image, matrix)
+        image = _gaussian_blur(image, params.blur * face_size)
+        if params.downscale < 1.0:
+            image = _resolution_loss(image, params.downscale)
+        if params.noise > 0.0:
+            image = _sensor_noise(image, params.noise, params.noise_offset, params.grayscale)
+        if params.jpeg_quality < 100:
+            image = _recompress_jpeg(image, params.jpeg_quality)
+        return image
 
 
 # classes: mosaic augmentations (network input tensor)
@@ -532,7 +781,8 @@ def get_augmentation_pipeline(name: str | None, **kwargs: Any) -> FacialPalsyAug
     """Build a named augmentation for ``FacialPalsyDataset(transform=...)``.
 
     ``none`` gives ``None``; ``standard`` a ``FacialPalsyAugmentation``; ``asymmetry_preserving`` (recommended)
-    an ``AsymmetryPreservingAugmentation``; ``strong`` the standard one plus CutOut and RandomErasing on the mosaic.
+    an ``AsymmetryPreservingAugmentation``; ``strong`` the standard one plus CutOut and RandomErasing on the mosaic;
+    ``robust`` a ``RobustAugmentation`` (for faces unlike the training faces; ``strength=`` scales it).
     Keyword arguments go to the photo augmentation; for ``strong``, ``cutout_<arg>`` and ``erasing_<arg>`` go to
     ``CutOut`` and ``RandomErasing``. ``rng``/``seed`` seed every part of the pipeline from one stream.
     """
@@ -550,6 +800,8 @@ def get_augmentation_pipeline(name: str | None, **kwargs: Any) -> FacialPalsyAug
         return AsymmetryPreservingAugmentation(rng=rng, **kwargs)
     if key == 'standard':
         return FacialPalsyAugmentation(rng=rng, **kwargs)
+    if key == 'robust':
+        return RobustAugmentation(rng=rng, **kwargs)
     cutout_args = {k[len('cutout_'):]: kwargs.pop(k) for k in list(kwargs) if k.startswith('cutout_')}
     erasing_args = {k[len('erasing_'):]: kwargs.pop(k) for k in list(kwargs) if k.startswith('erasing_')}
     mosaic = MosaicCompose([CutOut(rng=rng, **cutout_args), RandomErasing(rng=rng, **erasing_args)])

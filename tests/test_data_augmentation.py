@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import pickle
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -239,6 +241,180 @@ def test_seeded_transform_draws_differently_in_each_worker_and_epoch():
     assert torch.equal(first, again)
 
 
+# the robust pipeline (faces unlike the training faces)
+
+STILL_GEOMETRY = dict(max_rotation=0.0, scale=(1.0, 1.0), max_shift=0.0)
+NO_CAMERA = dict(p_blur=0.0, p_downscale=0.0, p_noise=0.0, p_jpeg=0.0, p_grayscale=0.0)
+
+
+def inter_ocular(points: np.ndarray) -> float:
+    return float(np.linalg.norm(points[1] - points[0]))
+
+
+def symmetric_photo() -> np.ndarray:
+    """A textured, coloured face square equal to its own mirror (``LANDMARKS`` are mirror-symmetric too)."""
+    rng = np.random.default_rng(0)
+    half = cv2.GaussianBlur(rng.integers(0, 256, (SIZE, SIZE // 2, 3), dtype=np.uint8), (0, 0), 2)
+    return np.ascontiguousarray(np.concatenate([half, half[:, ::-1]], axis=1))
+
+
+def mirror_asymmetry(image: np.ndarray, block: int = 20) -> float:
+    """Largest difference between the mean colours of a block and of its mirror block: pixel-level JPEG and noise
+    differences average out, a change that treats one side differently does not."""
+    mirrored = image[:, ::-1].astype(float)
+    n = SIZE // block
+    means = image.astype(float).reshape(n, block, n, block, 3).mean(axis=(1, 3))
+    return float(np.abs(means - mirrored.reshape(n, block, n, block, 3).mean(axis=(1, 3))).max())
+
+
+def test_robust_is_reproducible_with_a_seed_and_after_pickling():
+    first = run_pipeline(da.get_augmentation_pipeline('robust', seed=7, strength=1.5), n=6)
+    again = run_pipeline(da.get_augmentation_pipeline('robust', seed=7, strength=1.5), n=6)
+    other = run_pipeline(da.get_augmentation_pipeline('robust', seed=8, strength=1.5), n=6)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+    assert any(not np.array_equal(a, b) for a, b in zip(first[::2], first[2::2])), 'draws must vary'
+    # DataLoader workers receive a pickled copy: it draws the same stream as the original
+    fresh = da.get_augmentation_pipeline('robust', seed=7, strength=1.5)
+    copied = pickle.loads(pickle.dumps(fresh))
+    for a, b in zip(run_pipeline(copied, n=6), first):
+        np.testing.assert_array_equal(a, b)
+    assert copied.strength == 1.5
+
+
+def test_robust_jitters_each_landmark_within_the_bound_and_leaves_the_image():
+    jitter = 0.03
+    transform = da.RobustAugmentation(landmark_jitter=jitter, brightness=0.0, contrast=0.0, gamma=0.0,
+                                      saturation=0.0, hue=0.0, white_balance=0.0, **STILL_GEOMETRY, **NO_CAMERA,
+                                      seed=0)
+    photo = make_photo()
+    bound = jitter * inter_ocular(LANDMARKS)
+    offsets = []
+    for _ in range(200):
+        image, points = transform(photo, LANDMARKS)
+        np.testing.assert_array_equal(image, photo)  # only the points move, not the face
+        offsets.append(points - LANDMARKS)
+    offsets = np.array(offsets)  # (draws, 5, 2)
+    distances = np.linalg.norm(offsets, axis=2)
+    assert distances.max() <= bound + 1e-4
+    assert distances.max() > 0.9 * bound, 'the jitter should reach close to its bound'
+    # each point moves on its own: not one common shift of all five
+    assert np.abs(offsets - offsets.mean(axis=1, keepdims=True)).max() > 0.5 * bound
+    # and in every direction: no drift towards one side of the face
+    assert np.abs(offsets.reshape(-1, 2).mean(axis=0)).max() < 0.15 * bound
+
+
+def test_robust_keeps_a_symmetric_face_symmetric():
+    photo = symmetric_photo()
+    mirrored, mirrored_points = da.mirror_face(photo, LANDMARKS)
+    assert np.array_equal(mirrored, photo) and np.array_equal(mirrored_points, LANDMARKS)
+    # geometry and jitter off; every camera change frequent, so each is met in the draws below
+    camera = dict(p_blur=0.4, p_downscale=0.4, p_noise=1.0, p_jpeg=1.0, p_grayscale=0.3)
+    transform = da.RobustAugmentation(strength=1.5, landmark_jitter=0.0, **STILL_GEOMETRY, **camera, seed=1)
+    exact = da.RobustAugmentation(strength=1.5, landmark_jitter=0.0, **STILL_GEOMETRY,
+                                  **dict(camera, p_noise=0.0, p_jpeg=0.0), seed=1)
+    draws = [transform.sample_params() for _ in range(40)]
+    assert any(d.blur > 0 for d in draws) and any(d.downscale < 1 for d in draws)
+    assert any(d.grayscale for d in draws) and all(d.noise > 0 and d.jpeg_quality < 100 for d in draws)
+    for params in draws:
+        image, points, _ = transform.apply(photo, LANDMARKS, params=params)
+        assert not np.array_equal(image, photo)
+        np.testing.assert_allclose(da.mirror_face(image, points)[1], points, atol=1e-4)
+        assert mirror_asymmetry(image) < 6.0  # JPEG blocks and per-pixel noise, averaged over 20x20 blocks
+    for _ in range(40):
+        # without JPEG and noise every change (colour, blur, resolution, grayscale) mirrors to the pixel
+        image, _ = exact(photo, LANDMARKS)
+        assert np.abs(image.astype(int) - image[:, ::-1]).max() <= 2
+    # the measure does see a change that lights one side more than the other
+    lit, _, _ = da.FacialPalsyAugmentation().apply(photo, LANDMARKS, params=da.PhotoParams(lighting=0.1))
+    assert mirror_asymmetry(lit) > 15.0
+
+
+@pytest.mark.parametrize('shape', [(SIZE, SIZE), (224, 224), (150, 190)])
+def test_robust_output_dtype_and_shape(shape):
+    transform = da.RobustAugmentation(strength=2.0, p_blur=0.3, p_downscale=0.7, p_noise=1.0, p_jpeg=1.0,
+                                      p_grayscale=0.5, seed=2)
+    photo = cv2.resize(make_photo(), shape[::-1])
+    landmarks = LANDMARKS * np.array([shape[1], shape[0]], dtype=np.float32) / SIZE
+    for _ in range(5):
+        image, points, box = transform.apply(photo, landmarks, box=np.array([10, 10, 100, 120]))
+        assert image.shape == photo.shape and image.dtype == np.uint8 and image.flags['C_CONTIGUOUS']
+        assert points.shape == (5, 2) and points.dtype == np.float32 and np.all(np.isfinite(points))
+        assert box.shape == (4,)
+    image, points = transform(photo, None)  # a photo without landmarks is still augmented
+    assert image.shape == photo.shape and points is None
+
+
+def test_robust_strength_zero_changes_nothing():
+    transform = da.get_augmentation_pipeline('robust', strength=0.0, seed=0)
+    assert transform.p_grayscale == 0.0 and transform.jpeg_quality == (100.0, 100.0)
+    photo = make_photo()
+    for _ in range(30):
+        assert transform.sample_params().is_geometric_identity
+        image, points = transform(photo, LANDMARKS)
+        np.testing.assert_array_equal(image, photo)
+        np.testing.assert_array_equal(points, LANDMARKS)
+
+
+def test_robust_strength_scales_every_range():
+    base, double = da.RobustAugmentation(), da.RobustAugmentation(strength=2.0)
+    for name in ('max_shift', 'landmark_jitter', 'brightness', 'contrast', 'gamma', 'hue', 'white_balance', 'blur',
+                 'noise', 'p_grayscale'):
+        assert getattr(double, name) == pytest.approx(2 * getattr(base, name)), name
+    assert double.scale == pytest.approx((0.9, 1.1))
+    assert double.jpeg_quality == pytest.approx((da.MIN_JPEG_QUALITY, 80.0))  # 100 - 2 * 70 is no JPEG quality
+    assert double.min_downscale == pytest.approx(da.MIN_DOWNSCALE)
+    assert double.max_rotation == da.MAX_ASYMMETRY_PRESERVING_ROTATION  # the roll of the eye line stays a sign
+    assert double.saturation == 0.8 and da.RobustAugmentation(strength=4.0).saturation == 1.0
+    # a stronger pipeline changes the photo more
+    photo = make_photo()  # the photo run_pipeline augments
+    change = {strength: np.mean([np.abs(image.astype(int) - photo).mean() for image in
+                                 run_pipeline(da.RobustAugmentation(strength=strength, **STILL_GEOMETRY,
+                                                                    seed=3), n=20)[::2]])
+              for strength in (0.5, 1.0, 2.0)}
+    assert change[0.5] < change[1.0] < change[2.0]
+    with pytest.raises(ValueError, match='strength'):
+        da.RobustAugmentation(strength=-1.0)
+    with pytest.raises(ValueError, match='roll of the eye line'):
+        da.RobustAugmentation(max_rotation=10.0)
+    with pytest.raises(ValueError, match='p_blur \\+ p_downscale'):
+        da.RobustAugmentation(p_blur=0.6, p_downscale=0.6)
+
+
+def test_robust_jpeg_quality_stays_in_its_range():
+    transform = da.RobustAugmentation(p_jpeg=1.0, seed=4)
+    qualities = [transform.sample_params().jpeg_quality for _ in range(300)]
+    assert min(qualities) >= 30 and max(qualities) <= 90
+    assert min(qualities) <= 33 and max(qualities) >= 87, 'the draws should cover the whole range'
+    assert da.RobustAugmentation(strength=0.5).jpeg_quality == (65.0, 95.0)
+    # the photo is re-compressed at the drawn quality, and only then
+    only_jpeg = da.RobustAugmentation(jpeg_quality=(50, 50), brightness=0.0, contrast=0.0, gamma=0.0,
+                                      saturation=0.0, hue=0.0, white_balance=0.0, landmark_jitter=0.0,
+                                      **STILL_GEOMETRY, **dict(NO_CAMERA, p_jpeg=1.0), seed=0)
+    photo = symmetric_photo()
+    image, _ = only_jpeg(photo, LANDMARKS)
+
+    def jpeg(quality: int) -> np.ndarray:
+        ok, data = cv2.imencode('.jpg', cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(image, jpeg(50))
+    assert not np.array_equal(image, jpeg(90))
+    with pytest.raises(ValueError, match='jpeg_quality'):
+        da.RobustAugmentation(jpeg_quality=(0, 90))
+
+
+def test_robust_never_swaps_sides():
+    transform = da.RobustAugmentation(p_grayscale=0.0, seed=0)  # grey discs could not be told apart
+    photo = make_photo()
+    for _ in range(40):
+        image, points = transform(photo, LANDMARKS)
+        assert [colour_class(pixel_at(image, p)) for p in points] == EXPECTED_CLASSES
+        assert points[0, 0] < points[1, 0] and points[3, 0] < points[4, 0]
+        grey = image.astype(float).mean(axis=2)
+        assert grey[:, :SIZE // 4].mean() + 40 < grey[:, -SIZE // 4:].mean()
+
+
 # CutOut and RandomErasing on the mosaic
 
 def quadrants_touched(mask: torch.Tensor) -> set[int]:
@@ -340,12 +516,13 @@ def test_mixup_is_reproducible():
 # named pipelines
 
 def test_every_named_pipeline_builds_and_runs():
-    assert da.AUGMENTATION_NAMES == ('none', 'standard', 'asymmetry_preserving', 'strong')
+    assert da.AUGMENTATION_NAMES == ('none', 'standard', 'asymmetry_preserving', 'strong', 'robust')
     assert da.DEFAULT_AUGMENTATION in da.AUGMENTATION_NAMES
     assert da.get_augmentation_pipeline('none') is None
     assert isinstance(da.get_augmentation_pipeline('asymmetry_preserving'), da.AsymmetryPreservingAugmentation)
     assert type(da.get_augmentation_pipeline('standard')) is da.FacialPalsyAugmentation
-    for name in PHOTO_PIPELINES:
+    assert type(da.get_augmentation_pipeline('robust')) is da.RobustAugmentation
+    for name in PHOTO_PIPELINES + ('robust',):
         transform = da.get_augmentation_pipeline(name, seed=0)
         image, points = transform(make_photo(), LANDMARKS)
         assert image.shape == (SIZE, SIZE, 3) and points.shape == (5, 2)
