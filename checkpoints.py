@@ -10,6 +10,11 @@ place ``num_classes`` is stored), ``preprocess`` (how photos became network inpu
 float16 mixed precision) and, after ``--baseline symmetry``, ``symmetry_baseline``. A progress mark
 (``epoch_<N>.pth``) keeps only what ``load_trained`` needs (``weights_only``).
 
+With ``--ema`` the ``model`` key holds the moving average of the weights, so every consumer of a checkpoint grades
+with the averaged network unchanged, and ``ema`` holds what an exact resume needs besides: ``decay``, ``updates``
+(optimiser steps averaged) and ``training_weights`` (the raw state_dict the optimizer state belongs to). At the end
+of a run ``best_model.pth`` gains ``ood``, the out-of-distribution statistics of ``ood.fit_ood``.
+
 Which folder a run may write into is ``run_folders.py``'s job.
 
 Checkpoints of earlier versions still load: a top-level ``num_classes`` is checked against the network, and a
@@ -136,17 +141,19 @@ def build_checkpoint(*, model: nn.Module, model_args: Mapping[str, Any], preproc
                      prediction: str = 'argmax', args: Any = None, history: list[dict] | None = None,
                      val_metrics: dict | None = None, best_val_metrics: dict | None = None,
                      run_id: str | None = None, scaler: Any = None,
-                     symmetry_baseline: dict | None = None) -> dict[str, Any]:
+                     symmetry_baseline: dict | None = None, ema: Any = None) -> dict[str, Any]:
     """The plain dict every training .pth holds; ``torch.load(path, weights_only=True)`` opens it, also on a
     machine without the GPU it was trained on (tensors are stored on the CPU). ``args`` is an
     ``argparse.Namespace`` or a dict; ``best_metric`` None is stored as NaN (no validation yet). Everything that
     carries from one epoch to the next is here (weights, optimizer, scheduler, best epoch and its metrics,
-    history, the float16 loss scale), so a resumed run replays the epochs the interrupted one did not finish."""
+    history, the float16 loss scale), so a resumed run replays the epochs the interrupted one did not finish.
+    With ``ema`` (an ``engine.ModelEma`` of ``model``) ``model`` stores the averaged weights and ``ema`` the raw
+    ones with the decay and step count."""
     model_args = to_plain(dict(model_args))
     if args is not None and not isinstance(args, Mapping):
         args = vars(args)
     checkpoint = {
-        'model': _to_cpu(model.state_dict()),
+        'model': _to_cpu((ema.module if ema is not None else model).state_dict()),
         'optimizer': _to_cpu(optimizer.state_dict()) if optimizer is not None else None,
         'scheduler': scheduler.state_dict() if scheduler is not None else None,
         'epoch': int(epoch),
@@ -168,12 +175,15 @@ def build_checkpoint(*, model: nn.Module, model_args: Mapping[str, Any], preproc
         checkpoint['scaler'] = _to_cpu(scaler.state_dict())
     if symmetry_baseline is not None:
         checkpoint['symmetry_baseline'] = to_plain(symmetry_baseline)
+    if ema is not None:
+        checkpoint['ema'] = {'decay': float(ema.decay), 'updates': int(ema.n_averaged),
+                             'training_weights': _to_cpu(model.state_dict())}
     return checkpoint
 
 
 # what a progress mark (epoch_<N>.pth) keeps: enough for load_trained, not the optimizer state
 WEIGHTS_ONLY_KEYS = ('model', 'model_args', 'preprocess', 'class_names', 'prediction', 'side_names', 'epoch',
-                     'run_id', 'select_metric', 'symmetry_baseline')
+                     'run_id', 'select_metric', 'symmetry_baseline', 'ood')
 
 
 def weights_only(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
@@ -187,9 +197,12 @@ RESUME_PREPROCESS_KEYS = ('input_mode', 'face_size', 'region_size', 'input_size'
 
 
 def check_resume(checkpoint: Mapping[str, Any], path: str | os.PathLike, *, model_args: Mapping[str, Any],
-                 preprocess: Mapping[str, Any], prediction: str, select_metric: str, epochs: int) -> None:
+                 preprocess: Mapping[str, Any], prediction: str, select_metric: str, epochs: int,
+                 ema: float = 0.0, finish: bool = False) -> None:
     """Refuse, before any slow work, to resume from a checkpoint that is not a training checkpoint, or was made
-    for another network, preprocessing, prediction rule or selection metric, or has already run ``epochs``."""
+    for another network, preprocessing, prediction rule, selection metric or weight average (``ema`` decay, 0 =
+    none), or has already run ``epochs`` (exactly ``epochs`` is accepted with ``finish``: a run stopped after its
+    last epoch, before its closing steps)."""
     stored = checkpoint.get('model_args')
     if stored is not None and 'epoch' in checkpoint and 'optimizer' not in checkpoint:
         raise UserError(f'{path}: a progress mark of epoch {checkpoint["epoch"]} with the weights only (no '
@@ -213,17 +226,30 @@ def check_resume(checkpoint: Mapping[str, Any], path: str | os.PathLike, *, mode
                         f'same --loss')
     if (checkpoint.get('select_metric') or select_metric) != select_metric:
         raise UserError(f'{path}: selected by {checkpoint["select_metric"]}, not --select_metric {select_metric}')
-    if int(checkpoint['epoch']) >= epochs:
+    stored_ema = float((checkpoint.get('ema') or {}).get('decay', 0.0))
+    if stored_ema != float(ema):
+        raise UserError(f'{path}: trained with --ema {stored_ema:g}, not --ema {float(ema):g}; resume with the same '
+                        f'--ema')
+    if int(checkpoint['epoch']) > epochs or (int(checkpoint['epoch']) == epochs and not finish):
         raise UserError(f'{path}: already trained {checkpoint["epoch"]} epochs; raise --epochs to train further')
 
 
 def restore_training(checkpoint: Mapping[str, Any], path: str | os.PathLike, model: nn.Module,
-                     optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any = None
+                     optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any = None, ema: Any = None
                      ) -> tuple[int, float | None, int, list[dict]]:
     """Load the weights, optimizer, scheduler (and float16 loss-scale) state of a checkpoint passed by
-    ``check_resume``. Returns the last completed epoch, the best validation value so far (None before any), its
-    epoch and the history rows up to the last completed epoch."""
-    model.load_state_dict(Model.extract_state_dict(checkpoint))
+    ``check_resume``; with ``ema`` (an ``engine.ModelEma``) the raw weights into ``model`` and the averaged ones
+    into ``ema``. Returns the last completed epoch, the best validation value so far (None before any), its epoch
+    and the history rows up to the last completed epoch."""
+    if ema is not None:
+        stored = checkpoint.get('ema') or {}
+        if 'training_weights' not in stored:
+            raise UserError(f'{path}: holds no weight average (trained without --ema); resume without --ema')
+        model.load_state_dict(stored['training_weights'])
+        ema.module.load_state_dict(Model.extract_state_dict(checkpoint))
+        ema.n_averaged.fill_(int(stored.get('updates', 0)))
+    else:
+        model.load_state_dict(Model.extract_state_dict(checkpoint))
     try:
         optimizer.load_state_dict(checkpoint['optimizer'])
         if scheduler is not None and checkpoint.get('scheduler'):

@@ -1,6 +1,7 @@
 """The epoch loop of ``train_facial_palsy.py`` (DeiT's ``engine.py``): one training epoch, prediction and
-evaluation over a loader, best-epoch tracking, the per-epoch logs and curves, and ``fit``, which runs the epochs,
-selects on validation and writes the checkpoints.
+evaluation over a loader (per photo, and per patient from the mean of each subject's photo probabilities), the moving
+average of the weights (``--ema``), best-epoch tracking, the per-epoch logs and curves, and ``fit``, which runs the
+epochs, selects on validation and writes the checkpoints.
 
 Each epoch starts from random state seeded by (seed, epoch) (``seed_epoch``), and ``last.pth`` is written only
 when an epoch is complete, so a run resumed from it repeats exactly the epochs an uninterrupted run would have.
@@ -21,12 +22,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import checkpoints
 import data_augmentation
-from annotations import SIDE_CLASSES
+from annotations import SIDE_CLASSES, subject_grades
 import losses
 import metrics as M
 import utils
@@ -54,6 +56,19 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace, steps_per_epoch:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, warmup))
         return optimizer, scheduler, True
     return optimizer, None, False
+
+
+class ModelEma(AveragedModel):
+    """Exponential moving average of a model's weights (timm ``ModelEmaV2``, ``torch.optim.swa_utils``): after every
+    optimiser step ``ema = decay * ema + (1 - decay) * weights`` (the first step copies them), buffers copied.
+    Averaging the last ~1 / (1 - decay) steps smooths the noise of small batches, so the averaged weights usually
+    validate better and more steadily than the raw ones. ``module`` is the averaged network; ``n_averaged`` counts
+    the steps."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+        self.decay = float(decay)
+        self.module.eval().requires_grad_(False)
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int, floor: float = 0.01) -> Callable[[int], float]:
@@ -101,6 +116,12 @@ class TrainContext:
     mixup: Any = None
     multitask: bool = False       # the model has a side head and the criterion is a losses.MultiTaskLoss
     prediction: str = 'argmax'    # PREDICTION_RULES value: how the training accuracy reads the logits
+    ema: ModelEma | None = None   # with --ema: the averaged weights, which validation and checkpoints use
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The network validation scores and the best checkpoint keeps: the averaged one with --ema."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 def unpack_batch(batch: Sequence[torch.Tensor], device: torch.device
@@ -164,6 +185,8 @@ def train_one_epoch(ctx: TrainContext, loader: DataLoader, epoch: int, epochs: i
         ctx.scaler.scale(loss).backward()
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
+        if ctx.ema is not None:
+            ctx.ema.update_parameters(ctx.model)  # a compiled model yields the parameters of the module it wraps
         if ctx.step_per_batch and ctx.scheduler is not None:
             ctx.scheduler.step()
         batch = labels.shape[0]
@@ -177,11 +200,11 @@ def train_one_epoch(ctx: TrainContext, loader: DataLoader, epoch: int, epochs: i
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, autocast: AbstractContextManager,
             desc: str = 'eval', prediction: str = 'argmax', multitask: bool = False) -> dict[str, Any]:
-    """Over a loader: ``true`` and ``pred`` grades (by the ``prediction`` rule), the mean unweighted
-    cross-entropy ``loss`` (comparable across --loss choices), and with ``multitask`` the ``side_true`` /
-    ``side_pred`` indices (side_true -100 = unknown)."""
+    """Over a loader: ``true`` and ``pred`` grades (by the ``prediction`` rule), the grade ``probabilities``
+    (softmax, ``(N, C)``), the mean unweighted cross-entropy ``loss`` (comparable across --loss choices), and with
+    ``multitask`` the ``side_true`` / ``side_pred`` indices (side_true -100 = unknown)."""
     model.eval()
-    true, pred, side_true, side_pred, total_loss, seen = [], [], [], [], 0.0, 0
+    true, pred, probabilities, side_true, side_pred, total_loss, seen = [], [], [], [], [], 0.0, 0
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
         images, labels, sides = unpack_batch(batch, device)
         with autocast:
@@ -190,12 +213,14 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, autocast
         seen += labels.shape[0]
         true.append(labels.cpu())
         pred.append(losses.decode_grades(logits, prediction).cpu())
+        probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
         if side_logits is not None and sides is not None:
             side_true.append(sides.cpu())
             side_pred.append(side_logits.argmax(dim=1).cpu())
     if not seen:
         raise UserError(f'{desc}: no images to evaluate')
-    out = {'true': torch.cat(true).numpy(), 'pred': torch.cat(pred).numpy(), 'loss': total_loss / seen}
+    out = {'true': torch.cat(true).numpy(), 'pred': torch.cat(pred).numpy(),
+           'probabilities': torch.cat(probabilities).numpy(), 'loss': total_loss / seen}
     if side_true:
         out['side_true'], out['side_pred'] = torch.cat(side_true).numpy(), torch.cat(side_pred).numpy()
     return out
@@ -210,21 +235,39 @@ def side_metrics(side_true: np.ndarray, side_pred: np.ndarray) -> dict[str, Any]
     return {'side_accuracy': accuracy, 'side_n': int(known.sum()), 'side_confusion_matrix': matrix.tolist()}
 
 
-def metrics_of(out: dict[str, Any], num_classes: int) -> dict[str, Any]:
+def subject_metrics(out: dict[str, Any], subjects: Sequence[str], num_classes: int, prediction: str
+                    ) -> dict[str, Any]:
+    """``metrics.compute_metrics`` over patients: each subject's photo probabilities averaged and read with the
+    run's ``prediction`` rule (``losses.subject_grades_from_photos``, as evaluation grades a patient), its true
+    grade its most frequent photo grade (``annotations.subject_grades``). ``subjects`` follow the loader order."""
+    if len(subjects) != len(out['true']):
+        raise ValueError(f'{len(subjects)} subjects for {len(out["true"])} predictions')
+    names, _, _, pred = losses.subject_grades_from_photos(subjects, out['probabilities'], prediction)
+    true_of = subject_grades([str(s) for s in subjects], out['true'])
+    return M.compute_metrics([true_of[name] for name in names], pred, num_classes)
+
+
+def metrics_of(out: dict[str, Any], num_classes: int, subjects: Sequence[str] | None = None,
+               prediction: str = 'argmax') -> dict[str, Any]:
     """Every metric of ``metrics.compute_metrics`` of a ``predict`` output plus its mean ``loss``; with side
-    predictions also ``side_accuracy``, ``side_n`` and ``side_confusion_matrix`` (``side_metrics``)."""
+    predictions also ``side_accuracy``, ``side_n`` and ``side_confusion_matrix`` (``side_metrics``); with the
+    photos' ``subjects`` also ``subject_<metric>`` for each scalar metric and ``subject_n`` (``subject_metrics``)."""
     result = M.compute_metrics(out['true'], out['pred'], num_classes)
     result['loss'] = out['loss']
     if 'side_true' in out:
         result.update(side_metrics(out['side_true'], out['side_pred']))
+    if subjects is not None:
+        patients = subject_metrics(out, subjects, num_classes, prediction)
+        result.update({M.SUBJECT_PREFIX + name: patients[name] for name in ('n', *M.METRIC_NAMES)})
     return result
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast: AbstractContextManager,
-             num_classes: int, desc: str = 'val', prediction: str = 'argmax', multitask: bool = False
-             ) -> dict[str, Any]:
-    """``metrics_of`` the model's predictions over a loader."""
-    return metrics_of(predict(model, loader, device, autocast, desc, prediction, multitask), num_classes)
+             num_classes: int, desc: str = 'val', prediction: str = 'argmax', multitask: bool = False,
+             subjects: Sequence[str] | None = None) -> dict[str, Any]:
+    """``metrics_of`` the model's predictions over a loader (with patient-level metrics when ``subjects``)."""
+    return metrics_of(predict(model, loader, device, autocast, desc, prediction, multitask), num_classes,
+                      subjects, prediction)
 
 
 # best epoch and logs
@@ -248,6 +291,8 @@ def history_row(epoch: int, lr: float, train: dict, val: dict, seconds: float, i
     row = {'epoch': epoch, 'lr': lr, 'train_loss': train['loss'], 'train_accuracy': train['accuracy'],
            'val_loss': val['loss']}
     row.update({f'val_{name}': val[name] for name in SCALAR_COLUMNS})
+    row.update({f'val_{M.SUBJECT_PREFIX}{name}': val[M.SUBJECT_PREFIX + name] for name in SCALAR_COLUMNS
+                if M.SUBJECT_PREFIX + name in val})
     row['val_per_class_accuracy'] = val['per_class_accuracy']
     if 'side_accuracy' in val:
         row['val_side_accuracy'] = val['side_accuracy']
@@ -258,9 +303,10 @@ def history_row(epoch: int, lr: float, train: dict, val: dict, seconds: float, i
 
 
 def write_logs(history: list[dict], log_dir: Path, best: BestTracker, plot: bool = True,
-               run_id: str | None = None) -> None:
-    """Rewrite summary.csv, training_history.json (with the ``run_id``) and (with ``plot``) the curves from the
-    whole history, so a resumed run's logs continue the interrupted ones."""
+               run_id: str | None = None, extras: dict[str, Any] | None = None) -> None:
+    """Rewrite summary.csv, training_history.json (with the ``run_id`` and the ``extras``, e.g. the run's
+    ``warnings``) and (with ``plot``) the curves from the whole history, so a resumed run's logs continue the
+    interrupted ones."""
     columns = [k for k in history[0] if not isinstance(history[0][k], list)]  # per-class / confusion lists
     utils.atomic_write_csv(log_dir / 'summary.csv', columns,
                            ({k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in row.items() if k in columns}
@@ -272,7 +318,7 @@ def write_logs(history: list[dict], log_dir: Path, best: BestTracker, plot: bool
                'val_loss': series['val_loss'], 'val_acc': series['val_accuracy'], 'val_f1': series['val_macro_f1'],
                **{k: v for k, v in series.items() if k not in ('train_loss', 'val_loss')},
                'select_metric': best.name, 'best_epoch': best.epoch, 'best_metric': best.value,
-               'run_id': run_id}
+               'run_id': run_id, **(extras or {})}
     best_row = next((row for row in history if row['epoch'] == best.epoch), None)
     if best_row is not None and 'val_side_confusion_matrix' in best_row:
         payload['side_names'] = list(SIDE_CLASSES)
@@ -317,8 +363,11 @@ def plot_curves(history: list[dict], path: Path, best: BestTracker) -> None:
 def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namespace, start_epoch: int,
         best: BestTracker, history: list[dict], state: Callable[[int, dict | None], dict], *,
         seed: Sequence[int] | None = None, run_id: str | None = None,
-        on_saved: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """The epoch loop: train, validate, select on validation, checkpoint, log.
+        on_saved: Callable[[int], None] | None = None, val_subjects: Sequence[str] | None = None,
+        log_extras: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The epoch loop: train, validate (the averaged weights with --ema; per patient too with ``val_subjects``,
+    the subject of each validation photo), select on validation, checkpoint, log (``log_extras`` go into
+    training_history.json).
 
     Each epoch is seeded from ``(*seed, epoch)`` (default ``(args.seed,)``). At its end the files are written in
     an order that loses nothing when the process dies between two of them: ``best_model.pth``, ``epoch_<N>.pth``
@@ -335,8 +384,8 @@ def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namesp
             seed_epoch(loaders['train'], *seed, epoch)
             started, lr = time.time(), ctx.optimizer.param_groups[0]['lr']
             train_stats = train_one_epoch(ctx, loaders['train'], epoch, args.epochs)
-            val_metrics = evaluate(ctx.model, loaders['val'], ctx.device, ctx.autocast, args.num_classes, 'val',
-                                   prediction=ctx.prediction, multitask=ctx.multitask)
+            val_metrics = evaluate(ctx.eval_model, loaders['val'], ctx.device, ctx.autocast, args.num_classes,
+                                   'val', prediction=ctx.prediction, multitask=ctx.multitask, subjects=val_subjects)
             if ctx.scheduler is not None and not ctx.step_per_batch:
                 ctx.scheduler.step(val_metrics[args.select_metric])
             improved = best.update(val_metrics[args.select_metric], epoch, val_metrics)
@@ -346,14 +395,15 @@ def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namesp
                 checkpoints.save_checkpoint(snapshot, save_dir / 'best_model.pth')
             if args.save_interval and epoch % args.save_interval == 0:
                 checkpoints.save_checkpoint(checkpoints.weights_only(snapshot), save_dir / f'epoch_{epoch}.pth')
-            write_logs(history, log_dir, best, plot=epoch % PLOT_EVERY == 0, run_id=run_id)
+            write_logs(history, log_dir, best, plot=epoch % PLOT_EVERY == 0, run_id=run_id, extras=log_extras)
             checkpoints.save_checkpoint(snapshot, save_dir / 'last.pth')
             saved, saved_best = epoch, (best.value, best.epoch, best.metrics)
             if on_saved is not None:
                 on_saved(epoch)
             print(f'epoch {epoch}/{args.epochs} | lr {lr:.2e} | train loss {train_stats["loss"]:.4f} '
                   f'acc {train_stats["accuracy"]:.3f} | val loss {val_metrics["loss"]:.4f} '
-                  f'{M.format_metrics(val_metrics)}{side_text(val_metrics)}{" | best" if improved else ""}')
+                  f'{M.format_metrics(val_metrics)}{side_text(val_metrics)}{selected_text(val_metrics, best.name)}'
+                  f'{" | best" if improved else ""}')
             if args.early_stopping and epoch - best.epoch >= args.early_stopping:
                 print(f'early stopping: no better validation {args.select_metric} for {args.early_stopping} epochs')
                 stopped_early = True
@@ -364,7 +414,7 @@ def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namesp
         best.value, best.epoch, best.metrics = saved_best
         print('\n' + interrupted_note(epoch, saved, start_epoch, save_dir, getattr(args, 'resume', None)))
     if history:
-        write_logs(history, log_dir, best, plot=True, run_id=run_id)
+        write_logs(history, log_dir, best, plot=True, run_id=run_id, extras=log_extras)
     best_val_metrics = best.metrics
     if best_val_metrics is None:  # a checkpoint of an earlier version: the best epoch's row of the history
         row = next((r for r in history if r['epoch'] == best.epoch), None)
@@ -382,6 +432,12 @@ def interrupted_note(epoch: int, saved: int, start_epoch: int, save_dir: Path, r
         return (f'interrupted during epoch {epoch}: no epoch completed since the resume; continue again with '
                 f'--resume {resumed_from}')
     return f'interrupted during epoch {epoch}: no epoch completed, so nothing was saved; start the run again'
+
+
+def selected_text(metrics: dict[str, Any], name: str) -> str:
+    """`` | subject_qwk 0.812`` when the selection metric is a patient-level one (the photo-level ones are shown
+    already), else nothing."""
+    return f' | {name} {metrics[name]:.3f}' if M.is_subject_metric(name) and name in metrics else ''
 
 
 def side_text(metrics: dict[str, Any]) -> str:

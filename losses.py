@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -26,7 +27,8 @@ from utils import UserError
 
 __all__ = ['CRITERIA', 'PREDICTION_RULES', 'LOSS_PREDICTION', 'SIDE_IGNORE_INDEX', 'cumulative_log_probs',
            'ordinal_loss', 'OrdinalLoss', 'ordinal_predict', 'expected_grade', 'side_targets', 'MultiTaskLoss',
-           'build_criterion', 'prediction_for', 'check_prediction_rule', 'decode_grades']
+           'build_criterion', 'prediction_for', 'check_prediction_rule', 'decode_grades', 'decode_probabilities',
+           'subject_grades_from_photos']
 
 CRITERIA = ('ce', 'ordinal')
 # how grade logits become a grade (a checkpoint's ``prediction`` entry; ``argmax`` when it names none)
@@ -269,3 +271,27 @@ def decode_grades(logits: torch.Tensor, rule: str = 'argmax') -> torch.Tensor:
     if rule != 'argmax':
         raise ValueError(f'unknown prediction rule {rule!r}; expected one of {", ".join(PREDICTION_RULES)}')
     return logits.argmax(dim=1)
+
+
+def decode_probabilities(probabilities: np.ndarray, rule: str) -> np.ndarray:
+    """Grade indices ``(N,)`` of averaged probability distributions ``(N, C)`` (TTA views, ensemble members, a
+    patient's photos) by a checkpoint's prediction rule (``decode_grades``; the median grade for
+    ``ordinal_median``)."""
+    # decode_grades reads logits through a softmax; the log of a distribution gives that distribution back
+    logits = torch.log(torch.as_tensor(np.asarray(probabilities, dtype=np.float64)).clamp_min(1e-12))
+    return decode_grades(logits, rule).numpy().astype(np.int64)
+
+
+def subject_grades_from_photos(subjects: Sequence[str], probabilities: np.ndarray, rule: str
+                               ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """A grade per patient from the photos of one sitting: each subject's photo probabilities averaged and read with
+    the checkpoint's prediction ``rule``. Returns ``(subjects sorted, photos per subject, mean probabilities
+    (S, C), grade indices (S,))``."""
+    names = sorted(set(map(str, subjects)))
+    row_of = {name: k for k, name in enumerate(names)}
+    rows = np.array([row_of[str(s)] for s in subjects], dtype=np.int64)
+    counts = np.bincount(rows, minlength=len(names))
+    mean = np.zeros((len(names), np.shape(probabilities)[1]))
+    np.add.at(mean, rows, np.asarray(probabilities, dtype=np.float64))
+    mean /= np.maximum(counts, 1)[:, None]
+    return names, counts, mean, decode_probabilities(mean, rule)

@@ -16,19 +16,38 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ['METRIC_NAMES', 'higher_is_better', 'is_improvement', 'confusion_matrix', 'compute_metrics',
-           'metrics_from_confusion', 'bootstrap_metrics', 'format_metrics']
+__all__ = ['METRIC_NAMES', 'SUBJECT_PREFIX', 'SELECT_METRIC_NAMES', 'higher_is_better', 'is_improvement',
+           'is_subject_metric', 'subject_groups', 'confusion_matrix', 'compute_metrics', 'metrics_from_confusion',
+           'bootstrap_metrics', 'format_metrics']
 
-# scalar metrics: the choices of --select_metric and the ones bootstrap_metrics gives intervals for
+# scalar metrics: the ones bootstrap_metrics gives intervals for, and the photo-level choices of --select_metric
 METRIC_NAMES = ('accuracy', 'macro_f1', 'weighted_f1', 'mean_class_accuracy', 'qwk', 'mae', 'within_one')
+# the same metrics over patients (each subject graded from the mean of its photos' probabilities)
+SUBJECT_PREFIX = 'subject_'
+SELECT_METRIC_NAMES = METRIC_NAMES + tuple(SUBJECT_PREFIX + name for name in METRIC_NAMES)
 _LOWER_IS_BETTER = frozenset({'mae'})
 
 
+def is_subject_metric(name: str) -> bool:
+    """Whether a selection metric is scored over subjects (``subject_macro_f1``...) rather than photos."""
+    return name.startswith(SUBJECT_PREFIX) and name[len(SUBJECT_PREFIX):] in METRIC_NAMES
+
+
 def higher_is_better(name: str) -> bool:
-    """Direction of a metric for model selection (only the mean absolute grade error falls as models improve)."""
-    if name not in METRIC_NAMES:
-        raise ValueError(f'unknown metric {name!r}; choose one of {", ".join(METRIC_NAMES)}')
-    return name not in _LOWER_IS_BETTER
+    """Direction of a metric for model selection (only the mean absolute grade error falls as models improve,
+    over photos or over subjects)."""
+    if name not in SELECT_METRIC_NAMES:
+        raise ValueError(f'unknown metric {name!r}; choose one of {", ".join(SELECT_METRIC_NAMES)}')
+    return (name[len(SUBJECT_PREFIX):] if is_subject_metric(name) else name) not in _LOWER_IS_BETTER
+
+
+def subject_groups(subjects: Sequence[Any]) -> list[str] | None:
+    """The subjects as strings when they group photos, or None when a photo names no subject or every photo is
+    its own subject (then patient-level scores and subject-resampled intervals equal the photo-level ones)."""
+    named = [str(s).strip() for s in subjects]
+    if not named or any(not s or s.lower() == 'nan' for s in named) or len(set(named)) == len(named):
+        return None
+    return named
 
 
 def is_improvement(name: str, value: float, best: float | None) -> bool:

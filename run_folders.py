@@ -274,18 +274,20 @@ def guard_run_folders(save_dir: str | os.PathLike, log_dir: str | os.PathLike, *
 
 
 def disk_estimate(model_args: Mapping[str, Any], first_epoch: int, epochs: int, save_interval: int,
-                  runs: int | None = 1) -> tuple[int, str]:
+                  runs: int | None = 1, ema: bool = False) -> tuple[int, str]:
     """Bytes the checkpoints of a run training ``first_epoch..epochs`` take (times ``runs`` cross-validation
     folds; None: a number not known yet, counted once), and a line saying so: ``best_model.pth`` and ``last.pth``
     with AdamW's state (weights, 4 bytes per value, and two moments, 8 more per parameter) plus the weights-only
-    ``epoch_<N>.pth``. The network is built on the ``meta`` device, which allocates nothing, just to count."""
+    ``epoch_<N>.pth``; with ``ema`` (``--ema``) both full files also hold the raw training weights beside the
+    averaged ones. The network is built on the ``meta`` device, which allocates nothing, just to count."""
     with torch.device('meta'):
         network = Model.build_model(dict(model_args))
     weights = sum(t.numel() * t.element_size() for t in network.state_dict().values())
-    full = weights + 8 * sum(p.numel() for p in network.parameters() if p.requires_grad)
+    full = (2 if ema else 1) * weights + 8 * sum(p.numel() for p in network.parameters() if p.requires_grad)
     marks = sum(1 for epoch in range(first_epoch, epochs + 1) if save_interval and epoch % save_interval == 0)
     one_run = 2 * full + marks * weights
-    parts = f'best_model.pth and last.pth of {format_bytes(full)} each with the optimizer state' + (
+    parts = (f'best_model.pth and last.pth of {format_bytes(full)} each with the optimizer state'
+             + (' and the EMA\'s training weights' if ema else '')) + (
         f', {marks} epoch_N.pth of {format_bytes(weights)} each, weights only' if marks else '')
     if runs is None:
         return one_run, f'disk: about {format_bytes(one_run)} of checkpoints per fold ({parts})'

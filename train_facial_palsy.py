@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import shutil
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -38,6 +36,7 @@ import losses
 import metrics as M
 import symmetry
 import training_data
+import training_setup
 import utils
 from utils import UserError
 
@@ -70,6 +69,9 @@ EPILOG = '''examples:
   # ordinal loss: a grade two steps off costs more than one step off; the checkpoint predicts the median grade
   python train_facial_palsy.py ... --loss ordinal --select_metric mae
 
+  # a moving average of the weights (validated, selected and stored); pick the epoch by patient, not by photo
+  python train_facial_palsy.py ... --ema 0.99 --select_metric subject_macro_f1
+
   # multi-task: a second head predicts the affected side (left / right / none) from the same features
   python train_facial_palsy.py ... --multitask --side_loss_weight 0.5
 
@@ -90,8 +92,9 @@ EPILOG = '''examples:
       --train_csv ./datasets/facial_palsy/fnp_annotation.csv --cv loso --cv_folds_limit 3 \\
       --save_dir ./checkpoints/fnp_loso --log_dir ./logs/fnp_loso
 
-outputs: <save_dir>/best_model.pth (best validation --select_metric), last.pth (the last completed epoch,
-with the optimizer state to --resume from), epoch_N.pth (weights only);
+outputs: <save_dir>/best_model.pth (best validation --select_metric; with "ood", the statistics of its features on
+the training photos that flag unfamiliar photos), last.pth (the last completed epoch, with the optimizer state to
+--resume from), epoch_N.pth (weights only);
 <log_dir>/summary.csv, training_history.json, training_curves.png, args.yaml, test_metrics.json (with --test_csv),
 skipped_images.csv (photos that could not be used), baseline_metrics.json (with --baseline symmetry);
 with --cv: <save_dir>/fold_<k>/ and <log_dir>/fold_<k>/ as above for each fold, then <log_dir>/cv_summary.json,
@@ -146,7 +149,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                            'decoding the photos again each epoch')
     data.add_argument('--augmentation', default=DA.DEFAULT_AUGMENTATION,
                       choices=list(DA.AUGMENTATION_NAMES),
-                      help='training augmentation from DA.py (none of them flips: left-right '
+                      help='training augmentation from data_augmentation.py (none of them flips: left-right '
                            'asymmetry is the signal; see --flip_swap_side); validation and test images are never '
                            'augmented')
     data.add_argument('--flip_swap_side', action='store_true',
@@ -203,8 +206,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                        help='weight the loss by inverse grade frequency of the training split (for imbalance)')
     optim.add_argument('--early_stopping', type=int, default=0, metavar='N',
                        help='stop after N epochs without a better validation --select_metric; 0 = never')
-    optim.add_argument('--select_metric', default='macro_f1', choices=list(M.METRIC_NAMES),
-                       help='validation metric that picks best_model.pth (mae: lower is better)')
+    optim.add_argument('--select_metric', default='macro_f1', choices=list(M.SELECT_METRIC_NAMES),
+                       help='validation metric that picks best_model.pth (mae: lower is better). subject_<metric> '
+                            '(subject_macro_f1, subject_qwk, subject_mae...) scores patients instead of photos: each '
+                            'validation subject\'s photo probabilities averaged and read with the run\'s prediction '
+                            'rule, as evaluation grades a patient; it needs subjects with several photos. The '
+                            'val_subject_* columns are logged whenever the validation photos have such subjects')
+    optim.add_argument('--ema', type=float, default=0.0, metavar='DECAY',
+                       help='keep an exponential moving average of the weights, updated after every optimiser step '
+                            '(ema = DECAY * ema + (1 - DECAY) * weights; 0 = off). It averages over the last '
+                            '~1/(1 - DECAY) steps, so DECAY is per step, not per epoch: with ~30 steps an epoch, '
+                            '0.99 averages over ~3 epochs and 0.999 over ~30. Validation, the best epoch, the test '
+                            'score and the weights of best_model.pth are then the averaged ones; last.pth also keeps '
+                            'the raw weights to resume from')
 
     run = parser.add_argument_group('run')
     run.add_argument('--save_dir', default='./checkpoints/fnp',
@@ -261,95 +275,8 @@ def dataset_type(text: str) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = utils.parse_args_with_config(get_args_parser(), argv)
-    validate_args(args)
+    training_setup.validate_args(args)
     return args
-
-
-def validate_args(args: argparse.Namespace) -> None:
-    """Refuse impossible settings up front with one clear line, before any slow landmark detection."""
-    if args.flip_swap_side and args.input_mode == 'flow':
-        raise UserError('--flip_swap_side mirrors photos, which --input_mode flow does not read one at a time; '
-                        'drop one of them')
-    positive = {'epochs': args.epochs, 'batch_size': args.batch_size, 'image_size': args.image_size,
-                'region_size': args.region_size, 'patch_size': args.patch_size, 'dim': args.dim,
-                'heads': args.heads, 'num_hierarchies': args.num_hierarchies}
-    for name, value in positive.items():
-        if value < 1:
-            raise UserError(f'--{name} must be at least 1, got {value}')
-    if not 0 < args.learning_rate < math.inf:  # written so that NaN fails too
-        raise UserError(f'--learning_rate must be a positive number, got {args.learning_rate}')
-    for name in ('weight_decay', 'mixup', 'dropout', 'warmup_epochs', 'num_workers', 'save_interval',
-                 'early_stopping', 'lr_patience', 'threads', 'side_loss_weight'):
-        if not 0 <= getattr(args, name) < math.inf:
-            raise UserError(f'--{name} must be a number of at least 0, got {getattr(args, name)}')
-    if not 0 <= args.label_smoothing < 1:
-        raise UserError(f'--label_smoothing must lie in [0, 1), got {args.label_smoothing}')
-    if not args.dropout < 1:
-        raise UserError(f'--dropout must be below 1, got {args.dropout}')
-    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
-        raise UserError(f'--val_fraction must lie between 0 and 1, got {args.val_fraction}')
-    if len(args.block_repeats) not in (1, args.num_hierarchies):
-        raise UserError(f'--block_repeats takes 1 or --num_hierarchies ({args.num_hierarchies}) numbers, '
-                        f'got {len(args.block_repeats)}: {args.block_repeats}')
-    if min(args.block_repeats) < 1:
-        raise UserError(f'--block_repeats must be at least 1 each, got {args.block_repeats}')
-    if args.scheduler == 'cosine' and args.warmup_epochs >= args.epochs:
-        raise UserError(f'--warmup_epochs {args.warmup_epochs} leaves no epoch of cosine decay in --epochs '
-                        f'{args.epochs}')
-    validate_cv_args(args)
-    if args.train_csv is None and args.val_csv is not None:
-        raise UserError('--val_csv needs --train_csv (or drop it and use --val_fraction with a grade folder layout)')
-    if args.data_root is None and args.train_csv is None:
-        raise UserError('give --data_root (a folder of grade_0..grade_5) or --train_csv (an annotation CSV)')
-    if args.data_root is None:
-        args.data_root = str(Path(args.train_csv).parent)
-        print(f'note: --data_root not given; image paths are read relative to {args.data_root}')
-    if not Path(args.data_root).is_dir():
-        raise UserError(f'--data_root {args.data_root}: folder not found')
-    for name in ('train_csv', 'val_csv', 'test_csv', 'resume', 'pretrained_path', 'config'):
-        value = getattr(args, name, None)
-        if value is not None and not Path(value).is_file():
-            raise UserError(f'--{name} {value}: file not found')
-
-
-def parse_cv(value: Any) -> int | str | None:
-    """``--cv`` as a fold count (2 or more) or ``'loso'``; None when cross-validation is off."""
-    if value is None:
-        return None
-    text = str(value).strip().lower()
-    if text in ('loso', 'leave-one-subject-out', 'leave_one_subject_out'):
-        return 'loso'
-    try:
-        folds = int(text)
-    except ValueError:
-        raise UserError(f'--cv {value}: give a number of folds (2 or more) or loso') from None
-    if folds < 2:
-        raise UserError(f'--cv {value}: cross-validation needs at least 2 folds (or loso)')
-    return folds
-
-
-def validate_cv_args(args: argparse.Namespace) -> None:
-    """Check the --cv flags and the ones that do not combine with it, before any landmark detection."""
-    args.cv = parse_cv(getattr(args, 'cv', None))
-    limit = getattr(args, 'cv_folds_limit', None)
-    if args.cv is None:
-        if limit is not None:
-            raise UserError('--cv_folds_limit needs --cv K or --cv loso')
-        return
-    if limit is not None and limit < 1:
-        raise UserError(f'--cv_folds_limit must be at least 1, got {limit}')
-    if args.resume:
-        raise UserError('--resume continues one run; it does not combine with --cv (start the cross-validation '
-                        'again, or resume a single fold without --cv)')
-    if args.baseline:
-        raise UserError('--baseline does not combine with --cv; run it on a single train / val split')
-    if args.dataset_type == 'CK+':
-        raise UserError('--cv reads FNP data (an annotation CSV or grade folders); convert CK+ with '
-                        'prepare_dataset.py first')
-    if (args.val_csv is not None and args.train_csv is not None
-            and not utils.same_path(args.val_csv, args.train_csv)):
-        raise UserError('--cv pools the train and val rows of --train_csv and carves validation subjects from '
-                        'each fold; a separate --val_csv does not fit: drop it or put its rows into --train_csv')
 
 
 def model_args_for(args: argparse.Namespace, input_size: int) -> dict[str, Any]:
@@ -368,109 +295,23 @@ def model_args_for(args: argparse.Namespace, input_size: int) -> dict[str, Any]:
                                  block_repeats=args.block_repeats, dropout=args.dropout, **side_head)
 
 
-# model and optimisation
-
-def build_model(model_args: dict[str, Any], args: argparse.Namespace) -> nn.Module:
-    model = Model.build_model(model_args)
-    if args.pretrained_path:
-        load_pretrained_weights(model, args.pretrained_path, args.pos_emb, args.allow_partial_pretrained)
-    return model
-
-
-HEAD_PREFIXES = ('mlp_head.', 'side_head.')  # the heads start fresh whenever the classes differ
-
-
-def load_pretrained_weights(model: nn.Module, path: str, pos_emb: str, allow_partial: bool = False
-                            ) -> dict[str, list]:
-    """Transfer every tensor that fits. A file from which nothing fits is refused, and so is one that fits fewer
-    than half of the network's tensors (the heads aside) unless ``allow_partial``: such a start is mostly random
-    weights, which the user should choose knowingly."""
-    print(f'pretrained weights: {path}')
-    report = checkpoints.load_pretrained(model, path, pos_emb=pos_emb, verbose=True)
-    mismatches = "; ".join(f"{n}: {r}" for n, r in report["skipped"][:3]) or 'none in the file'
-    if not [name for name in report['loaded'] if not name.endswith('pos_emb')]:  # positions alone transfer nothing
-        raise UserError(f'{path}: no tensor fits this network (different --dim/--heads/--num_hierarchies?); '
-                        f'first mismatches: {mismatches}')
-    body = [name for name in model.state_dict() if not name.startswith(HEAD_PREFIXES)]
-    fitted = len([name for name in report['loaded'] + report['interpolated'] if not name.startswith(HEAD_PREFIXES)])
-    if fitted * 2 < len(body) and not allow_partial:
-        raise UserError(f'{path}: only {fitted} of the network\'s {len(body)} tensors (the heads aside) fit; first '
-                        f'mismatches: {mismatches}; check --dim/--heads/--block_repeats, or pass '
-                        f'--allow_partial_pretrained to start from it anyway')
-    return report
-
-
-def setup_device(args: argparse.Namespace) -> torch.device:
-    device = utils.resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f'device: {device}' + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else
-                                 f' ({torch.get_num_threads()} threads)'))
-    return device
-
-
-def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> nn.Module:
-    """``torch.compile`` on CUDA; the returned module shares its parameters with ``model``, whose state_dict
-    (without ``_orig_mod.`` prefixes) is what checkpoints store."""
-    if not enabled:
-        return model
-    if device.type != 'cuda':
-        print(f'note: --compile is ignored on {device.type}')
-        return model
-    return torch.compile(model)
-
-
-def build_criterion(args: argparse.Namespace, train_labels: Sequence[int], class_names: Sequence[str],
-                    device: torch.device) -> nn.Module:
-    """The ``--loss`` grade criterion (cross-entropy or ordinal) with optional inverse-frequency class weights
-    and label smoothing; with ``--multitask`` wrapped in ``losses.MultiTaskLoss`` (grade + weighted side term)."""
-    weights = class_weights_for(train_labels, args.num_classes) if args.class_weights else None
-    if weights is not None:
-        print('class weights: ' + ', '.join(f'{n} {w:.2f}' for n, w in zip(class_names, weights.tolist())))
-    criterion = losses.build_criterion(args.loss, class_weights=weights, label_smoothing=args.label_smoothing)
-    if args.multitask:
-        criterion = losses.MultiTaskLoss(criterion, side_weight=args.side_loss_weight)
-    return criterion.to(device)
-
-
-def class_weights_for(labels: Sequence[int], num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights ``n / (K_present * count)``; a grade absent from training gets weight 1."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
-    present = counts > 0
-    weights = np.ones(num_classes)
-    weights[present] = counts.sum() / (present.sum() * counts[present])
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def make_train_context(model_args: dict[str, Any], args: argparse.Namespace, datasets: dict[str, Dataset],
-                       loaders: dict[str, DataLoader], device: torch.device, autocast: Any,
-                       scaler: torch.amp.GradScaler, model: nn.Module | None = None
-                       ) -> tuple[nn.Module, engine.TrainContext]:
-    """The network (``model``, or a fresh one with --pretrained_path weights), its criterion (class weights from
-    this training split), optimizer and schedule. Returns the uncompiled model (what checkpoints store) and the
-    context ``fit`` runs."""
-    model = (model if model is not None else build_model(model_args, args)).to(device)
-    train_model = maybe_compile(model, args.compile, device)
-    criterion = build_criterion(args, training_data.split_labels(datasets['train']),
-                                annotations.grade_names(args.num_classes), device)
-    optimizer, scheduler, step_per_batch = engine.build_optimizer(model, args, len(loaders['train']))
-    mixup = DA.MixUp(args.mixup) if args.mixup > 0 else None
-    ctx = engine.TrainContext(model=train_model, criterion=criterion, optimizer=optimizer, device=device,
-                       autocast=autocast, scaler=scaler, scheduler=scheduler, step_per_batch=step_per_batch,
-                       mixup=mixup, multitask=args.multitask, prediction=losses.prediction_for(args.loss))
-    return model, ctx
-
-
 # outputs
 
 def load_resume(args: argparse.Namespace, model_args: dict[str, Any], preprocess: dict[str, Any]) -> dict | None:
-    """The ``--resume`` checkpoint, checked against this run's network and settings (None without --resume)."""
+    """The ``--resume`` checkpoint, checked against this run's network and settings (None without --resume).
+    A checkpoint of the last epoch is accepted when the run's best_model.pth beside it has no out-of-distribution
+    statistics yet: the run stopped before its closing steps, which the resume then completes."""
     if not args.resume:
         return None
     checkpoint = checkpoints.load_checkpoint(args.resume)
+    best_path = Path(args.resume).parent / 'best_model.pth'
+    finish = int(checkpoint.get('epoch', -1)) == args.epochs and best_path.is_file()
+    if finish:
+        best = checkpoints.load_checkpoint(best_path)
+        finish = 'ood' not in best and best.get('run_id') == checkpoint.get('run_id')
     checkpoints.check_resume(checkpoint, args.resume, model_args=model_args, preprocess=preprocess,
                              prediction=losses.prediction_for(args.loss), select_metric=args.select_metric,
-                             epochs=args.epochs)
+                             epochs=args.epochs, ema=args.ema, finish=finish)
     return checkpoint
 
 
@@ -482,7 +323,8 @@ def prepare_run_folders(args: argparse.Namespace, model_args: dict[str, Any], ep
     take and check both folders can be written and have that room. The caller restores the earlier run if this
     one stops before its first checkpoint (``RunFolders.restore``)."""
     save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
-    need, text = run_folders.disk_estimate(model_args, epochs_done + 1, args.epochs, args.save_interval, runs)
+    need, text = run_folders.disk_estimate(model_args, epochs_done + 1, args.epochs, args.save_interval, runs,
+                                             ema=bool(args.ema))
     folders = run_folders.guard_run_folders(save_dir, log_dir, overwrite=args.overwrite, resume=args.resume,
                                             resume_checkpoint=resume_checkpoint, cv=cv, keep=[args.pretrained_path])
     try:
@@ -503,7 +345,7 @@ def prepare_run_folders(args: argparse.Namespace, model_args: dict[str, Any], ep
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     utils.seed_everything(args.seed)
-    device = setup_device(args)
+    device = training_setup.setup_device(args)
     if args.cv is not None:
         return run_cross_validation(args, device)
 
@@ -513,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model_args = model_args_for(args, fpd.model_input_size(preprocess))
     resume_checkpoint = load_resume(args, model_args, preprocess)
     utils.seed_everything(args.seed)  # the initial weights depend on the seed alone
-    model = build_model(model_args, args)  # --pretrained_path is judged here
+    model = training_setup.build_model(model_args, args)  # --pretrained_path is judged here
     done = int(resume_checkpoint['epoch']) if resume_checkpoint is not None else 0
     folders = prepare_run_folders(args, model_args, done, resume_checkpoint)
     try:
@@ -532,6 +374,7 @@ def train_run(args: argparse.Namespace, device: torch.device, detector: fpd.Land
     run_id = (resume_checkpoint or {}).get('run_id') or run_folders.new_run_id()
     datasets = training_data.build_datasets(args, detector, preprocess)
     training_data.check_subject_overlap(datasets)
+    val_subjects = training_data.validation_subjects(datasets['val'], args.select_metric)
     split_summary = training_data.describe_splits(datasets, class_names)
     log_dir.mkdir(parents=True, exist_ok=True)
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -544,38 +387,46 @@ def train_run(args: argparse.Namespace, device: torch.device, detector: fpd.Land
                                          seed=args.seed)
     loaders = training_data.build_loaders(datasets, args, device, seed=args.seed)  # each epoch reseeds it
 
-    model, ctx = make_train_context(model_args, args, datasets, loaders, device, autocast, scaler, model=model)
+    model, ctx = training_setup.make_train_context(model_args, args, datasets, loaders, device, autocast, scaler,
+                                                   model=model)
     print(f'HTNet: {Model.count_parameters(model) / 1e6:.3f}M parameters; input {model_args["image_size"]}x'
           f'{model_args["image_size"]} ({args.input_mode}; face {args.image_size}px, regions {args.region_size}px); '
           f'{len(loaders["train"])} steps per epoch; run {run_id}')
     if args.scheduler != 'cosine' and args.warmup_epochs:
         print('note: --warmup_epochs only applies to --scheduler cosine')
+    log_extras = {'warnings': training_setup.warn_size(model, len(datasets['train']), args)}
 
     start_epoch, best, history = 1, engine.BestTracker(args.select_metric), []
     if resume_checkpoint is not None:
         done, best.value, best.epoch, history = checkpoints.restore_training(
-            resume_checkpoint, args.resume, model, ctx.optimizer, ctx.scheduler, ctx.scaler)
+            resume_checkpoint, args.resume, model, ctx.optimizer, ctx.scheduler, ctx.scaler, ctx.ema)
         best.metrics = resume_checkpoint.get('best_val_metrics')
         shown = f'{best.value:.4f} at epoch {best.epoch}' if best.value is not None else 'none yet'
-        print(f'resumed run {run_id} from {args.resume}: epoch {done} done; best validation {best.name} {shown}')
+        print(f'resumed run {run_id} from {args.resume}: epoch {done} done; best validation {best.name} {shown}'
+              + ('; every epoch is done: completing the closing steps' if done >= args.epochs else ''))
         start_epoch = done + 1
         carry_best_checkpoint(Path(args.resume).parent, save_dir, best.epoch, resume_checkpoint.get('run_id'))
 
     state = checkpoint_maker(model, ctx, model_args, preprocess, args, best, history, baseline, run_id)
     outcome = engine.fit(ctx, loaders, args, start_epoch, best, history, state, run_id=run_id,
-                         on_saved=lambda epoch: folders.commit())
+                         on_saved=lambda epoch: folders.commit(), val_subjects=val_subjects, log_extras=log_extras)
     results: dict[str, Any] = {
         'best_epoch': best.epoch, 'best_metric': best.value, 'select_metric': best.name,
         'best_val_metrics': outcome['best_val_metrics'], 'last_epoch': outcome['last_epoch'],
         'epochs_run': outcome['last_epoch'] - start_epoch + 1, 'interrupted': outcome['interrupted'],
         'stopped_early': outcome['stopped_early'], 'splits': split_summary, 'save_dir': str(save_dir),
         'log_dir': str(log_dir), 'history': history, 'test_metrics': None, 'run_id': run_id,
+        'warnings': log_extras['warnings'], 'ood': None,
     }
     if best.epoch:
         print(f'best epoch {best.epoch}: validation {best.name} {best.value:.4f} -> {save_dir / "best_model.pth"}')
+    if not outcome['interrupted'] and best.epoch:
+        results['ood'] = log_extras['ood'] = training_setup.store_ood_statistics(
+            save_dir / 'best_model.pth', datasets, args, device, autocast)
+        engine.write_logs(history, log_dir, best, plot=False, run_id=run_id, extras=log_extras)
     if 'test' in loaders and not outcome['interrupted'] and best.epoch:
         results['test_metrics'] = score_test(loaders['test'], save_dir / 'best_model.pth', device, autocast,
-                                             class_names, log_dir)
+                                             class_names, log_dir, ood=results['ood'])
     if baseline is not None and not outcome['interrupted']:
         results['baseline_metrics'] = report_baseline(baseline, datasets, args, log_dir,
                                                       outcome['best_val_metrics'], results['test_metrics'])
@@ -614,7 +465,7 @@ def checkpoint_maker(model: nn.Module, ctx: engine.TrainContext, model_args: dic
             scheduler=ctx.scheduler, best_metric=best.value, best_epoch=best.epoch, select_metric=best.name,
             prediction=ctx.prediction, args=vars(args), history=history, val_metrics=val_metrics,
             best_val_metrics=best.metrics, run_id=run_id, scaler=ctx.scaler,
-            symmetry_baseline=stored_baseline)
+            symmetry_baseline=stored_baseline, ema=ctx.ema)
     return state
 
 
@@ -629,15 +480,16 @@ def score_checkpoint(path: Path, loader: DataLoader, device: torch.device, autoc
 
 
 def score_test(loader: DataLoader, checkpoint_path: Path, device: torch.device, autocast: Any,
-               class_names: Sequence[str], log_dir: Path) -> dict[str, Any]:
-    """Score the held-out test split once with the best checkpoint and save ``<log_dir>/test_metrics.json``."""
+               class_names: Sequence[str], log_dir: Path, ood: str | None = None) -> dict[str, Any]:
+    """Score the held-out test split once with the best checkpoint and save ``<log_dir>/test_metrics.json``
+    (with ``ood``, the description of the checkpoint's out-of-distribution threshold, when it has one)."""
     out, checkpoint = score_checkpoint(checkpoint_path, loader, device, autocast, 'test')
     test = engine.metrics_of(out, len(class_names))
     payload = {'split': 'test', 'note': 'held-out test split, scored once with best_model.pth; never used for '
                                         'model selection',
                'checkpoint': str(checkpoint_path), 'epoch': int(checkpoint['epoch']),
                'run_id': checkpoint.get('run_id'), 'class_names': list(class_names),
-               'prediction': checkpoint.get('prediction', 'argmax'), 'metrics': test}
+               'prediction': checkpoint.get('prediction', 'argmax'), 'metrics': test, 'ood': ood}
     utils.atomic_write_text(log_dir / 'test_metrics.json', json.dumps(utils.to_plain(payload), indent=2))
     print(f'TEST (held out, epoch {checkpoint["epoch"]}): n {test["n"]} | {M.format_metrics(test)}'
           f'{engine.side_text(test)} -> {log_dir / "test_metrics.json"}')
@@ -691,15 +543,18 @@ def run_fold(fold: int, dataset: Dataset, train_idx: list[int], heldout_idx: lis
                 'val': Subset(dataset, [train_idx[p] for p in val_pos]),
                 'test': Subset(dataset, heldout_idx)}
     training_data.check_subject_overlap(datasets)
+    val_subjects = training_data.validation_subjects(datasets['val'], args.select_metric)
     utils.save_args(fold_args, log_dir / 'args.yaml')
     utils.seed_everything(args.seed + fold)
     loaders = training_data.build_loaders(datasets, fold_args, device, seed=args.seed + fold)
     autocast, scaler = utils.amp_context(device, args.amp)
-    model, ctx = make_train_context(model_args, fold_args, datasets, loaders, device, autocast, scaler)
+    model, ctx = training_setup.make_train_context(model_args, fold_args, datasets, loaders, device, autocast,
+                                                   scaler)
     best, history = engine.BestTracker(args.select_metric), []
+    log_extras = {'warnings': training_setup.warn_size(model, len(datasets['train']), args, show=fold == 1)}
     state = checkpoint_maker(model, ctx, model_args, preprocess, fold_args, best, history, run_id=run_id)
     outcome = engine.fit(ctx, loaders, fold_args, 1, best, history, state, seed=(args.seed, fold), run_id=run_id,
-                         on_saved=on_saved)
+                         on_saved=on_saved, val_subjects=val_subjects, log_extras=log_extras)
     summary = {'fold': fold, 'heldout_subjects': sorted(set(training_data.split_subjects(datasets['test']))),
                'val_subjects': sorted(set(training_data.split_subjects(datasets['val']))),
                'n_train': len(datasets['train']), 'n_val': len(datasets['val']), 'n_heldout': len(heldout_idx),
@@ -707,6 +562,10 @@ def run_fold(fold: int, dataset: Dataset, train_idx: list[int], heldout_idx: lis
                'interrupted': outcome['interrupted'], 'checkpoint': str(save_dir / 'best_model.pth')}
     if not best.epoch:
         return None
+    if not outcome['interrupted']:
+        summary['ood'] = log_extras['ood'] = training_setup.store_ood_statistics(
+            save_dir / 'best_model.pth', datasets, fold_args, device, autocast)
+        engine.write_logs(history, log_dir, best, plot=False, run_id=run_id, extras=log_extras)
     out, _ = score_checkpoint(save_dir / 'best_model.pth', loaders['test'], device, autocast,
                               f'fold {fold} held out')
     summary['metrics'] = engine.metrics_of(out, args.num_classes)
@@ -724,7 +583,7 @@ def run_cross_validation(args: argparse.Namespace, device: torch.device) -> dict
     preprocess = run_preprocess(args, detector)
     model_args = model_args_for(args, fpd.model_input_size(preprocess))
     if args.pretrained_path:
-        build_model(model_args, args)  # judged once here, before any slow work; every fold reads it again
+        training_setup.build_model(model_args, args)  # judged once, before any slow work; every fold reads it again
     folds_planned = args.cv_folds_limit or (None if args.cv == 'loso' else args.cv)
     folders = prepare_run_folders(args, model_args, runs=folds_planned, cv=True)
     args.pretrained_path = folders.where(args.pretrained_path)  # read by every fold, wherever it was moved

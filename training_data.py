@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 import annotations
 import data_augmentation as DA
 import facial_palsy_dataset as fpd
+import metrics as M
 import utils
 from utils import UserError
 
@@ -271,14 +272,43 @@ def build_loaders(datasets: dict[str, Dataset], args: argparse.Namespace, device
     take their seeds from its generator, which ``engine.seed_epoch`` seeds from (seed, epoch), so a resumed run
     replays every epoch exactly."""
     generator = torch.Generator().manual_seed(seed)
-    common = dict(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=device.type == 'cuda')
     loaders = {'train': DataLoader(loader_dataset(datasets['train'], args, train=True), shuffle=True,
-                                   generator=generator, persistent_workers=False, **common)}
+                                   generator=generator, persistent_workers=False, batch_size=args.batch_size,
+                                   num_workers=args.num_workers, pin_memory=device.type == 'cuda')}
     for name in ('val', 'test'):
         if name in datasets:
-            loaders[name] = DataLoader(loader_dataset(datasets[name], args, train=False), shuffle=False,
-                                       persistent_workers=args.num_workers > 0, **common)
+            loaders[name] = evaluation_loader(datasets[name], args, device, persistent=args.num_workers > 0)
     return loaders
+
+
+def evaluation_loader(dataset: Dataset, args: argparse.Namespace, device: torch.device,
+                      persistent: bool = False) -> DataLoader:
+    """A loader that reads a split once in order, as validation and test are read (never mirrored)."""
+    return DataLoader(loader_dataset(dataset, args, train=False), shuffle=False, batch_size=args.batch_size,
+                      num_workers=args.num_workers, pin_memory=device.type == 'cuda', persistent_workers=persistent)
+
+
+def unaugmented(dataset: Dataset) -> Dataset:
+    """The same photos without the training augmentation (``data_augmentation.with_transform`` with none): the
+    training split as the network sees photos at test time."""
+    if isinstance(dataset, Subset):
+        return Subset(DA.with_transform(dataset.dataset, None), dataset.indices)
+    return DA.with_transform(dataset, None)
+
+
+def validation_subjects(dataset: Dataset, select_metric: str) -> list[str] | None:
+    """The subject of each validation photo in loader order, for the patient-level metrics
+    (``metrics.subject_groups``: None when the photos name no subject with two or more photos). A ``subject_*``
+    --select_metric without such subjects is refused: its value would be the photo-level one under another name."""
+    subjects = split_subjects(dataset)
+    groups = M.subject_groups(subjects)
+    if groups is None and M.is_subject_metric(select_metric):
+        photo_metric = select_metric[len(M.SUBJECT_PREFIX):]
+        raise UserError(f'--select_metric {select_metric} grades each validation subject from the mean of its '
+                        f'photos, but the {len(subjects)} validation photos name no subject with two or more '
+                        f'photos ({len(set(subjects))} subjects); choose --select_metric {photo_metric}, or give '
+                        f'each photo its patient: {SUBJECT_FIXES}')
+    return groups
 
 
 def split_landmarks(dataset: Dataset) -> list[Any]:

@@ -156,6 +156,13 @@ def test_resume_refuses_other_settings(change, message):
     assert str(error.value).startswith('last.pth: ')
 
 
+def test_a_run_at_its_last_epoch_is_resumed_only_to_finish_it():
+    checkpoint = training_checkpoint()  # epoch 2
+    checkpoints.check_resume(checkpoint, 'last.pth', **resume_settings(epochs=2, finish=True))
+    with pytest.raises(UserError, match='already trained 2 epochs'):
+        checkpoints.check_resume(checkpoint, 'last.pth', **resume_settings(epochs=1, finish=True))
+
+
 def test_restore_training_returns_epoch_best_and_history():
     trained = tiny_model()
     checkpoint = training_checkpoint(trained)
@@ -260,3 +267,35 @@ def test_run_id_of_reads_checkpoints_and_logs_and_none_otherwise(tmp_path):
     assert run_folders.run_id_of(tmp_path / 'broken.pth') is None
     assert run_folders.run_id_of(checkpoints.save_checkpoint(training_checkpoint(), tmp_path / 'old.pth')) is None
     assert run_folders.run_ids_in(tmp_path, tmp_path) == {'20260101-000000-abcdef', 'r1'}
+
+
+# the weight average
+
+def test_an_ema_checkpoint_stores_the_average_as_model_and_restores_both_exactly():
+    import engine
+    raw = tiny_model()
+    ema = engine.ModelEma(raw, decay=0.9)
+    ema.update_parameters(raw)
+    with torch.no_grad():
+        for parameter in raw.parameters():
+            parameter.add_(1.0)
+    ema.update_parameters(raw)  # the average now lies 0.1 of the way towards the moved weights
+    checkpoint = training_checkpoint(raw, ema=ema)
+    assert checkpoint['ema']['decay'] == 0.9 and checkpoint['ema']['updates'] == 2
+    torch.testing.assert_close(checkpoint['model'], ema.module.state_dict())
+    torch.testing.assert_close(checkpoint['ema']['training_weights'], raw.state_dict())
+    assert not torch.equal(checkpoint['model']['mlp_head.2.weight'], raw.state_dict()['mlp_head.2.weight'])
+
+    model = tiny_model()
+    fresh = engine.ModelEma(model, decay=0.9)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    checkpoints.restore_training(checkpoint, 'last.pth', model, optimizer, None, ema=fresh)
+    torch.testing.assert_close(model.state_dict(), raw.state_dict())
+    torch.testing.assert_close(fresh.module.state_dict(), ema.module.state_dict())
+    assert int(fresh.n_averaged) == 2
+
+    checkpoints.check_resume(checkpoint, 'last.pth', **resume_settings(ema=0.9))
+    with pytest.raises(UserError, match='last.pth: trained with --ema 0.9, not --ema 0; resume with the same --ema'):
+        checkpoints.check_resume(checkpoint, 'last.pth', **resume_settings())
+    with pytest.raises(UserError, match='trained with --ema 0, not --ema 0.99'):
+        checkpoints.check_resume(training_checkpoint(), 'last.pth', **resume_settings(ema=0.99))

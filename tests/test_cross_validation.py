@@ -4,7 +4,9 @@ import json
 import shutil
 
 import pytest
+import torch
 
+import ood
 import train_facial_palsy as train
 import training_data
 from utils import UserError
@@ -66,7 +68,8 @@ def test_three_folds_hold_out_every_subject_once(three_fold_run, synthetic_datas
         held = set(fold['heldout_subjects'])
         assert held == {s for s, f in summary['fold_assignment'].items() if f == k}
         assert fold['metrics']['n'] == fold['n_heldout']
-        assert (save_dir / f'fold_{k}' / 'best_model.pth').is_file()
+        best = torch.load(save_dir / f'fold_{k}' / 'best_model.pth', weights_only=True)
+        assert ood.check_stats(best['ood']) is not None and fold['ood'] == ood.describe_threshold(best['ood'])
         assert (log_dir / f'fold_{k}' / 'summary.csv').is_file()
         assert fold['n_train'] + fold['n_val'] + fold['n_heldout'] == len(pool)
     assert (log_dir / 'cv_folds.png').stat().st_size > 0
@@ -126,7 +129,8 @@ def test_an_earlier_cross_validation_is_moved_aside_not_overwritten(three_fold_r
 
 def test_loso_with_a_folds_limit_is_partial(synthetic_dataset, tmp_path, capsys):
     results = train.main(cv_args(synthetic_dataset, tmp_path, '--cv', 'loso', '--cv_folds_limit', '2',
-                                 '--multitask', '--loss', 'ordinal'))
+                                 '--multitask', '--loss', 'ordinal', '--ema', '0.5',
+                                 '--select_metric', 'subject_qwk'))
     out = capsys.readouterr().out
     pool_subjects = {row['subject'] for row in pool_rows(synthetic_dataset)}
     summary = json.loads((tmp_path / 'l' / 'cv_summary.json').read_text())
@@ -139,6 +143,12 @@ def test_loso_with_a_folds_limit_is_partial(synthetic_dataset, tmp_path, capsys)
     assert {int(r['fold']) for r in predictions} == {1, 2}
     assert {'side_true', 'side_predicted'} <= set(predictions[0])
     assert not (tmp_path / 'c' / 'fold_3').exists() and results['partial']
+    for fold in (1, 2):  # each fold selected on its validation patients with the averaged weights
+        rows = read_rows(tmp_path / 'l' / f'fold_{fold}' / 'summary.csv')
+        chosen = summary['folds'][fold - 1]['best_val_metric']
+        assert float(rows[0]['val_subject_qwk']) == pytest.approx(chosen, abs=1e-5)
+        best = torch.load(tmp_path / 'c' / f'fold_{fold}' / 'best_model.pth', weights_only=True)
+        assert best['select_metric'] == 'subject_qwk' and best['ema']['decay'] == 0.5
 
 
 @pytest.mark.parametrize('flags, message', [

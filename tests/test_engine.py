@@ -208,3 +208,39 @@ def test_an_interrupted_epoch_leaves_last_pth_at_the_completed_one(tmp_path, cap
     assert last['epoch'] == 1
     assert not all(torch.equal(last['model'][k], v) for k, v in model.state_dict().items())  # not mid-epoch weights
     assert 'holds epoch 1, the last completed one' in capsys.readouterr().out
+
+
+def test_weight_average_follows_every_optimiser_step_and_is_what_validation_reads(tmp_path):
+    torch.manual_seed(0)
+    images, labels = separable_data()
+    loader = DataLoader(TensorDataset(images, labels), batch_size=16)  # 3 steps
+    model = Model.build_model(TINY)
+    ctx = make_context(model)
+    ctx.ema = engine.ModelEma(model, decay=0.5)
+    raw = []  # the weights after each optimiser step, recorded apart from the average
+    ctx.optimizer.register_step_post_hook(
+        lambda *_: raw.append({k: v.detach().clone() for k, v in model.state_dict().items()}))
+    engine.train_one_epoch(ctx, loader, 1, 1)
+    assert len(raw) == 3 and int(ctx.ema.n_averaged) == 3
+    expected = raw[0]  # the first step copies the weights, each later one moves halfway towards them
+    for weights in raw[1:]:
+        expected = {k: 0.5 * expected[k] + 0.5 * weights[k] for k in expected}
+    torch.testing.assert_close(ctx.ema.module.state_dict(), expected)
+    assert not torch.equal(ctx.ema.module.mlp_head[-1].weight, model.mlp_head[-1].weight)
+    assert ctx.eval_model is ctx.ema.module and make_context(model).eval_model is model
+
+
+def test_subject_metrics_grade_each_patient_from_the_mean_of_its_photos():
+    # subject a: photos read 0 and 1, their mean reads 1 (its true grade); subject b: one photo of grade 2
+    out = {'true': np.array([1, 1, 2]), 'pred': np.array([0, 1, 2]), 'loss': 0.3,
+           'probabilities': np.array([[0.6, 0.4, 0.0], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])}
+    result = engine.metrics_of(out, 3, subjects=['a', 'a', 'b'])
+    assert result['accuracy'] == pytest.approx(2 / 3) and result['subject_accuracy'] == 1.0
+    assert result['subject_n'] == 2 and result['subject_mae'] == 0.0
+    assert 'subject_accuracy' not in engine.metrics_of(out, 3)
+    row = engine.history_row(1, 1e-3, {'loss': 1.0, 'accuracy': 0.5}, result, 1.0, True)
+    assert row['val_subject_macro_f1'] == result['subject_macro_f1'] and row['val_accuracy'] == result['accuracy']
+    # the ordinal rule reads the mean distribution by its median, not its mode
+    skewed = {**out, 'probabilities': np.array([[0.45, 0.0, 0.55], [0.45, 0.0, 0.55], [0.1, 0.1, 0.8]])}
+    assert engine.subject_metrics(skewed, ['a', 'a', 'b'], 3, 'argmax')['accuracy'] == 0.5
+    assert engine.subject_metrics(skewed, ['a', 'a', 'b'], 3, 'ordinal_median')['mae'] == 0.5

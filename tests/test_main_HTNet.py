@@ -13,6 +13,7 @@ from sklearn.metrics import f1_score, recall_score
 
 import checkpoints
 import main_HTNet as me
+import training_setup
 from Model import HTNet, build_model
 from micro_expression_fixture import make_micro_expression_fixture
 from utils import UserError, run_cli
@@ -299,7 +300,7 @@ def test_train_facial_palsy_pretrained_path_loads_the_backbone_and_reports_the_h
                          'image_size': 56})
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        report = tfp.load_pretrained_weights(palsy, args.pretrained_path, args.pos_emb)
+        report = training_setup.load_pretrained_weights(palsy, args.pretrained_path, args.pos_emb)
     printed = out.getvalue()
     assert 'skipped mlp_head.2.weight' in printed and 'skipped mlp_head.2.bias' in printed
     assert len(report['loaded']) + len(report['interpolated']) == len(palsy.state_dict()) - 2

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score
 
-from metrics import (METRIC_NAMES, bootstrap_metrics, compute_metrics, confusion_matrix, format_metrics,
-                     higher_is_better, is_improvement)
+from metrics import (METRIC_NAMES, SELECT_METRIC_NAMES, bootstrap_metrics, compute_metrics, confusion_matrix,
+                     format_metrics, higher_is_better, is_improvement, is_subject_metric, subject_groups)
 
 
 def test_perfect_predictions():
@@ -105,6 +105,23 @@ def test_direction_of_metrics():
     assert not is_improvement('accuracy', 0.5, 0.5)  # ties keep the earlier epoch
     with pytest.raises(ValueError, match='unknown metric'):
         higher_is_better('auc')
+
+
+def test_subject_metrics_are_selectable_with_the_direction_of_their_photo_metric():
+    assert set(SELECT_METRIC_NAMES) == set(METRIC_NAMES) | {f'subject_{name}' for name in METRIC_NAMES}
+    assert is_subject_metric('subject_qwk') and not is_subject_metric('qwk')
+    assert higher_is_better('subject_qwk') and not higher_is_better('subject_mae')
+    assert is_improvement('subject_mae', 0.2, 0.3) and not is_improvement('subject_macro_f1', 0.2, 0.3)
+    with pytest.raises(ValueError, match='unknown metric'):
+        higher_is_better('subject_auc')
+
+
+def test_subject_groups_only_when_photos_share_named_subjects():
+    assert subject_groups(['a', 'a', 'b']) == ['a', 'a', 'b']
+    assert subject_groups([1, 1, 2]) == ['1', '1', '2']
+    assert subject_groups(['a', 'b', 'c']) is None  # every photo its own subject: the photo-level scores
+    assert subject_groups(['a', 'a', '']) is None and subject_groups(['a', 'a', float('nan')]) is None
+    assert subject_groups([]) is None
 
 
 def test_bootstrap_interval_brackets_value_and_is_repeatable():

@@ -23,6 +23,7 @@ import run_folders
 import engine
 import train_facial_palsy as train
 import training_data
+import training_setup
 import utils
 from utils import UserError
 
@@ -129,6 +130,48 @@ def test_ctrl_c_mid_epoch_then_resume_repeats_the_uninterrupted_run(reference_ru
     assert summary_rows(tmp_path / 'l') == summary_rows(ref_folder / 'l')
     assert same_weights(tmp_path / 'c' / 'best_model.pth', ref_folder / 'c' / 'best_model.pth')
     assert same_weights(last, ref_folder / 'c' / 'last.pth')
+
+
+@pytest.fixture(scope='module')
+def reference_ema_run(synthetic_dataset, tmp_path_factory):
+    """The uninterrupted run with a moving average of the weights."""
+    folder = tmp_path_factory.mktemp('uninterrupted_ema')
+    results = train.main(exact_args(synthetic_dataset, folder, '--ema', '0.7'))
+    assert not results['interrupted'] and results['last_epoch'] == EPOCHS
+    return results, folder
+
+
+def test_ctrl_c_then_resume_with_ema_repeats_the_uninterrupted_run(reference_ema_run, synthetic_dataset, tmp_path,
+                                                                   monkeypatch):
+    reference, ref_folder = reference_ema_run
+    steps, real = [], engine.training_loss
+
+    def ctrl_c_in_epoch_3(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, 'training_loss', ctrl_c_in_epoch_3)
+    stopped = train.main(exact_args(synthetic_dataset, tmp_path, '--ema', '0.7'))
+    monkeypatch.setattr(engine, 'training_loss', real)
+    last = tmp_path / 'c' / 'last.pth'
+    assert stopped['interrupted'] and stopped['last_epoch'] == 2
+    saved = torch.load(last, weights_only=True)
+    assert saved['ema']['updates'] == 4 and same_weights(last, ref_folder / 'c' / 'epoch_2.pth')
+    with pytest.raises(UserError, match='trained with --ema 0.7, not --ema 0; resume with the same --ema'):
+        train.main(exact_args(synthetic_dataset, tmp_path, '--resume', str(last)))
+
+    resumed = train.main(exact_args(synthetic_dataset, tmp_path, '--ema', '0.7', '--resume', str(last)))
+    assert_same_run_numbers(resumed, reference)
+    assert summary_rows(tmp_path / 'l') == summary_rows(ref_folder / 'l')
+    for name in ('best_model.pth', 'last.pth'):
+        assert same_weights(tmp_path / 'c' / name, ref_folder / 'c' / name)
+    ours, theirs = (torch.load(folder / 'c' / 'last.pth', weights_only=True)['ema']
+                    for folder in (tmp_path, ref_folder))
+    assert ours['updates'] == theirs['updates'] == 2 * EPOCHS
+    raw = theirs['training_weights']
+    assert all(torch.equal(ours['training_weights'][k], raw[k]) for k in raw)
 
 
 SLOW_EPOCHS = '''
@@ -342,6 +385,8 @@ def test_the_disk_a_run_takes_is_estimated_from_the_parameter_count():
     resumed, _ = run_folders.disk_estimate(paper, 51, 100, 10)
     assert resumed == 2 * 12 * parameters + 5 * 4 * parameters
     assert run_folders.disk_estimate(paper, 1, 100, 0, runs=5)[0] == 5 * 2 * 12 * parameters
+    with_ema, text = run_folders.disk_estimate(paper, 1, 100, 0, ema=True)  # the raw weights travel beside the EMA
+    assert with_ema == 2 * 16 * parameters and 'EMA' in text
 
 
 # one-line errors
@@ -360,11 +405,11 @@ def test_pretrained_weights_that_mostly_do_not_fit_are_refused_unless_allowed(tm
                                                     num_hierarchies=3, block_repeats=[1, 1, 1]))
     body = len([name for name in model.state_dict() if not name.startswith(('mlp_head.', 'side_head.'))])
     with pytest.raises(UserError) as error:
-        train.load_pretrained_weights(model, str(path), 'interpolate')
+        training_setup.load_pretrained_weights(model, str(path), 'interpolate')
     assert str(error.value).startswith(f'{path}: only 2 of the network\'s {body} tensors (the heads aside) fit; '
                                        f'first mismatches: none in the file;')
     assert str(error.value).endswith('pass --allow_partial_pretrained to start from it anyway')
-    report = train.load_pretrained_weights(model, str(path), 'interpolate', allow_partial=True)
+    report = training_setup.load_pretrained_weights(model, str(path), 'interpolate', allow_partial=True)
     assert len(report['loaded']) == 2
 
 

@@ -108,10 +108,16 @@ def test_symmetry_baseline_is_scored_on_val_and_test(synthetic_dataset, tmp_path
 
 def test_new_flags_are_documented_and_checked(tmp_path):
     help_text = train.get_args_parser().format_help()
-    for flag in ('--loss', '--multitask', '--side_loss_weight', '--flip_swap_side', '--baseline'):
+    for flag in ('--loss', '--multitask', '--side_loss_weight', '--flip_swap_side', '--baseline', '--ema',
+                 'subject_macro_f1'):
         assert flag in help_text and flag in train.EPILOG
+    assert 'per step' in help_text
     with pytest.raises(utils.UserError, match='side_loss_weight'):
         train.parse_args(['--data_root', str(tmp_path), '--side_loss_weight', '-1'])
+    for bad in ('1', '-0.1', 'nan'):
+        with pytest.raises(utils.UserError, match=r'--ema must lie in \[0, 1\)'):
+            train.parse_args(['--data_root', str(tmp_path), '--ema', bad])
+    assert train.parse_args(['--data_root', str(tmp_path)]).ema == 0.0
     args = train.parse_args(['--data_root', str(tmp_path), '--multitask'])
     assert train.model_args_for(args, 56)['num_side_classes'] == 3
 

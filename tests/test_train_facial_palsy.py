@@ -15,6 +15,7 @@ import checkpoints
 import engine
 import facial_palsy_dataset as fpd
 import train_facial_palsy as train
+import training_setup
 import utils
 from metrics import METRIC_NAMES, compute_metrics
 from utils import UserError
@@ -273,7 +274,7 @@ def test_config_profile_sets_defaults_and_flags_win(tmp_path):
 # parts
 
 def test_class_weights_are_inverse_frequency():
-    weights = train.class_weights_for([0, 0, 0, 1, 2, 2], 4)
+    weights = training_setup.class_weights_for([0, 0, 0, 1, 2, 2], 4)
     # n / (present classes * count): 6/(3*3), 6/(3*1), 6/(3*2); an absent grade keeps weight 1
     assert weights.tolist() == pytest.approx([2 / 3, 2.0, 1.0, 1.0])
 
@@ -285,7 +286,7 @@ def test_pretrained_micro_expression_weights_transfer(tmp_path):
     torch.save(source.state_dict(), tmp_path / 'sub01.pth')
     target = Model.build_model(dict(image_size=56, patch_size=7, num_classes=6, dim=16, heads=1,
                                     num_hierarchies=3, block_repeats=[1, 1, 1]))
-    report = train.load_pretrained_weights(target, str(tmp_path / 'sub01.pth'), 'interpolate')
+    report = training_setup.load_pretrained_weights(target, str(tmp_path / 'sub01.pth'), 'interpolate')
     assert 'to_patch_embedding.1.weight' in report['loaded']
     assert torch.equal(target.state_dict()['to_patch_embedding.1.weight'],
                        source.state_dict()['to_patch_embedding.1.weight'])
@@ -295,7 +296,7 @@ def test_pretrained_micro_expression_weights_transfer(tmp_path):
     other = Model.build_model(dict(image_size=56, patch_size=7, num_classes=6, dim=24, heads=1,
                                    num_hierarchies=3, block_repeats=[1, 1, 1]))
     with pytest.raises(UserError, match='no tensor fits'):
-        train.load_pretrained_weights(other, str(tmp_path / 'sub01.pth'), 'interpolate')
+        training_setup.load_pretrained_weights(other, str(tmp_path / 'sub01.pth'), 'interpolate')
     (tmp_path / 'broken.pth').write_bytes(b'not a checkpoint')
     with pytest.raises(UserError, match='broken.pth'):
-        train.load_pretrained_weights(target, str(tmp_path / 'broken.pth'), 'interpolate')
+        training_setup.load_pretrained_weights(target, str(tmp_path / 'broken.pth'), 'interpolate')

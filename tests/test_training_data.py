@@ -77,3 +77,15 @@ def test_one_photo_per_subject_makes_each_photo_its_own_subject(camera_photos):
     train, val = (set(training_data.split_subjects(datasets[name])) for name in ('train', 'val'))
     assert len(train) + len(val) == 12 and not train & val
     assert train | val == {f'IMG_{k:04d}' for k in range(12)}
+
+
+def test_validation_subjects_refuse_a_subject_metric_without_shared_subjects():
+    from types import SimpleNamespace
+    shared = SimpleNamespace(subjects=['p1', 'p1', 'p2', 'p2'])
+    assert training_data.validation_subjects(shared, 'subject_qwk') == ['p1', 'p1', 'p2', 'p2']
+    alone = SimpleNamespace(subjects=['p1', 'p2', 'p3'])
+    assert training_data.validation_subjects(alone, 'macro_f1') is None  # photo metrics need no subjects
+    with pytest.raises(UserError, match='--select_metric subject_mae grades each validation subject from the mean '
+                                        'of its photos, but the 3 validation photos name no subject with two or '
+                                        r'more photos \(3 subjects\); choose --select_metric mae'):
+        training_data.validation_subjects(alone, 'subject_mae')
