@@ -13,6 +13,12 @@ predicts the affected side (the patient's left / right / none). A checkpoint who
 ``ordinal_median`` reads its grade as the median of the predicted distribution (``losses.ordinal_predict``), the
 others as the most probable grade; the probabilities are the softmax either way.
 
+Several checkpoints (``--model_path a.pth b.pth``, or a folder such as a ``--cv`` run's save folder) grade as an
+ensemble, the mean of their probabilities; ``--tta mirror`` / ``mirror_shift`` also average mirrored and shifted
+views of each photo. Every photo gets an out-of-distribution score (``ood_score``, 1.0 = the threshold; NaN for a
+checkpoint without OOD statistics) and ``ood_flag``: a flagged photo is unlike the training photos and its grade
+may not be trustworthy. The folder CSV records the TTA and the checkpoints in its ``tta`` and ``models`` columns.
+
 Usage::
 
     python demo_inference.py --model_path ./checkpoints/fnp/best_model.pth --image_path ./test_image.jpg
@@ -33,9 +39,11 @@ from tqdm import tqdm
 
 import utils
 from annotations import subject_from_name
+from ensemble import DEFAULT_TTA, TTA_MODES, finite_or_none
 from facial_palsy_dataset import ImageReadError
-from inference import (STATUSES, SYMMETRY_COLUMNS, FacialPalsyPredictor, display_grade, probability_column,
-                       subject_grades_from_photos, symmetry_line, symmetry_row)
+from inference import (STATUSES, SYMMETRY_COLUMNS, FacialPalsyPredictor, display_grade, ood_line,
+                       probability_column, symmetry_line, symmetry_row)
+from losses import subject_grades_from_photos
 from utils import check_writable, csv_header, guard_outputs, png_made_here
 
 __all__ = ['FacialPalsyPredictor', 'get_args_parser', 'main']
@@ -50,9 +58,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         description='Grade facial palsy (House-Brackmann) on one photo or a folder of photos with a trained HTNet '
                     'checkpoint. A research tool, not a clinical diagnosis.',
         formatter_class=utils.HelpFormatter)
-    parser.add_argument('--model_path', required=True,
+    parser.add_argument('--model_path', required=True, nargs='+',
                         help='checkpoint written by train_facial_palsy.py (best_model.pth); the network and its '
-                             'preprocessing are rebuilt from it')
+                             'preprocessing are rebuilt from it. Several checkpoints, or a folder (a --cv run\'s '
+                             'save folder: its fold_*/best_model.pth; a run\'s save folder: its best_model.pth; '
+                             'else the *.pth inside), grade as an ensemble '
+                             '(their probabilities averaged); one that cannot be opened is skipped with a note')
+    parser.add_argument('--tta', default=DEFAULT_TTA, choices=list(TTA_MODES),
+                        help='test-time augmentation: none; mirror (the photo and its mirror image, the side '
+                             'prediction swapped back); mirror_shift (also crops moved by 2 face-square pixels). '
+                             'The softmax probabilities of the views are averaged')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--image_path', default=None,
                         help='one photo: prints the grade and writes an overlay PNG')
@@ -64,9 +79,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f'photo); never the photo itself')
     parser.add_argument('--output_csv', default='./predictions.csv',
                         help='CSV for --image_dir: path, status, grade_index, grade, confidence, one p_<grade> '
-                             'column per class, face_detected, error, then the sym_<measurement> symmetry columns '
-                             'and, for a checkpoint with a side head, predicted_side, side_confidence and '
-                             'side_p_<left|right|none>. When the file names name patients (the part before the '
+                             'column per class, face_detected, error, then the sym_<measurement> symmetry columns, '
+                             'ood_score and ood_flag, for a checkpoint with a side head predicted_side, '
+                             'side_confidence and side_p_<left|right|none>, then tta and models (the checkpoints, '
+                             '";"-separated). When the file names name patients (the part before the '
                              'first "_", e.g. P001_smile.jpg) and a patient has several photos, <name>_subjects.csv '
                              'beside it grades each patient from the mean of their photo probabilities')
     parser.add_argument('--overlay_dir', default=None,
@@ -105,7 +121,9 @@ def predictions_csv_made_here(path: Path) -> bool:
     return csv_header(path)[:4] == ['path', 'status', 'grade_index', 'grade']
 
 
-def csv_row(result: dict[str, Any], grades: Sequence[str], sides: Sequence[str] = ()) -> dict[str, Any]:
+def csv_row(result: dict[str, Any], grades: Sequence[str], sides: Sequence[str] = (),
+            settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One folder-CSV row of a result; ``settings`` (``tta``, ``models``) fill the last columns."""
     row = {'path': result['path'], 'status': result['status'], 'grade_index': result['grade_index'],
            'grade': result['grade'],
            'confidence': None if result['confidence'] is None else round(result['confidence'], 6)}
@@ -114,6 +132,8 @@ def csv_row(result: dict[str, Any], grades: Sequence[str], sides: Sequence[str] 
         row[probability_column(name)] = None if p is None else round(p, 6)
     row.update({'face_detected': result['face_detected'], 'error': result['error']})
     row.update(symmetry_row(result.get('symmetry')))
+    score = finite_or_none(result.get('ood_score'))
+    row.update({'ood_score': None if score is None else round(score, 6), 'ood_flag': result.get('ood_flag')})
     if sides:
         side_probabilities = result.get('side_probabilities') or {}
         row.update({'predicted_side': result.get('side'),
@@ -122,16 +142,22 @@ def csv_row(result: dict[str, Any], grades: Sequence[str], sides: Sequence[str] 
         for name in sides:
             p = side_probabilities.get(name)
             row[f'side_p_{name}'] = None if p is None else round(p, 6)
+    row.update(settings or {})
     return row
 
 
 def csv_columns(grades: Sequence[str], sides: Sequence[str]) -> list[str]:
     """Columns of the folder CSV: the grade columns, then symmetry, then side columns when there is a side head."""
     columns = ['path', 'status', 'grade_index', 'grade', 'confidence', *[probability_column(g) for g in grades],
-               'face_detected', 'error', *SYMMETRY_COLUMNS]
+               'face_detected', 'error', *SYMMETRY_COLUMNS, 'ood_score', 'ood_flag']
     if sides:
         columns += ['predicted_side', 'side_confidence', *(f'side_p_{name}' for name in sides)]
-    return columns
+    return columns + ['tta', 'models']
+
+
+def run_settings(predictor: FacialPalsyPredictor) -> dict[str, Any]:
+    """The ``tta`` and ``models`` columns: how the photos were graded and by which checkpoint(s)."""
+    return {'tta': predictor.tta, 'models': ';'.join(predictor.model_paths)}
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -150,6 +176,8 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append(f'  affected side: patient {result["side"]} ({result["side_confidence"]:.3f}; '
                      + ', '.join(f'{s} {p:.3f}' for s, p in result['side_probabilities'].items()) + ')')
     lines.append('  ' + symmetry_line(result.get('symmetry')))
+    if ood_line(result):
+        lines.append('  ' + ood_line(result))
     return '\n'.join(lines)
 
 
@@ -167,13 +195,15 @@ def predict_one(predictor: FacialPalsyPredictor, args: argparse.Namespace) -> di
     result = predictor.predict(image_path)
     if result['status'] == 'unreadable':
         raise utils.UserError(result['error'])
+    print(f'graded by {predictor.describe()}')
     print(format_result(result))
     if not args.no_overlay:
         if replaced:
             print(f'note: replacing {output_path} (an earlier overlay)')
         predictor.save_overlay(image_path, result, output_path)
         print(f'overlay written to {output_path}')
-    return {'results': [result], 'overlay': None if args.no_overlay else str(output_path)}
+    return {'results': [result], 'overlay': None if args.no_overlay else str(output_path),
+            **run_settings(predictor), 'skipped_models': predictor.skipped_models}
 
 
 def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) -> dict[str, Any]:
@@ -218,14 +248,29 @@ def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) ->
     columns = csv_columns(predictor.grades, predictor.sides)
     if replaced:
         print(f'note: replacing {output_csv} (earlier predictions of this script)')
-    utils.atomic_write_csv(output_csv, columns, [csv_row(r, predictor.grades, predictor.sides) for r in results])
+    settings = run_settings(predictor)
+    utils.atomic_write_csv(output_csv, columns, [csv_row(r, predictor.grades, predictor.sides, settings)
+                                                 for r in results])
     counts = Counter(r['status'] for r in results)
     for result in results:
         if result['status'] == 'unreadable':
             print(f'unreadable: {result["error"]}')
+    print(f'graded by {predictor.describe()}')
     print(f'{len(results)} files -> {output_csv}: ' + ', '.join(f'{s} {counts.get(s, 0)}' for s in STATUSES))
+    print(ood_count_line(results, predictor))
     subjects = write_subject_table(predictor, results, subjects_csv)
-    return {'results': results, 'csv': str(output_csv), 'counts': dict(counts), 'subjects': subjects}
+    return {'results': results, 'csv': str(output_csv), 'counts': dict(counts), 'subjects': subjects, **settings,
+            'skipped_models': predictor.skipped_models}
+
+
+def ood_count_line(results: Sequence[dict[str, Any]], predictor: FacialPalsyPredictor) -> str:
+    """How many graded photos were flagged as unlike the training photos (or that none could be scored)."""
+    graded = [r for r in results if r['probabilities'] is not None]
+    if not predictor.ensemble.has_ood:
+        return 'OOD: no statistics in the checkpoint(s); no photo scored or flagged'
+    flagged = sum(bool(r['ood_flag']) for r in graded)
+    return (f'OOD: {flagged} of {len(graded)} graded photos flagged as unlike the training photos '
+            f'({predictor.ensemble.ood_description()})')
 
 
 def subjects_csv_path(output_csv: Path) -> Path:
@@ -281,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = utils.parse_args_with_config(get_args_parser(), argv)
     if args.batch_size < 1:
         raise utils.UserError(f'--batch_size {args.batch_size}: must be at least 1')
-    predictor = FacialPalsyPredictor(args.model_path, device=args.device, batch_size=args.batch_size)
+    predictor = FacialPalsyPredictor(args.model_path, device=args.device, batch_size=args.batch_size, tta=args.tta)
     if args.image_path:
         return predict_one(predictor, args)
     return predict_folder(predictor, args)

@@ -19,6 +19,15 @@ landmarks, face square and region mosaic as in training; flags given only overri
   photo probabilities, with intervals from resampling subjects), a second block of the printed table, and
   ``subject_predictions.csv`` (one row per subject).
 
+Several checkpoints (``--model_path a.pth b.pth``, or a ``--cv`` run's save folder) are scored as an ensemble: the
+mean of their probabilities. ``--tta mirror`` / ``mirror_shift`` also average mirrored and shifted views of every
+photo (``ensemble.py``). ``metrics.json`` records ``models``, ``skipped_models``, ``tta`` and ``tta_views``.
+
+Every photo gets an out-of-distribution score (``ood.py``: distance to the training photos' features, 1.0 = the
+threshold; the mean over an ensemble's members) and flag in ``predictions.csv`` (``ood_score``, ``ood_flag``);
+``metrics.json``'s ``ood`` block says what the flag means, how many photos were flagged and, when some were, the
+metrics of the photos that were not. A checkpoint without OOD statistics gives NaN scores and no flags.
+
 A checkpoint with a side head adds ``side_accuracy`` (over photos whose side is known, with its bootstrap
 interval) and the side confusion matrix to ``metrics.json``. A checkpoint whose ``prediction`` entry is
 ``ordinal_median`` is scored on the median grade of its predicted distribution (``losses.ordinal_predict``).
@@ -45,12 +54,12 @@ from tqdm import tqdm
 import metrics as M
 import utils
 from annotations import SIDE_CLASSES, grade_names, subject_grades
-from checkpoints import check_input_size, load_trained
+from checkpoints import check_input_size
+from ensemble import DEFAULT_TTA, OOD_WARNING, TTA_MODES, Ensemble, finite_or_none, load_members
 from facial_palsy_dataset import (INPUT_MODES, CKPlusFacialPalsyDataset, FacialPalsyDataset, ImageReadError,
                                   LandmarkDetector)
-from inference import (SYMMETRY_COLUMNS, face_symmetry, probability_column, subject_grades_from_photos,
-                       symmetry_row)
-from losses import decode_grades
+from inference import SYMMETRY_COLUMNS, face_symmetry, probability_column, symmetry_row
+from losses import subject_grades_from_photos
 from symmetry import MEASUREMENT_NAMES
 
 CONFIDENCE = 0.95
@@ -69,9 +78,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                     'confusion matrix, classification report and per-photo predictions.',
         formatter_class=utils.HelpFormatter)
     utils.add_config_args(parser)
-    parser.add_argument('--model_path', required=True,
+    parser.add_argument('--model_path', required=True, nargs='+',
                         help='checkpoint written by train_facial_palsy.py (best_model.pth); the network and its '
-                             'preprocessing are rebuilt from it')
+                             'preprocessing are rebuilt from it. Several checkpoints, or a folder (a --cv run\'s '
+                             'save folder: its fold_*/best_model.pth; a run\'s save folder: its best_model.pth; '
+                             'else the *.pth inside), are scored as an '
+                             'ensemble: their probabilities are averaged. They must predict the same classes from '
+                             'the same inputs; one that cannot be opened is skipped and recorded')
+    parser.add_argument('--tta', default=DEFAULT_TTA, choices=list(TTA_MODES),
+                        help='test-time augmentation: none; mirror (the photo and its mirror image, the side '
+                             'prediction swapped back); mirror_shift (also crops moved by 2 face-square pixels). '
+                             'The softmax probabilities of the views are averaged. Not for input_mode flow')
 
     data = parser.add_argument_group('data')
     data.add_argument('--data_root', default=None,
@@ -149,9 +166,49 @@ def resolve_preprocess(preprocess: dict[str, Any], args: argparse.Namespace) -> 
 def check_num_classes(num_classes: int, args: argparse.Namespace) -> None:
     """``--num_classes`` is only a check: a network scores the classes it was trained for."""
     if args.num_classes is not None and args.num_classes != num_classes:
-        raise utils.UserError(f'--num_classes {args.num_classes}: {args.model_path} was trained for {num_classes} '
+        raise utils.UserError(f'--num_classes {args.num_classes}: {model_label(args)} was trained for {num_classes} '
                               f'classes ({", ".join(grade_names(num_classes))}); drop the flag or evaluate a '
                               f'{args.num_classes}-class checkpoint')
+
+
+def model_label(args: argparse.Namespace) -> str:
+    """``--model_path`` as one string (its checkpoints joined when there are several)."""
+    paths = args.model_path if isinstance(args.model_path, (list, tuple)) else [args.model_path]
+    return ' '.join(map(str, paths))
+
+
+def load_ensemble(args: argparse.Namespace, device: torch.device) -> tuple[Ensemble, dict[str, Any]]:
+    """The checkpoint(s) of ``--model_path`` as an ensemble with the ``--tta`` views, and the preprocess with the
+    override flags applied (every member must take its inputs)."""
+    members, skipped = load_members(args.model_path, device)
+    first = members[0].trained
+    check_num_classes(first.num_classes, args)
+    preprocess = resolve_preprocess(first.preprocess, args)
+    for member in members:
+        check_input_size(preprocess, member.model, member.path, hint='; drop --region_size / --input_mode')
+    ensemble = Ensemble(members, args.tta, skipped, input_mode=preprocess.get('input_mode', 'regions'))
+    return ensemble, preprocess
+
+
+def ood_summary(ensemble: Ensemble, outputs: dict[str, Any], groups: list[str] | None, num_classes: int,
+                args: argparse.Namespace) -> dict[str, Any]:
+    """The ``ood`` block of ``metrics.json``: what the flag means, how many photos were scored and flagged, and
+    the metrics (with 95% intervals) of the photos not flagged when some were."""
+    scores, flags = outputs['ood_score'], outputs['ood_flag']
+    scored = np.isfinite(scores)
+    block: dict[str, Any] = {'description': ensemble.ood_description(), 'warning': OOD_WARNING,
+                             'n_scored': int(scored.sum()), 'n_flagged': int(flags.sum()),
+                             'flagged_share': float(flags.mean()) if len(flags) else 0.0,
+                             'mean_score': finite_or_none(np.nanmean(scores)) if scored.any() else None}
+    keep = ~flags
+    if flags.any() and keep.any():
+        labels, predictions = outputs['labels'][keep], outputs['predictions'][keep]
+        subset_groups = None if groups is None else [g for g, k in zip(groups, keep) if k]
+        intervals = M.bootstrap_metrics(labels, predictions, num_classes, groups=subset_groups, n_boot=args.n_boot,
+                                        seed=args.seed, alpha=1.0 - CONFIDENCE)
+        block['unflagged'] = {'n': int(keep.sum()),
+                              'metrics': {name: intervals[name] for name in M.METRIC_NAMES}}
+    return block
 
 
 def build_dataset(args: argparse.Namespace, preprocess: dict[str, Any], num_classes: int,
@@ -191,46 +248,56 @@ def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
             'failed': [(item['index'], item['error']) for item in items if 'error' in item]}
 
 
-@torch.inference_mode()
-def predict(model: torch.nn.Module, dataset: FacialPalsyDataset, args: argparse.Namespace,
-            device: torch.device, rule: str = 'argmax', with_side: bool = False) -> dict[str, Any]:
-    """Over the dataset: ``indices``, ``labels``, ``probabilities`` (N, C) softmax, ``predictions`` (N,) decoded
-    with ``rule``, ``side_probabilities`` (N, 3) or None and ``failed`` [(index, reason)]."""
+def predict(ensemble: Ensemble, dataset: FacialPalsyDataset, args: argparse.Namespace,
+            device: torch.device) -> dict[str, Any]:
+    """Over the dataset, every TTA view of every member of ``ensemble``: ``indices``, ``labels``,
+    ``probabilities`` (N, C) softmax averaged over views and members, ``predictions`` (N,) decoded with the
+    checkpoints' rule, ``side_probabilities`` (N, 3) or None, ``ood_score`` / ``ood_flag`` (N,) (original view)
+    and ``failed`` [(index, reason)]. A view is the dataset's photo transform, so it is cut as in training."""
     autocast, _ = utils.amp_context(device, args.amp)
-    loader = DataLoader(IndexedSamples(dataset), batch_size=args.batch_size, shuffle=False,
-                        num_workers=args.num_workers, collate_fn=collate_samples,
-                        pin_memory=device.type == 'cuda')
-    indices, labels, grade_logits, side_logits, failed = [], [], [], [], []
-    for batch in tqdm(loader, desc='evaluating', unit='batch', dynamic_ncols=True):
-        failed.extend(batch['failed'])
-        if batch['images'] is None:
-            continue
-        with autocast:
-            logits, side = model.forward_multitask(batch['images'].to(device, non_blocking=True))
-        grade_logits.append(logits.float().cpu())
-        if with_side and side is not None:
-            side_logits.append(side.float().cpu())
-        labels.append(batch['labels'])
-        indices.extend(batch['indices'])
+    per_view: list[dict[int, dict[str, np.ndarray | None]]] = []
+    labels_of: dict[int, int] = {}
+    failed: dict[int, str] = {}
+    try:
+        for position, view in enumerate(ensemble.views):
+            dataset.transform = None if view.identity else view
+            loader = DataLoader(IndexedSamples(dataset), batch_size=args.batch_size, shuffle=False,
+                                num_workers=args.num_workers, collate_fn=collate_samples,
+                                pin_memory=device.type == 'cuda')
+            rows: dict[int, dict[str, np.ndarray | None]] = {}
+            label = 'evaluating' if len(ensemble.views) == 1 else f'evaluating ({view.name})'
+            for batch in tqdm(loader, desc=label, unit='batch', dynamic_ncols=True):
+                failed.update(dict(batch['failed']))
+                if batch['images'] is None:
+                    continue
+                out = ensemble.forward(batch['images'], device, with_ood=position == 0, autocast=autocast)
+                for row, (index, label_value) in enumerate(zip(batch['indices'], batch['labels'].tolist())):
+                    labels_of[index] = int(label_value)
+                    rows[index] = {key: None if value is None else value[:, row] for key, value in out.items()}
+            per_view.append(rows)
+    finally:
+        dataset.transform = None
+    # a photo that failed in any view is left out of all of them, so every view averages the same photos
+    indices = sorted(index for index in per_view[0] if index not in failed and all(index in v for v in per_view))
     if not indices:
         raise utils.UserError(f'no photo of split "{args.split}" could be read; see the skipped list')
-    logits = torch.cat(grade_logits)
-    return {'indices': np.asarray(indices), 'labels': torch.cat(labels).numpy(),
-            'probabilities': torch.softmax(logits, dim=1).numpy().astype(np.float64),
-            'predictions': decode_grades(logits, rule).numpy().astype(np.int64),
-            'side_probabilities': (torch.softmax(torch.cat(side_logits), dim=1).numpy().astype(np.float64)
-                                   if side_logits else None),
-            'failed': failed}
+    outputs = [{key: (None if rows[indices[0]][key] is None else np.stack([rows[i][key] for i in indices], axis=1))
+                for key in ('grade', 'side', 'ood')} for rows in per_view]
+    combined = ensemble.combine(outputs)
+    return {'indices': np.asarray(indices), 'labels': np.array([labels_of[i] for i in indices], dtype=np.int64),
+            'probabilities': combined['probabilities'].astype(np.float64),
+            'predictions': combined['predictions'].astype(np.int64),
+            'side_probabilities': combined['side_probabilities'],
+            'ood_score': combined['ood_score'], 'ood_flag': combined['ood_flag'],
+            'failed': sorted(failed.items())}
 
 
 # scoring
 
 def bootstrap_groups(subjects: Sequence[str]) -> tuple[list[str] | None, str]:
     """Subjects to resample, or None (photos) when the data names no subjects or every photo is its own."""
-    named = [str(s).strip() for s in subjects]
-    if not named or any(not s or s.lower() == 'nan' for s in named) or len(set(named)) == len(named):
-        return None, 'image'
-    return named, 'subject'
+    groups = M.subject_groups(subjects)
+    return groups, 'subject' if groups else 'image'
 
 
 def score(labels: np.ndarray, predictions: np.ndarray, groups: list[str] | None, num_classes: int,
@@ -322,10 +389,12 @@ def side_score(true_sides: Sequence[str], side_probabilities: np.ndarray, groups
 
 def predictions_table(dataset: FacialPalsyDataset, indices: np.ndarray, labels: np.ndarray,
                       probabilities: np.ndarray, grades: Sequence[str], predictions: np.ndarray | None = None,
-                      side_probabilities: np.ndarray | None = None) -> pd.DataFrame:
+                      side_probabilities: np.ndarray | None = None, ood_score: np.ndarray | None = None,
+                      ood_flag: np.ndarray | None = None) -> pd.DataFrame:
     """One row per scored photo: who, the true and predicted grade, every class probability, where its
-    landmarks came from (a template fallback is worth a look), the symmetry measurements of those landmarks and,
-    with a side head, the predicted side. ``predictions`` default to the most probable grades."""
+    landmarks came from (a template fallback is worth a look), the symmetry measurements of those landmarks,
+    the OOD score and flag (NaN / False without OOD statistics) and, with a side head, the predicted side.
+    ``predictions`` default to the most probable grades."""
     predictions = probabilities.argmax(axis=1) if predictions is None else np.asarray(predictions)
     table = pd.DataFrame({
         'path': [dataset.paths[i] for i in indices],
@@ -343,6 +412,8 @@ def predictions_table(dataset: FacialPalsyDataset, indices: np.ndarray, labels: 
         columns=list(SYMMETRY_COLUMNS))
     for column in SYMMETRY_COLUMNS:
         table[column] = measurements[column].to_numpy()
+    table['ood_score'] = (np.full(len(table), np.nan) if ood_score is None else np.asarray(ood_score)).round(6)
+    table['ood_flag'] = np.zeros(len(table), dtype=bool) if ood_flag is None else np.asarray(ood_flag, dtype=bool)
     if side_probabilities is not None:
         side_index = side_probabilities.argmax(axis=1)
         table['predicted_side'] = [SIDE_CLASSES[k] for k in side_index]
@@ -372,7 +443,7 @@ def metrics_payload(scores: dict[str, Any], class_names: Sequence[str], args: ar
                     side: dict[str, Any] | None = None) -> dict[str, Any]:
     point = scores['point']
     return {
-        'model_path': str(args.model_path), 'epoch': checkpoint.get('epoch'),
+        'model_path': model_label(args), 'epoch': checkpoint.get('epoch'),
         'data_root': str(args.data_root), 'test_csv': args.test_csv, 'dataset_type': args.dataset_type,
         'split': args.split, 'num_classes': len(class_names), 'class_names': list(class_names),
         'n': point['n'], 'skipped': len(skipped),
@@ -554,7 +625,10 @@ def write_outputs(output_dir: Path, args: argparse.Namespace, payload: dict[str,
     ``subject_table`` (patient-level grades) is written as ``subject_predictions.csv`` when there is one."""
     predictions = probabilities.argmax(axis=1) if predictions is None else np.asarray(predictions)
     grades = list(grades or class_names)
-    title = f'{Path(args.model_path).name} on {payload["split"]} ({payload["n"]} photos)'
+    models = payload.get('models') or [model_label(args)]
+    who = Path(models[0]).name if len(models) == 1 else f'ensemble of {len(models)}'
+    tta = f', TTA {payload["tta"]}' if payload.get('tta', 'none') != 'none' else ''
+    title = f'{who}{tta} on {payload["split"]} ({payload["n"]} photos)'
     written = {}
 
     def target(name: str) -> Path:
@@ -587,11 +661,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = utils.parse_args_with_config(get_args_parser(), argv)
     check_args(args)
     device = utils.resolve_device(args.device)
-    trained = load_trained(args.model_path, device)
-    model, checkpoint, num_classes = trained.model, trained.checkpoint, trained.num_classes
-    check_num_classes(num_classes, args)
-    preprocess = resolve_preprocess(trained.preprocess, args)
-    check_input_size(preprocess, model, args.model_path, hint='; drop --region_size / --input_mode')
+    ensemble, preprocess = load_ensemble(args, device)
+    trained = ensemble.members[0].trained
+    checkpoint, num_classes = trained.checkpoint, trained.num_classes
     class_names, grades, rule = trained.class_names, trained.grades, trained.prediction
     with_side = bool(trained.sides)
 
@@ -599,9 +671,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     replaced = check_output_dir(output_dir, args.overwrite)
 
     dataset = build_dataset(args, preprocess, num_classes, device)
-    outputs = predict(model, dataset, args, device, rule=rule, with_side=with_side)
+    outputs = predict(ensemble, dataset, args, device)
     indices, labels, probabilities = outputs['indices'], outputs['labels'], outputs['probabilities']
-    predictions, side_probabilities = outputs['predictions'], outputs['side_probabilities']
+    predictions = outputs['predictions']
+    side_probabilities = outputs['side_probabilities'] if with_side else None
     skipped = list(dataset.skipped) + [(dataset.paths[i], reason) for i, reason in outputs['failed']]
     groups, resampled_by = bootstrap_groups([dataset.subjects[i] for i in indices])
     scores = score(labels, predictions, groups, num_classes, args)
@@ -609,10 +682,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         [dataset.sides[i] for i in indices], side_probabilities, groups, args)
     payload = metrics_payload(scores, class_names, args, checkpoint, resampled_by, groups, dataset, skipped,
                               rule=rule, side=side)
+    payload.update({'models': ensemble.paths,
+                    'skipped_models': [{'path': path, 'reason': reason} for path, reason in ensemble.skipped],
+                    'tta': ensemble.tta, 'tta_views': [view.name for view in ensemble.views],
+                    'ood': ood_summary(ensemble, outputs, groups, num_classes, args)})
     baseline = score_symmetry_baseline(checkpoint, dataset, indices, labels, groups, num_classes, args)
     if baseline is not None:
         payload['symmetry_baseline'] = baseline
-    table = predictions_table(dataset, indices, labels, probabilities, grades, predictions, side_probabilities)
+    table = predictions_table(dataset, indices, labels, probabilities, grades, predictions, side_probabilities,
+                              outputs['ood_score'], outputs['ood_flag'])
     subject_metrics, subject_table = subject_scores(groups, labels, probabilities, grades, rule, args)
     if subject_metrics is not None:
         payload['subject_metrics'] = subject_metrics
@@ -623,15 +701,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                             predictions=predictions, grades=grades, subject_table=subject_table)
 
     print()
+    print(f'graded by {ensemble.describe()}')
     print(metrics_table(payload))
     if baseline is not None:
         print('symmetry baseline (fitted in training on the training photos\' landmarks), same photos: ' +
               ', '.join(f'{name} {baseline["metrics"][name]["value"]:.3f}' for name in ('accuracy', 'macro_f1', 'qwk')))
+    print(ood_report(payload['ood'], payload['n']))
+    if ensemble.skipped:
+        print(f'{len(ensemble.skipped)} checkpoint(s) skipped (recorded in metrics.json): '
+              f'{", ".join(p for p, _ in ensemble.skipped)}')
     if skipped:
         print(f'{len(skipped)} photo(s) skipped, listed in {output_dir / "skipped.csv"}')
     print(f'results written to {output_dir}: {", ".join(written)}')
     return {'metrics': payload, 'files': written, 'replaced': replaced, 'predictions': table,
             'skipped': skipped}
+
+
+def ood_report(block: dict[str, Any], count: int) -> str:
+    """The printed lines of the ``ood`` block: how many photos were flagged, and the metrics without them."""
+    if not block['n_scored']:
+        return f'OOD: {block["description"]}'
+    lines = [f'OOD: {block["n_flagged"]} of {count} photos flagged ({block["description"]})']
+    unflagged = block.get('unflagged')
+    if unflagged:
+        lines.append(f'  the {unflagged["n"]} photos not flagged: ' + ', '.join(
+            f'{name} {unflagged["metrics"][name]["value"]:.3f}' for name in ('accuracy', 'macro_f1', 'qwk')))
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':

@@ -7,6 +7,11 @@ landmarks, face square, 2x2 region mosaic), so a photo is read exactly as it was
 detected and classified in batches. A photo without a detectable face is still graded on the template landmarks
 of the original code (status ``no_face_fallback``); a file that cannot be read gets status ``unreadable`` and
 never stops a batch.
+
+The predictor holds a list of checkpoints (``ensemble.Ensemble``; one checkpoint is an ensemble of one) and the
+test-time augmentation views of ``tta``: every view of every member is graded and their softmax probabilities
+averaged, then decoded with the checkpoints' prediction rule. Every photo also gets the out-of-distribution score
+of its original view (``ood.py``; the mean over the members that have statistics) and its flag.
 """
 from __future__ import annotations
 
@@ -21,15 +26,17 @@ from PIL import Image, ImageOps
 
 import utils
 from annotations import HB_GRADES
-from checkpoints import grade_labels, load_trained
-from facial_palsy_dataset import (REGION_NAMES, ImageReadError, LandmarkDetector, load_image, make_input,
-                                  model_input_size, network_image, region_boxes, template_landmarks)
-from losses import decode_grades
+from checkpoints import grade_labels
+from ensemble import DEFAULT_TTA, OOD_WARNING, Ensemble  # noqa: F401  (DEFAULT_TTA re-exported)
+from face_detection import as_rgb_image
+from facial_palsy_dataset import (REGION_NAMES, ImageReadError, LandmarkDetector, face_square, load_image,
+                                  model_input_size, network_image, network_image_from_face, region_boxes,
+                                  template_landmarks, to_tensor)
 from symmetry import MEASUREMENT_NAMES, draw_measurements, symmetry_measurements
 
-__all__ = ['FacialPalsyPredictor', 'ImageInput', 'STATUSES', 'SYMMETRY_COLUMNS', 'grade_labels',
-           'probability_column', 'to_rgb_array', 'face_symmetry', 'symmetry_row', 'symmetry_line', 'display_grade',
-           'draw_probabilities', 'overlay_figure']
+__all__ = ['FacialPalsyPredictor', 'ImageInput', 'STATUSES', 'SYMMETRY_COLUMNS', 'DEFAULT_TTA', 'grade_labels',
+           'probability_column', 'to_rgb_array', 'face_symmetry', 'symmetry_row', 'symmetry_line', 'ood_line',
+           'display_grade', 'draw_probabilities', 'overlay_figure']
 
 STATUSES = ('ok', 'no_face_fallback', 'unreadable')
 SYMMETRY_KEYS = (*MEASUREMENT_NAMES, 'more_affected_image_side')
@@ -44,23 +51,6 @@ def probability_column(name: str) -> str:
     """CSV column of one class probability: ``p_`` + the class name with spaces and brackets made safe
     (``p_III``, ``p_mild-moderate_II-III``), so the columns read well in pandas and spreadsheets."""
     return 'p_' + re.sub(r'[^0-9A-Za-z-]+', '_', name).strip('_')
-
-
-def subject_grades_from_photos(subjects: Sequence[str], probabilities: np.ndarray, rule: str
-                               ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """A grade per patient from the photos of one sitting: each subject's photo probabilities averaged and read with
-    the checkpoint's prediction ``rule``. Returns ``(subjects sorted, photos per subject, mean probabilities
-    (S, C), grade indices (S,))``."""
-    names = sorted(set(map(str, subjects)))
-    row_of = {name: k for k, name in enumerate(names)}
-    rows = np.array([row_of[str(s)] for s in subjects], dtype=np.int64)
-    counts = np.bincount(rows, minlength=len(names))
-    mean = np.zeros((len(names), np.shape(probabilities)[1]))
-    np.add.at(mean, rows, np.asarray(probabilities, dtype=np.float64))
-    mean /= np.maximum(counts, 1)[:, None]
-    # decode_grades reads logits through a softmax; the log of a distribution gives that distribution back
-    grades = decode_grades(torch.log(torch.as_tensor(mean).clamp_min(1e-12)), rule).numpy()
-    return names, counts, mean, grades
 
 
 def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -95,7 +85,7 @@ def empty_result(path: str | None = None) -> dict[str, Any]:
     return {'path': path, 'status': 'unreadable', 'error': None, 'grade_index': None, 'grade': None,
             'confidence': None, 'probabilities': None, 'face_box': None, 'landmarks': None,
             'face_detected': False, 'landmark_source': None, 'side': None, 'side_confidence': None,
-            'side_probabilities': None, 'symmetry': None}
+            'side_probabilities': None, 'symmetry': None, 'ood_score': None, 'ood_flag': None}
 
 
 def face_symmetry(landmarks: Any, landmark_source: str | None) -> dict[str, float | str]:
@@ -122,6 +112,16 @@ def symmetry_line(measurements: dict[str, Any] | None) -> str:
             f'{measurements["mouth_corner_height_diff"]:+.3f} IOD, eye roll {measurements["eye_line_roll_deg"]:+.1f} deg')
 
 
+def ood_line(result: dict[str, Any]) -> str | None:
+    """The OOD score of a graded photo as one line (None when it has no score): the warning when flagged."""
+    score = result.get('ood_score')
+    if score is None or not np.isfinite(score):
+        return None
+    if result.get('ood_flag'):
+        return f'OOD score {score:.2f} > 1: {OOD_WARNING}'
+    return f'OOD score {score:.2f} (flagged above 1)'
+
+
 def describe_input(item: ImageInput) -> str | None:
     return str(item) if isinstance(item, (str, os.PathLike)) else None
 
@@ -129,7 +129,12 @@ def describe_input(item: ImageInput) -> str | None:
 # classes
 
 class FacialPalsyPredictor:
-    """Grade photos with a trained checkpoint.
+    """Grade photos with a trained checkpoint, or an ensemble of them, optionally with test-time augmentation.
+
+    ``model_path``: one checkpoint, several, or a folder (``ensemble.checkpoint_files``: a ``--cv`` run's
+    ``fold_*/best_model.pth``, or the ``*.pth`` inside); a single checkpoint is an ensemble of one. ``tta``: one of
+    ``ensemble.TTA_MODES`` (default ``ensemble.DEFAULT_TTA``). The softmax probabilities of every view of every
+    member are averaged and decoded with the checkpoints' prediction rule.
 
     ``predict(image_or_path)`` takes a file path, a PIL image or an RGB numpy array and returns a dict:
     ``grade_index``, ``grade`` (HB roman numeral, or the simplified name for 3 classes), ``confidence``,
@@ -137,16 +142,25 @@ class FacialPalsyPredictor:
     not be the largest), ``face_box`` (x1, y1, x2, y2 or None), ``landmarks`` (five (x, y) points
     in image pixels), ``face_detected``, ``landmark_source``, ``side`` / ``side_confidence`` /
     ``side_probabilities`` (the patient's affected side; None without a side head), ``symmetry`` (the
-    ``symmetry.symmetry_measurements`` of the landmarks; NaN for template landmarks), ``status`` (``ok`` / ``no_face_fallback`` /
-    ``unreadable``), ``error`` (message or None) and ``path``. ``predict_batch(items)`` does the same for a list,
-    running face detection and the network on batches.
+    ``symmetry.symmetry_measurements`` of the landmarks; NaN for template landmarks), ``ood_score`` (distance to
+    the training photos' features, 1.0 = the threshold; the mean over members; NaN without OOD statistics) and
+    ``ood_flag`` (score above 1), ``status`` (``ok`` / ``no_face_fallback`` / ``unreadable``), ``error`` (message
+    or None) and ``path``. ``predict_batch(items)`` does the same for a list, running face detection and the
+    network on batches.
+
+    ``model`` / ``trained`` / ``model_path`` are the first member's (the attention viewer draws its maps);
+    ``model_paths`` lists every member and ``skipped_models`` the checkpoints that could not be opened.
     """
 
-    def __init__(self, model_path: str | os.PathLike, device: str = 'auto', batch_size: int = 32,
-                 detector: LandmarkDetector | None = None):
+    def __init__(self, model_path: str | os.PathLike | Sequence[str | os.PathLike], device: str = 'auto',
+                 batch_size: int = 32, detector: LandmarkDetector | None = None, tta: str | None = None):
         self.device = utils.resolve_device(device)
-        self.trained = trained = load_trained(model_path, self.device)
+        self.ensemble = Ensemble.load(model_path, self.device, tta)
+        self.members = self.ensemble.members
+        self.trained = trained = self.members[0].trained
         self.model_path = trained.path
+        self.model_paths = self.ensemble.paths
+        self.skipped_models = list(self.ensemble.skipped)
         self.model = trained.model
         self.num_classes = trained.num_classes
         self.class_names = trained.class_names
@@ -154,11 +168,17 @@ class FacialPalsyPredictor:
         self.prediction = trained.prediction
         self.sides = trained.sides
         self.preprocess = trained.preprocess
+        self.tta = self.ensemble.tta
+        self.views = self.ensemble.views
         self.batch_size = max(1, int(batch_size))
         # the MTCNN settings training used; no landmark cache, since new photos are seen once
         self.detector = detector if detector is not None else LandmarkDetector(
             device=self.device, cache_dir=False, batch_size=self.batch_size, progress=False,
             **detector_settings(self.preprocess))
+
+    def describe(self) -> str:
+        """Which checkpoint(s) grade and with which TTA, in one line (figure notes, printouts)."""
+        return self.ensemble.describe()
 
     # reading and preparing photos
 
@@ -172,14 +192,21 @@ class FacialPalsyPredictor:
             raise ImageReadError(f'<{type(item).__name__}>: {err}') from err
 
     def prepare(self, images: Sequence[np.ndarray]) -> tuple[list[dict], torch.Tensor]:
-        """Find landmarks on a batch of photos and build their network inputs.
+        """Find landmarks on a batch of photos and build their network inputs (the original view).
 
         Returns one dict per photo (``landmarks``, ``face_box``, ``face_detected``, ``landmark_source``,
         ``status``) and the stacked inputs ``(N, 3, S, S)``. A photo without a face is graded on the template
         landmarks scaled to it, as the training data was.
         """
+        infos, views = self.prepare_views(images)
+        return infos, views[0]
+
+    def prepare_views(self, images: Sequence[np.ndarray]) -> tuple[list[dict], list[torch.Tensor]]:
+        """``prepare`` for every TTA view: the per-photo dicts and one ``(N, 3, S, S)`` batch per view of
+        ``views`` (the original view first; each view transforms the face square, as a dataset transform
+        does)."""
         faces = self.detector.detect_images(list(images)) if images else []
-        infos, inputs = [], []
+        infos, squares = [], []
         for image, face in zip(images, faces):
             if face is None:
                 height, width = image.shape[:2]
@@ -189,28 +216,37 @@ class FacialPalsyPredictor:
                 points = np.asarray(face.points, dtype=np.float32)
                 box = None if face.box is None else np.asarray(face.box, dtype=np.float32)
                 source, status = face.source, 'ok'
-            inputs.append(make_input(image, points, self.preprocess, box=box))
+            squares.append(face_square(as_rgb_image(image), points, box, int(self.preprocess['face_size']),
+                                       margin=self.preprocess['face_margin'],
+                                       landmark_scale=self.preprocess['landmark_face_scale']))
             # full precision: save_overlay rebuilds the network input from these points
             infos.append({'landmarks': points.astype(np.float64).tolist(),
                           'face_box': None if box is None else box.astype(np.float64).tolist(),
                           'face_detected': face is not None, 'landmark_source': source, 'status': status})
         size = model_input_size(self.preprocess)
-        batch = torch.stack(inputs) if inputs else torch.zeros(0, 3, size, size)
-        return infos, batch
+        batches = []
+        for view in self.views:
+            inputs = [to_tensor(network_image_from_face(*(square if view.identity else view(*square)),
+                                                        self.preprocess), self.preprocess) for square in squares]
+            batches.append(torch.stack(inputs) if inputs else torch.zeros(0, 3, size, size))
+        return infos, batches
 
-    @torch.inference_mode()
-    def logits(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Grade logits ``(N, num_classes)`` and side logits ``(N, 3)`` (None without a side head) of network
-        inputs, ``batch_size`` at a time, as float32 on the CPU."""
-        grade_chunks, side_chunks = [], []
-        for chunk in inputs.split(self.batch_size):
-            grade_logits, side_logits = self.model.forward_multitask(chunk.to(self.device))
-            grade_chunks.append(grade_logits.float().cpu())
-            if self.sides and side_logits is not None:
-                side_chunks.append(side_logits.float().cpu())
-        grade = torch.cat(grade_chunks) if grade_chunks else torch.zeros(0, self.num_classes)
-        side = (torch.cat(side_chunks) if side_chunks else torch.zeros(0, len(self.sides))) if self.sides else None
-        return grade, side
+    def grade(self, view_inputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray | None]:
+        """Run every member on every view's inputs, ``batch_size`` at a time, and combine them
+        (``ensemble.Ensemble.combine``): ``probabilities``, ``predictions``, ``side_probabilities``, ``ood_score``,
+        ``ood_flag``; the OOD score is read on the original view."""
+        count = len(view_inputs[0])
+        if count == 0:
+            return {'probabilities': np.zeros((0, self.num_classes)), 'predictions': np.zeros(0, dtype=np.int64),
+                    'side_probabilities': np.zeros((0, len(self.sides))) if self.sides else None,
+                    'ood_score': np.zeros(0), 'ood_flag': np.zeros(0, dtype=bool)}
+        outputs = []
+        for position, inputs in enumerate(view_inputs):
+            chunks = [self.ensemble.forward(chunk, self.device, with_ood=position == 0)
+                      for chunk in inputs.split(self.batch_size)]
+            outputs.append({key: None if chunks[0][key] is None else np.concatenate([c[key] for c in chunks], axis=1)
+                            for key in ('grade', 'side', 'ood')})
+        return self.ensemble.combine(outputs)
 
     # prediction
 
@@ -229,33 +265,38 @@ class FacialPalsyPredictor:
             except ImageReadError as err:
                 results[index]['error'] = str(err)
         order = list(images)
-        infos, inputs = self.prepare([images[i] for i in order])
-        grade_logits, side_logits = self.logits(inputs)
-        probabilities = torch.softmax(grade_logits, dim=1).numpy()
-        grade_indices = decode_grades(grade_logits, self.prediction).numpy()
-        side_probabilities = None if side_logits is None else torch.softmax(side_logits, dim=1).numpy()
-        for position, (index, info, probs) in enumerate(zip(order, infos, probabilities)):
-            grade_index = int(grade_indices[position])
+        infos, view_inputs = self.prepare_views([images[i] for i in order])
+        for index, info, graded in zip(order, infos, self.photo_results(self.grade(view_inputs))):
             results[index].update(info)
-            results[index].update({
-                'grade_index': grade_index, 'grade': self.grades[grade_index],
-                'confidence': float(probs[grade_index]),
-                'probabilities': {name: float(p) for name, p in zip(self.grades, probs)},
-                'symmetry': face_symmetry(info['landmarks'], info['landmark_source'])})
-            if side_probabilities is not None:
-                side_probs = side_probabilities[position]
-                side_index = int(side_probs.argmax())
-                results[index].update({
-                    'side': self.sides[side_index], 'side_confidence': float(side_probs[side_index]),
-                    'side_probabilities': {name: float(p) for name, p in zip(self.sides, side_probs)}})
+            results[index].update(graded)
+            results[index]['symmetry'] = face_symmetry(info['landmarks'], info['landmark_source'])
         return results
+
+    def photo_results(self, graded: dict[str, np.ndarray | None]) -> list[dict[str, Any]]:
+        """The per-photo result entries (grade, probabilities, side, OOD) of ``grade``'s arrays."""
+        rows = []
+        for position, probs in enumerate(graded['probabilities']):
+            grade_index = int(graded['predictions'][position])
+            score = float(graded['ood_score'][position])
+            row = {'grade_index': grade_index, 'grade': self.grades[grade_index],
+                   'confidence': float(probs[grade_index]),
+                   'probabilities': {name: float(p) for name, p in zip(self.grades, probs)},
+                   'ood_score': score, 'ood_flag': bool(graded['ood_flag'][position])}
+            if graded['side_probabilities'] is not None:
+                side_probs = graded['side_probabilities'][position]
+                side_index = int(side_probs.argmax())
+                row.update({'side': self.sides[side_index], 'side_confidence': float(side_probs[side_index]),
+                            'side_probabilities': {name: float(p) for name, p in zip(self.sides, side_probs)}})
+            rows.append(row)
+        return rows
 
     # pictures
 
     def save_overlay(self, image_or_path: ImageInput, result: dict[str, Any], output_path: str | os.PathLike) -> Path:
         """Draw a prediction over its photo and save it as PNG: face box, landmarks, the four regions the network
-        reads, the symmetry geometry and numbers, the regions mosaic it saw, the predicted grade (and side) and a
-        bar chart of the class probabilities."""
+        reads, the symmetry geometry and numbers, the regions mosaic it saw, the predicted grade (and side), the
+        checkpoint(s) and TTA that graded it, the OOD warning when flagged, and a bar chart of the class
+        probabilities."""
         if result.get('probabilities') is None:
             raise ValueError(f'{result.get("path") or "photo"}: nothing to draw for an unreadable photo')
         image = self.read(image_or_path)
@@ -263,7 +304,7 @@ class FacialPalsyPredictor:
         box = None if result['face_box'] is None else np.asarray(result['face_box'], dtype=np.float32)
         network_view = network_image(image, points, self.preprocess, box=box)
         boxes = region_boxes(image, points, self.preprocess, box=box)
-        figure = overlay_figure(image, result, self.grades, boxes, network_view)
+        figure = overlay_figure(image, result, self.grades, boxes, network_view, settings=self.describe())
         return utils.save_figure(figure, output_path, dpi=110)
 
 
@@ -280,10 +321,11 @@ def display_grade(grade: str) -> str:
 
 
 def overlay_figure(image: np.ndarray, result: dict[str, Any], grades: Sequence[str],
-                   boxes: np.ndarray, network_view: np.ndarray):
+                   boxes: np.ndarray, network_view: np.ndarray, settings: str | None = None):
     """The overlay as a matplotlib Figure (no pyplot state, so it is safe in loops and tests). ``boxes``: the
     four region crops in photo pixels (one face box in the ``face`` input mode); ``network_view``: the
-    un-normalised network input."""
+    un-normalised network input; ``settings``: which checkpoint(s) and TTA graded it. A photo flagged as unlike
+    the training photos gets the warning in red under the figure."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(11, 4.6), layout='constrained')
@@ -294,6 +336,9 @@ def overlay_figure(image: np.ndarray, result: dict[str, Any], grades: Sequence[s
     draw_network_view(figure.add_subplot(grid[0, 1]), figure.add_subplot(grid[1, 1]), network_view, result,
                       regions=len(boxes) == len(REGION_NAMES))
     draw_probabilities(figure.add_subplot(grid[:, 2]), result, grades)
+    notes = [text for text in (settings, ood_line(result)) if text]
+    if notes:
+        figure.suptitle('\n'.join(notes), fontsize=9, color='tab:red' if result.get('ood_flag') else 'black')
     return figure
 
 

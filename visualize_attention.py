@@ -27,6 +27,11 @@ Usage::
 Per photo ``<stem>`` the output folder receives ``<stem>_level<i>.png`` (one per level), ``<stem>_summary.png``,
 ``<stem>_regions.png`` (with ``--visualize_regions``) and ``<stem>_attention.npz`` (the raw maps). This is a
 research tool, not a clinical diagnosis.
+
+With ``--tta mirror`` / ``mirror_shift`` the grade is the average over the views but the maps are those of the
+original view; with several checkpoints (``--model_path a.pth b.pth`` or a folder) the grade is the ensemble's and
+the maps are the first checkpoint's. The figures say so, and warn when the photo is unlike the training photos
+(its out-of-distribution score, ``ood.py``, is above 1).
 """
 from __future__ import annotations
 
@@ -51,8 +56,8 @@ from tqdm import tqdm
 import utils
 from facial_palsy_dataset import (LANDMARK_NAMES, REGION_NAMES, LandmarkDetector, face_square_bounds,
                                   region_boxes, to_image)
-from inference import FacialPalsyPredictor, ImageInput, display_grade, draw_probabilities
-from losses import decode_grades
+from ensemble import DEFAULT_TTA, TTA_MODES, finite_or_none
+from inference import FacialPalsyPredictor, ImageInput, display_grade, draw_probabilities, ood_line
 from Model import AttentionRecorder, HTNet
 
 __all__ = ['AttentionVisualizer', 'StageLayout', 'attention_to_mosaic', 'stage_layouts', 'record_attention',
@@ -281,12 +286,12 @@ class AttentionVisualizer:
     ``dpi`` is the resolution of the saved figures.
     """
 
-    def __init__(self, model_path: str | os.PathLike, device: str = 'auto',
-                 detector: LandmarkDetector | None = None, dpi: int = 110):
+    def __init__(self, model_path: str | os.PathLike | Sequence[str | os.PathLike], device: str = 'auto',
+                 detector: LandmarkDetector | None = None, dpi: int = 110, tta: str | None = None):
         if dpi < 20:
             raise utils.UserError(f'dpi {dpi}: too low to read (use 60 or more)')
         self.dpi = int(dpi)
-        self.predictor = FacialPalsyPredictor(model_path, device=device, batch_size=1, detector=detector)
+        self.predictor = FacialPalsyPredictor(model_path, device=device, batch_size=1, detector=detector, tta=tta)
         self.model: HTNet = self.predictor.model
         self.device = self.predictor.device
         self.preprocess = self.predictor.preprocess
@@ -310,17 +315,21 @@ class AttentionVisualizer:
         grid), ``head_maps`` (per stage (heads, S, S), mean over blocks), ``stage_means`` (per stage (S, S)),
         ``saliency`` (S, S), ``region_boxes`` (photo pixels), ``region_names``, ``region_attention`` and
         ``region_saliency`` (region -> last-level attention / share of the saliency), ``attention_informative``
-        (False where the last level has one token per window) and ``rotation`` (degrees, ``face`` mode).
-        An unreadable photo raises ``ImageReadError``.
+        (False where the last level has one token per window), ``rotation`` (degrees, ``face`` mode), ``ood_score``
+        / ``ood_flag`` (as the predictor's), ``tta``, ``models`` and ``grading_note`` (what the grade averages and
+        whose maps are drawn, '' for one checkpoint without TTA). The grade and probabilities are the predictor's
+        (every TTA view of every checkpoint); the maps and the saliency are the first checkpoint's on the original
+        view. An unreadable photo raises ``ImageReadError``.
         """
         image = self.predictor.read(image_or_path)
-        infos, inputs = self.predictor.prepare([image])
+        infos, view_inputs = self.predictor.prepare_views([image])
         info = infos[0]
-        inputs = inputs.to(self.device)
-        logits, attention = record_attention(self.model, inputs)
-        probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
-        # the grade as inference reports it (argmax, or the ordinal median for an ordinal-loss checkpoint)
-        grade_index = int(decode_grades(logits.float().cpu(), self.predictor.prediction)[0])
+        # the grade as inference reports it: every TTA view of every checkpoint averaged, decoded by the rule
+        graded = self.predictor.photo_results(self.predictor.grade(view_inputs))[0]
+        grade_index = graded['grade_index']
+        # the maps: the first checkpoint on the original view
+        inputs = view_inputs[0].to(self.device)
+        _logits, attention = record_attention(self.model, inputs)
         saliency = gradient_saliency(self.model, inputs, grade_index)
 
         per_head = attention_to_mosaic(attention, self.model.image_size, self.model.patch_size, per_head=True)
@@ -333,9 +342,10 @@ class AttentionVisualizer:
         return {
             **info, 'path': str(image_or_path) if isinstance(image_or_path, (str, os.PathLike)) else None,
             'landmarks': landmarks, 'face_box': face_box,
-            'grade_index': grade_index, 'grade': self.grades[grade_index],
-            'confidence': float(probabilities[grade_index]),
-            'probabilities': {name: float(p) for name, p in zip(self.grades, probabilities)},
+            **{key: graded[key] for key in ('grade_index', 'grade', 'confidence', 'probabilities', 'ood_score',
+                                            'ood_flag')},
+            'tta': self.predictor.tta, 'models': list(self.predictor.model_paths),
+            'grading_note': self.grading_note(),
             'image': image, 'network_image': to_image(inputs[0], self.preprocess), 'input_mode': self.input_mode,
             'stages': self.stages, 'attention': attention, 'maps': maps,
             'head_maps': [stage.mean(axis=0) for stage in per_head], 'stage_means': stage_means,
@@ -347,6 +357,20 @@ class AttentionVisualizer:
             'attention_informative': not self.stages[-1].trivial,
             'rotation': eye_line_angle(landmarks) if self.input_mode == 'face' else 0.0,
         }
+
+    def grading_note(self) -> str:
+        """Whose attention the maps show and what the grade is, when the two differ (TTA, ensembles); '' when
+        one checkpoint grades the original view."""
+        averaged, maps = [], []
+        if self.predictor.tta != 'none':
+            averaged.append(f'{len(self.predictor.views)} TTA views ({self.predictor.tta})')
+            maps.append('the original view')
+        if len(self.predictor.model_paths) > 1:
+            averaged.append(f'{len(self.predictor.model_paths)} checkpoints')
+            maps.append(f'the first checkpoint ({Path(self.predictor.model_paths[0]).name})')
+        if not averaged:
+            return ''
+        return f'grade: the average over {" x ".join(averaged)}; maps: {" of ".join(maps)}'
 
     def output_paths(self, stem: str, output_dir: str | os.PathLike, visualize_regions: bool = False
                      ) -> dict[str, Path]:
@@ -396,9 +420,9 @@ def attention_arrays(analysis: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
     ``stage<i>_block<j>`` raw attention (windows, heads, N, N); ``stage<i>_maps`` (blocks, S, S) and
     ``stage<i>_heads`` (heads, S, S) on the mosaic; ``saliency`` (S, S); ``network_image``; ``probabilities``
-    in ``grades`` order; ``landmarks``, ``face_box`` (NaN without a detected face) and ``region_boxes`` in photo
-    pixels; ``region_names``, ``region_attention``, ``region_saliency``; ``stage_layout`` rows of
-    (fmap, cell, windows, tokens, heads, blocks)."""
+    in ``grades`` order; ``ood_score`` (NaN without OOD statistics); ``landmarks``, ``face_box`` (NaN without a
+    detected face) and ``region_boxes`` in photo pixels; ``region_names``, ``region_attention``,
+    ``region_saliency``; ``stage_layout`` rows of (fmap, cell, windows, tokens, heads, blocks)."""
     arrays: dict[str, np.ndarray] = {}
     for level, blocks in enumerate(analysis['attention']):
         for index, block in enumerate(blocks):
@@ -418,6 +442,8 @@ def attention_arrays(analysis: Mapping[str, Any]) -> dict[str, np.ndarray]:
         'region_names': np.array(names),
         'region_attention': np.array([analysis['region_attention'][n] for n in names], dtype=np.float32),
         'region_saliency': np.array([analysis['region_saliency'][n] for n in names], dtype=np.float32),
+        'ood_score': np.array(np.nan if analysis.get('ood_score') is None else analysis['ood_score'],
+                              dtype=np.float32),
         'stage_layout': np.array([[s.fmap, s.cell, s.windows, s.tokens, s.heads, s.blocks]
                                   for s in analysis['stages']], dtype=np.int64),
     })
@@ -533,7 +559,9 @@ def level_figure(analysis: Mapping[str, Any], level: int, name: str = 'photo'):
     fallback = '' if analysis['face_detected'] else f' ({_source_note(analysis)})'
     title = (f'{name}{fallback}: level {level} of {len(analysis["stages"])} - {layout.describe()}. '
              f'{_stage_note(layout, analysis["input_mode"])}')
-    figure.suptitle(textwrap.fill(title, width=int(width * 12)), fontsize=9)
+    notes = [text for text in (analysis.get('grading_note'), ood_line(analysis)) if text]
+    figure.suptitle(textwrap.fill(title, width=int(width * 12)) + ''.join(f'\n{n}' for n in notes), fontsize=9,
+                    color='tab:red' if analysis.get('ood_flag') else 'black')
     return figure
 
 
@@ -603,8 +631,10 @@ def summary_figure(analysis: Mapping[str, Any], name: str = 'photo'):
     ax_saliency.set_title(f'gradient saliency |d logit / d input|\nof {display_grade(analysis["grade"])}, '
                           f'share per {part}', fontsize=8.5)
     draw_probabilities(ax_bars, analysis, list(analysis['probabilities']), title='class probabilities')
+    notes = [text for text in (analysis.get('grading_note'), ood_line(analysis)) if text]
     figure.suptitle(f'{name}: predicted {display_grade(analysis["grade"])} ({analysis["confidence"]:.0%}), '
-                    f'{_source_note(analysis)} - {DISCLAIMER}', fontsize=10)
+                    f'{_source_note(analysis)} - {DISCLAIMER}' + ''.join(f'\n{n}' for n in notes), fontsize=10,
+                    color='tab:red' if analysis.get('ood_flag') else 'black')
     return figure
 
 
@@ -661,9 +691,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                     'mosaic and on the photo, with a gradient saliency map for comparison. See '
                     'docs/attention_maps.md for what the maps can and cannot show.',
         formatter_class=utils.HelpFormatter)
-    parser.add_argument('--model_path', required=True,
+    parser.add_argument('--model_path', required=True, nargs='+',
                         help='checkpoint written by train_facial_palsy.py (best_model.pth); the network and its '
-                             'preprocessing are rebuilt from it')
+                             'preprocessing are rebuilt from it. Several checkpoints, or a folder (a --cv run\'s '
+                             'save folder: its fold_*/best_model.pth; a run\'s save folder: its best_model.pth; '
+                             'else the *.pth inside): the grade is the '
+                             'ensemble\'s, the maps are the first checkpoint\'s')
+    parser.add_argument('--tta', default=DEFAULT_TTA, choices=list(TTA_MODES),
+                        help='test-time augmentation of the grade: none; mirror (the photo and its mirror image); '
+                             'mirror_shift (also crops moved by 2 face-square pixels). The maps are always those '
+                             'of the original view')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--image_path', default=None, help='one photo')
     source.add_argument('--image_dir', default=None,
@@ -721,12 +758,16 @@ def format_analysis(path: Path, analysis: Mapping[str, Any]) -> str:
         lines.append('  attention is uniform by construction at this input size (one token per window)')
     lines.append('  saliency share: ' + ', '.join(
         f'{k.replace("_", " ")} {v:.0%}' for k, v in analysis['region_saliency'].items()))
+    lines += [f'  {text}' for text in (analysis.get('grading_note'), ood_line(analysis)) if text]
     return '\n'.join(lines)
 
 
 def summary_row(path: Path, analysis: Mapping[str, Any], stem: str) -> dict[str, Any]:
     row = {'path': str(path), 'stem': stem, 'status': analysis['status'], 'grade_index': analysis['grade_index'],
            'grade': analysis['grade'], 'confidence': round(analysis['confidence'], 6)}
+    score = finite_or_none(analysis.get('ood_score'))
+    row.update({'ood_score': None if score is None else round(score, 6), 'ood_flag': analysis.get('ood_flag'),
+                'tta': analysis.get('tta')})
     row.update({f'attention_{k}': round(v, 6) for k, v in analysis['region_attention'].items()})
     row.update({f'saliency_{k}': round(v, 6) for k, v in analysis['region_saliency'].items()})
     return row
@@ -806,20 +847,22 @@ def visualize_folder(visualizer: AttentionVisualizer, args: argparse.Namespace) 
     output_dir.mkdir(parents=True, exist_ok=True)
     utils.write_skipped(output_dir / 'skipped.csv', skipped)
     names = visualizer.region_names
-    columns = ['path', 'stem', 'status', 'grade_index', 'grade', 'confidence',
+    columns = ['path', 'stem', 'status', 'grade_index', 'grade', 'confidence', 'ood_score', 'ood_flag', 'tta',
                *[f'attention_{n}' for n in names], *[f'saliency_{n}' for n in names]]
     utils.atomic_write_csv(output_dir / 'attention_summary.csv', columns, rows)
     utils.save_args(args, output_dir / 'args.yaml')
     fallbacks = sum(row['status'] == 'no_face_fallback' for row in rows)
+    flagged = sum(bool(row['ood_flag']) for row in rows)
     print(f'{len(outputs)} of {len(files)} photos drawn into {output_dir} ({fallbacks} on template landmarks, '
-          f'{len(skipped)} skipped, listed in {output_dir / "skipped.csv"})')
+          f'{flagged} flagged as unlike the training photos, {len(skipped)} skipped, listed in '
+          f'{output_dir / "skipped.csv"})')
     return {'outputs': outputs, 'skipped': skipped}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = utils.parse_args_with_config(get_args_parser(), argv)
     check_output_dir(Path(args.output_dir))
-    visualizer = AttentionVisualizer(args.model_path, device=args.device, dpi=args.dpi)
+    visualizer = AttentionVisualizer(args.model_path, device=args.device, dpi=args.dpi, tta=args.tta)
     if args.image_path:
         return visualize_one(visualizer, args)
     return visualize_folder(visualizer, args)

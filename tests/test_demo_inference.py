@@ -23,10 +23,10 @@ TINY_MODEL_ARGS = Model.model_args_from(image_size=56, patch_size=7, num_classes
                                         num_hierarchies=3, block_repeats=[1, 1, 1])
 RESULT_KEYS = {'path', 'grade_index', 'grade', 'confidence', 'probabilities', 'face_box', 'landmarks',
                'face_detected', 'landmark_source', 'status', 'error', 'side', 'side_confidence',
-               'side_probabilities', 'symmetry'}
+               'side_probabilities', 'symmetry', 'ood_score', 'ood_flag'}
 CSV_COLUMNS = ['path', 'status', 'grade_index', 'grade', 'confidence', 'p_I', 'p_II', 'p_III', 'p_IV', 'p_V', 'p_VI',
                'face_detected', 'error', *(f'sym_{name}' for name in MEASUREMENT_NAMES),
-               'sym_more_affected_image_side']
+               'sym_more_affected_image_side', 'ood_score', 'ood_flag', 'tta', 'models']
 
 
 def save_tiny_checkpoint(path: Path, model_args: dict | None = None, weights_from: dict | None = None) -> Path:

@@ -23,7 +23,8 @@ TINY_MODEL_ARGS = Model.model_args_from(image_size=56, patch_size=7, num_classes
                                         num_hierarchies=3, block_repeats=[1, 1, 1])
 PREDICTION_COLUMNS = ['path', 'subject', 'side', 'true_label', 'true_grade', 'pred_label', 'pred_grade', 'correct',
                       'confidence', 'p_I', 'p_II', 'p_III', 'p_IV', 'p_V', 'p_VI', 'landmark_source',
-                      *(f'sym_{name}' for name in MEASUREMENT_NAMES), 'sym_more_affected_image_side']
+                      *(f'sym_{name}' for name in MEASUREMENT_NAMES), 'sym_more_affected_image_side',
+                      'ood_score', 'ood_flag']
 
 
 def save_tiny_checkpoint(path: Path, model_args: dict | None = None, weights_from: dict | None = None,
