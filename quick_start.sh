@@ -163,17 +163,31 @@ step "attention maps" \
 
 echo
 echo "==> done in $(( $(date +%s) - START )) s (profile $PROFILE)"
-python - "$EVAL_DIR/metrics.json" <<'EOF'
+python - "$EVAL_DIR/metrics.json" "$PROFILE" benchmarks/results/quick_start_seeds.json <<'EOF'
 import json, sys
+from pathlib import Path
 metrics = json.load(open(sys.argv[1]))
-values = metrics.get('metrics', metrics)
-print('Test subjects (never seen in training or model selection):')
-for name in ('accuracy', 'macro_f1', 'qwk', 'mae', 'within_one'):
-    entry = values.get(name)
-    if isinstance(entry, dict):
-        print(f"  {name:<12} {entry['value']:.3f}  (95% CI {entry['ci_low']:.3f}-{entry['ci_high']:.3f})")
-    elif entry is not None:
-        print(f'  {name:<12} {entry:.3f}')
+profile, expected_file = sys.argv[2], Path(sys.argv[3])
+names = ('accuracy', 'macro_f1', 'qwk', 'mae', 'within_one')
+def show(title, values):
+    print(title)
+    for name in names:
+        entry = values.get(name)
+        if isinstance(entry, dict) and entry.get('value') is not None:
+            print(f"  {name:<12} {entry['value']:.3f}  (95% CI {entry['ci_low']:.3f}-{entry['ci_high']:.3f})")
+show('Test subjects, per photo (never seen in training or model selection; this run, seed 42):', metrics['metrics'])
+patients = metrics.get('subject_metrics')
+if patients:
+    show("Per patient (each subject graded from the mean of its photos' probabilities):", patients['metrics'])
+expected = json.loads(expected_file.read_text()) if expected_file.is_file() else None
+if expected and expected.get('profile') == profile:
+    mean, sd, n = expected['mean'], expected['sd'], len(expected['seeds'])
+    print(f'Expected range of this recipe (mean +- sd over {n} training seeds on this data; '
+          f'{expected["command"]} at {expected["commit"]}):')
+    for level in ('photo', 'patient'):
+        print(f'  {level:<8}' + '  '.join(f"{name} {mean[f'{level}_{name}']:.3f} +- {sd[f'{level}_{name}']:.3f}"
+                                           for name in ('macro_f1', 'qwk', 'mae')))
+    print('  One run of one seed can land anywhere in about mean +- 2 sd: compare recipes over seeds, not runs.')
 EOF
 cat <<EOF
 Outputs:
