@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 AUGMENTATION_NAMES = ('none', 'standard', 'asymmetry_preserving', 'strong', 'robust')
-DEFAULT_AUGMENTATION = 'asymmetry_preserving'
+DEFAULT_AUGMENTATION = 'robust'
 
 # Rotations beyond this could tilt a face far enough for the eye line to read as a different roll than the
 # patient's; the asymmetry-preserving pipeline refuses them.

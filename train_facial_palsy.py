@@ -152,11 +152,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                       help='training augmentation from data_augmentation.py (none of them flips: left-right '
                            'asymmetry is the signal; see --flip_swap_side); validation and test images are never '
                            'augmented')
-    data.add_argument('--flip_swap_side', action='store_true',
+    data.add_argument('--flip_swap_side', action=argparse.BooleanOptionalAction, default=None,
                       help='mirror each training photo with probability 0.5 and swap its affected side (left <-> '
                            'right; none stays none; the grade is unchanged), before --augmentation: the mirror of '
                            'a left-sided palsy is a right-sided one, so this doubles the faces without blurring the '
-                           'asymmetry')
+                           'asymmetry. Default: on for photos (it grades faces of another kind better: '
+                           'benchmarks/generalisation.py), off for --input_mode flow, which reads photo pairs; '
+                           '--no-flip_swap_side turns it off')
     data.add_argument('--mixup', type=float, default=0.0, metavar='ALPHA',
                       help='MixUp Beta(alpha, alpha) on training batches; 0 turns it off')
     data.add_argument('--num_workers', type=int, default=0,
@@ -198,7 +200,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim.add_argument('--lr_patience', type=int, default=5, help='plateau: epochs without improvement before halving')
     optim.add_argument('--warmup_epochs', type=float, default=0.0, help='cosine: epochs of linear warm-up')
     optim.add_argument('--label_smoothing', type=float, default=0.0, help='cross-entropy label smoothing')
-    optim.add_argument('--loss', default='ce', choices=list(losses.CRITERIA),
+    optim.add_argument('--loss', default='ordinal', choices=list(losses.CRITERIA),
                        help='ce: cross-entropy (grades unordered); ordinal: cumulative-probability loss on the same '
                             'logits (losses.py), so a grade far off costs more than one next to it; its grade is '
                             'the median of the predicted distribution (stored as the checkpoint\'s "prediction")')

@@ -37,7 +37,10 @@ SMALL_TRAINING_SET = 2_000
 # arguments
 
 def validate_args(args: argparse.Namespace) -> None:
-    """Refuse impossible settings up front with one clear line, before any slow landmark detection."""
+    """Refuse impossible settings up front with one clear line, before any slow landmark detection. Settles
+    ``--flip_swap_side`` when not given: on for photos, off for ``--input_mode flow`` (which reads pairs)."""
+    if getattr(args, 'flip_swap_side', None) is None:
+        args.flip_swap_side = args.input_mode != 'flow'
     if args.flip_swap_side and args.input_mode == 'flow':
         raise UserError('--flip_swap_side mirrors photos, which --input_mode flow does not read one at a time; '
                         'drop one of them')

@@ -47,10 +47,12 @@ METRICS = ('qwk', 'macro_f1', 'mae', 'accuracy')
 # the defaults never move it
 RECIPES = {
     'quickstart_v1': {
-        'train': ['--dim', '32', '--heads', '2', '--block_repeats', '1', '1', '2', '--batch_size', '16', '--epochs', '30',
-                  '--learning_rate', '0.001', '--weight_decay', '0.05', '--scheduler', 'cosine', '--warmup_epochs', '1',
-                  '--augmentation', 'standard', '--label_smoothing', '0', '--select_metric', 'macro_f1'],
-        'evaluate': [],
+        'train': ['--dim', '32', '--heads', '2', '--block_repeats', '1', '1', '2', '--batch_size', '16',
+                  '--epochs', '30', '--learning_rate', '0.001', '--weight_decay', '0.05', '--scheduler', 'cosine',
+                  '--warmup_epochs', '1',
+                  '--augmentation', 'standard', '--label_smoothing', '0', '--select_metric', 'macro_f1',
+                  '--loss', 'ce', '--no-flip_swap_side', '--ema', '0'],
+        'evaluate': ['--tta', 'none'],
     },
     'cpu_quickstart': {'train': ['--config', str(ROOT / 'config_examples.yaml'), '--profile', 'cpu_quickstart'],
                        'evaluate': []},
@@ -63,8 +65,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help='base recipe: cpu_quickstart (the profile as it is now) or quickstart_v1 (the earlier '
                              'quick-start recipe, every flag explicit) (default: cpu_quickstart)')
     parser.add_argument('--name', default=None, help='name of this recipe in the results (default: --recipe)')
-    parser.add_argument('--train_flags', default='', help='extra train_facial_palsy.py flags as one string: --train_flags="--ema 0.99"')
-    parser.add_argument('--eval_flags', default='', help='extra evaluate_facial_palsy.py (and demo_inference.py) flags as one string: --eval_flags="--tta mirror"')
+    parser.add_argument('--train_flags', default='',
+                        help='extra train_facial_palsy.py flags as one string: --train_flags="--ema 0.99"')
+    parser.add_argument('--eval_flags', default='',
+                        help='extra evaluate_facial_palsy.py (and demo_inference.py) flags as one string: '
+                             '--eval_flags="--tta mirror"')
     parser.add_argument('--checkpoints_from', default=None, metavar='NAME',
                         help='evaluate the models trained under another --name instead of training (e.g. to measure '
                              '--eval_flags="--tta mirror" on the same models)')
@@ -74,8 +79,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--subjects', type=int, default=120, help='subjects per family (default: 120)')
     parser.add_argument('--photos', type=int, default=4, help='photos per subject (default: 4)')
     parser.add_argument('--jobs', type=int, default=2, help='runs at once, one thread each (default: 2)')
-    parser.add_argument('--work_dir', type=Path, default=ROOT / 'benchmarks' / 'runs' / 'generalisation')
-    parser.add_argument('--results_dir', type=Path, default=ROOT / 'benchmarks' / 'results')
+    parser.add_argument('--work_dir', type=Path, default=ROOT / 'benchmarks' / 'runs' / 'generalisation',
+                        help='faces, splits, checkpoints, logs and evaluations (kept: runs done are not repeated)')
+    parser.add_argument('--results_dir', type=Path, default=ROOT / 'benchmarks' / 'results',
+                        help='where generalisation_<name>.json / .md go')
     return parser
 
 
@@ -167,7 +174,8 @@ def one_run(train_on: str, seed: int, args: argparse.Namespace, csvs: dict[str, 
         raise RuntimeError(f'--checkpoints_from {args.checkpoints_from}: no {checkpoint}')
     if not checkpoint.is_file():
         train = [sys.executable, 'train_facial_palsy.py', *recipe['train'], '--data_root', str(data),
-                 '--train_csv', str(csvs[train_on]), '--val_csv', str(csvs[train_on]), '--seed', str(seed),
+                 '--train_csv', str(csvs[train_on]), '--val_csv', str(csvs[train_on]), '--test_csv',
+                 str(csvs[train_on]), '--seed', str(seed),
                  '--save_dir', str(folder / 'checkpoints'), '--log_dir', str(folder / 'logs'),
                  '--cache_dir', str(args.work_dir / 'landmark_cache'), '--threads', '1', '--save_interval', '0',
                  '--overwrite', *shlex.split(args.train_flags)]
@@ -210,7 +218,8 @@ def values(payload: dict) -> dict[str, float]:
     share = ood.get('flagged_share')
     out['ood_flagged'] = float(share) if isinstance(share, (int, float)) else float('nan')
     real = payload.get('real_photos') or {}
-    out['real_flagged'] = real['flagged'] / real['n'] if real.get('flagged') is not None and real.get('n') else float('nan')
+    known = real.get('flagged') is not None and real.get('n')
+    out['real_flagged'] = real['flagged'] / real['n'] if known else float('nan')
     return out
 
 

@@ -69,8 +69,9 @@ def synthetic_dataset(tmp_path_factory) -> SyntheticData:
 @pytest.fixture(scope='session')
 def tiny_checkpoint(synthetic_dataset, tmp_path_factory) -> TinyCheckpoint:
     """A tiny HTNet trained for 2 epochs on ``synthetic_dataset`` by ``train_facial_palsy.main`` (test split
-    scored, ``epoch_1.pth`` and ``epoch_2.pth`` kept), for the training, evaluation, inference and attention
-    tests. Treat its folders as read-only: other tests share them."""
+    scored, ``epoch_1.pth`` and ``epoch_2.pth`` kept; cross-entropy, no mirroring, no augmentation: plain argmax
+    grades), for the training, evaluation, inference and attention tests. Treat its folders as read-only: other
+    tests share them."""
     import train_facial_palsy
 
     base = tmp_path_factory.mktemp('tiny_checkpoint')
@@ -80,7 +81,7 @@ def tiny_checkpoint(synthetic_dataset, tmp_path_factory) -> TinyCheckpoint:
         '--val_csv', str(synthetic_dataset.csv), '--test_csv', str(synthetic_dataset.csv),
         '--cache_dir', str(synthetic_dataset.cache_dir), '--save_dir', str(save_dir), '--log_dir', str(log_dir),
         '--epochs', '2', '--batch_size', '8', '--learning_rate', '2e-3', '--device', 'cpu', '--seed', str(SEED),
-        '--augmentation', 'none', '--save_interval', '1', *TINY_MODEL_FLAGS])
+        '--augmentation', 'none', '--loss', 'ce', '--no-flip_swap_side', '--save_interval', '1', *TINY_MODEL_FLAGS])
     return TinyCheckpoint(path=save_dir / 'best_model.pth', save_dir=save_dir, log_dir=log_dir, results=results)
 
 

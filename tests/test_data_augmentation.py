@@ -557,7 +557,7 @@ def test_unknown_pipeline_name_lists_the_choices():
 def test_names_work_as_argparse_choices():
     parser = argparse.ArgumentParser()
     parser.add_argument('--augmentation', choices=da.AUGMENTATION_NAMES, default=da.DEFAULT_AUGMENTATION)
-    assert parser.parse_args([]).augmentation == 'asymmetry_preserving'
+    assert parser.parse_args([]).augmentation == 'robust'
     assert parser.parse_args(['--augmentation', 'strong']).augmentation == 'strong'
     with pytest.raises(SystemExit):
         parser.parse_args(['--augmentation', 'flip'])

@@ -45,7 +45,8 @@ def test_ordinal_loss_checkpoint_predicts_the_median_grade(synthetic_dataset, tm
 
     # resuming with the other loss would mix two prediction rules in one run
     with pytest.raises(utils.UserError, match='same --loss'):
-        train.main(run_args(synthetic_dataset, tmp_path, '--epochs', '2', '--resume', str(tmp_path / 'c' / 'last.pth')))
+        train.main(run_args(synthetic_dataset, tmp_path, '--epochs', '2', '--loss', 'ce',
+                            '--resume', str(tmp_path / 'c' / 'last.pth')))
 
 
 def test_cross_entropy_checkpoint_keeps_argmax(tiny_checkpoint):

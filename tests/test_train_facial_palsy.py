@@ -14,6 +14,7 @@ import annotations
 import checkpoints
 import engine
 import facial_palsy_dataset as fpd
+import losses
 import train_facial_palsy as train
 import training_setup
 import utils
@@ -25,10 +26,11 @@ CONTRACT_KEYS = {'model', 'optimizer', 'scheduler', 'epoch', 'best_metric', 'sel
 
 
 def run_args(data, save_dir, log_dir, *extra):
+    """The flags of the shared ``tiny_checkpoint`` run (cross-entropy, no mirroring), so its last.pth resumes."""
     return ['--data_root', str(data.root), '--train_csv', str(data.csv), '--val_csv', str(data.csv),
             '--cache_dir', str(data.cache_dir), '--save_dir', str(save_dir), '--log_dir', str(log_dir),
             '--device', 'cpu', '--batch_size', '8', '--learning_rate', '2e-3', '--augmentation', 'none',
-            *data.tiny_flags, *extra]
+            '--loss', 'ce', '--no-flip_swap_side', *data.tiny_flags, *extra]
 
 
 def _read_rows(path):
@@ -108,7 +110,7 @@ def test_test_split_is_scored_once_with_the_best_checkpoint(two_epoch_run, synth
                                       cache_dir=synthetic_dataset.cache_dir, verbose=False)
     with torch.no_grad():
         logits = model(torch.stack([test_set[i][0] for i in range(len(test_set))]))
-    again = compute_metrics(test_set.labels, logits.argmax(1).tolist(), 6)
+    again = compute_metrics(test_set.labels, losses.decode_grades(logits, trained.prediction).tolist(), 6)
     assert again['confusion_matrix'] == saved['metrics']['confusion_matrix']
 
     sample = test_set.get_sample(0)
