@@ -196,13 +196,25 @@ def weights_only(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
 RESUME_PREPROCESS_KEYS = ('input_mode', 'face_size', 'region_size', 'input_size')
 
 
+# training flags that change what each epoch sees: a resumed run must repeat them (checked when the checkpoint's
+# args record them), also when a default changed between the run and its resume
+RESUME_TRAINING_FLAGS = ('augmentation', 'flip_swap_side', 'mixup')
+
+
+def _flag(name: str, value: Any) -> str:
+    """A flag as it is typed: ``--augmentation robust``, ``--flip_swap_side`` / ``--no-flip_swap_side``."""
+    if isinstance(value, bool):
+        return f'--{name}' if value else f'--no-{name}'
+    return f'--{name} {value}'
+
+
 def check_resume(checkpoint: Mapping[str, Any], path: str | os.PathLike, *, model_args: Mapping[str, Any],
                  preprocess: Mapping[str, Any], prediction: str, select_metric: str, epochs: int,
-                 ema: float = 0.0, finish: bool = False) -> None:
+                 ema: float = 0.0, finish: bool = False, training: Mapping[str, Any] | None = None) -> None:
     """Refuse, before any slow work, to resume from a checkpoint that is not a training checkpoint, or was made
-    for another network, preprocessing, prediction rule, selection metric or weight average (``ema`` decay, 0 =
-    none), or has already run ``epochs`` (exactly ``epochs`` is accepted with ``finish``: a run stopped after its
-    last epoch, before its closing steps)."""
+    for another network, preprocessing, prediction rule, selection metric, weight average (``ema`` decay, 0 =
+    none) or ``training`` flags (``RESUME_TRAINING_FLAGS``), or has already run ``epochs`` (exactly ``epochs`` is
+    accepted with ``finish``: a run stopped after its last epoch, before its closing steps)."""
     stored = checkpoint.get('model_args')
     if stored is not None and 'epoch' in checkpoint and 'optimizer' not in checkpoint:
         raise UserError(f'{path}: a progress mark of epoch {checkpoint["epoch"]} with the weights only (no '
@@ -230,6 +242,13 @@ def check_resume(checkpoint: Mapping[str, Any], path: str | os.PathLike, *, mode
     if stored_ema != float(ema):
         raise UserError(f'{path}: trained with --ema {stored_ema:g}, not --ema {float(ema):g}; resume with the same '
                         f'--ema')
+    recorded = checkpoint.get('args') or {}
+    other = {name: recorded[name] for name, value in (training or {}).items()
+             if name in recorded and recorded[name] is not None and to_plain(recorded[name]) != to_plain(value)}
+    if other:
+        raise UserError(f'{path}: trained with {" ".join(_flag(k, v) for k, v in other.items())} (now '
+                        f'{" ".join(_flag(k, training[k]) for k in other)}); resume with the same flags: '
+                        f'{" ".join(_flag(k, v) for k, v in other.items())}')
     if int(checkpoint['epoch']) > epochs or (int(checkpoint['epoch']) == epochs and not finish):
         raise UserError(f'{path}: already trained {checkpoint["epoch"]} epochs; raise --epochs to train further')
 

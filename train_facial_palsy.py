@@ -313,7 +313,8 @@ def load_resume(args: argparse.Namespace, model_args: dict[str, Any], preprocess
         finish = 'ood' not in best and best.get('run_id') == checkpoint.get('run_id')
     checkpoints.check_resume(checkpoint, args.resume, model_args=model_args, preprocess=preprocess,
                              prediction=losses.prediction_for(args.loss), select_metric=args.select_metric,
-                             epochs=args.epochs, ema=args.ema, finish=finish)
+                             epochs=args.epochs, ema=args.ema, finish=finish,
+                             training={k: getattr(args, k) for k in checkpoints.RESUME_TRAINING_FLAGS})
     return checkpoint
 
 

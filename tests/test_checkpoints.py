@@ -163,6 +163,24 @@ def test_a_run_at_its_last_epoch_is_resumed_only_to_finish_it():
         checkpoints.check_resume(checkpoint, 'last.pth', **resume_settings(epochs=1, finish=True))
 
 
+def test_resume_repeats_the_training_flags_even_when_a_default_changed():
+    # a run trained with the earlier defaults (no mirroring, another augmentation): resuming it with the new
+    # defaults would change what its remaining epochs see, so the flags to repeat are named
+    checkpoint = {**training_checkpoint(),
+                  'args': {'augmentation': 'asymmetry_preserving', 'flip_swap_side': False, 'mixup': 0.0}}
+    now = {'augmentation': 'robust', 'flip_swap_side': True, 'mixup': 0.0}
+    with pytest.raises(UserError) as error:
+        checkpoints.check_resume(checkpoint, 'last.pth', **resume_settings(training=now))
+    assert str(error.value) == ('last.pth: trained with --augmentation asymmetry_preserving --no-flip_swap_side '
+                                '(now --augmentation robust --flip_swap_side); resume with the same flags: '
+                                '--augmentation asymmetry_preserving --no-flip_swap_side')
+    checkpoints.check_resume(checkpoint, 'last.pth',
+                             **resume_settings(training={**now, 'augmentation': 'asymmetry_preserving',
+                                                         'flip_swap_side': False}))
+    # a checkpoint whose args do not record a flag is not held to it
+    checkpoints.check_resume(training_checkpoint(), 'last.pth', **resume_settings(training=now))
+
+
 def test_restore_training_returns_epoch_best_and_history():
     trained = tiny_model()
     checkpoint = training_checkpoint(trained)

@@ -42,6 +42,10 @@ def run_args(data, save_dir, log_dir, *extra):
             '--threads', '1', '--seed', '3', *data.tiny_flags, *extra]
 
 
+# the training settings of the shared tiny_checkpoint run, which a resume of it must repeat
+AS_TINY = ('--loss', 'ce', '--no-flip_swap_side', '--augmentation', 'none')
+
+
 def exact_args(data, folder, *extra):
     return run_args(data, folder / 'c', folder / 'l', '--epochs', str(EPOCHS), '--save_interval', '1',
                     *RANDOM_FLAGS, *extra)
@@ -228,14 +232,14 @@ def test_resume_refuses_a_folder_holding_another_run(tiny_checkpoint, earlier_ru
     ours = torch.load(other, weights_only=True)['run_id']
     assert theirs != ours
     with pytest.raises(UserError) as error:
-        train.main(run_args(synthetic_dataset, tmp_path / 'c', tmp_path / 'l', '--epochs', '3', '--resume',
-                            str(other)))
+        train.main(run_args(synthetic_dataset, tmp_path / 'c', tmp_path / 'l', '--epochs', '3', *AS_TINY,
+                            '--resume', str(other)))
     assert str(error.value) == (f'--save_dir {tmp_path / "c"} holds run {theirs}, not the one --resume {other} '
                                 f'continues (run {ours}); resume into {other.parent} or an empty folder, or add '
                                 f'--overwrite to replace that run')
     with pytest.raises(UserError, match=f'--log_dir {tmp_path / "l"} holds run {theirs}, not the one'):
-        train.main(run_args(synthetic_dataset, tmp_path / 'empty', tmp_path / 'l', '--epochs', '3', '--resume',
-                            str(other)))
+        train.main(run_args(synthetic_dataset, tmp_path / 'empty', tmp_path / 'l', '--epochs', '3', *AS_TINY,
+                            '--resume', str(other)))
     assert unchanged(tmp_path, earlier_run, tree_hashes)
 
 
@@ -259,11 +263,12 @@ def test_checkpoints_without_a_run_id_are_told_apart_by_their_folders(tiny_check
                                             f'the one --resume {tmp_path / "a" / "c" / "last.pth"} continues '
                                             f'\\(a checkpoint without a run id\\)'):
             train.main(run_args(synthetic_dataset, tmp_path / 'b' / 'c', tmp_path / 'b' / 'l', '--epochs', '3',
-                                '--resume', str(tmp_path / 'a' / 'c' / 'last.pth')))
+                                *AS_TINY, '--resume', str(tmp_path / 'a' / 'c' / 'last.pth')))
     assert tree_hashes(tmp_path / 'b') == before
     # its own folders continue it
     resumed = train.main(run_args(synthetic_dataset, tmp_path / 'a' / 'c', tmp_path / 'a' / 'l', '--epochs', '3',
-                                  '--augmentation', 'none', '--resume', str(tmp_path / 'a' / 'c' / 'last.pth')))
+                                  '--augmentation', 'none', *AS_TINY,
+                                  '--resume', str(tmp_path / 'a' / 'c' / 'last.pth')))
     assert resumed['last_epoch'] == 3 and not list(tmp_path.glob('a/*.previous-*'))
 
 
