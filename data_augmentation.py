@@ -258,21 +258,22 @@ class FacialPalsyAugmentation:
 
     # drawing
 
+    def _whole_face_params(self, u: np.ndarray) -> dict[str, Any]:
+        """The geometry and tone of the whole face from 8 uniform draws in [-1, 1] (shared by the subclasses)."""
+        lo, hi = self.scale
+        return dict(angle=float(u[0] * self.max_rotation), scale=float(lo + (u[1] + 1.0) / 2.0 * (hi - lo)),
+                    shift=(float(u[2] * self.max_shift), float(u[3] * self.max_shift)),
+                    brightness=float(u[4] * self.brightness), contrast=float(1.0 + u[5] * self.contrast),
+                    gamma=float(math.exp(u[6] * self.gamma)), saturation=float(1.0 + u[7] * self.saturation))
+
     def sample_params(self) -> PhotoParams:
         """Draw one set of parameters. Every call draws the same number of values, so a seeded stream stays
         aligned whatever the outcome of each coin flip."""
         gen = self._random.get()
         u = gen.uniform(-1.0, 1.0, size=8)
         v = gen.uniform(0.0, 1.0, size=5)  # coins and magnitudes of the optional lighting and blur
-        lo, hi = self.scale
         return PhotoParams(
-            angle=float(u[0] * self.max_rotation),
-            scale=float(lo + (u[1] + 1.0) / 2.0 * (hi - lo)),
-            shift=(float(u[2] * self.max_shift), float(u[3] * self.max_shift)),
-            brightness=float(u[4] * self.brightness),
-            contrast=float(1.0 + u[5] * self.contrast),
-            gamma=float(math.exp(u[6] * self.gamma)),
-            saturation=float(1.0 + u[7] * self.saturation),
+            **self._whole_face_params(u),
             lighting=float(v[1] * self.lighting) if v[0] < self.p_lighting else 0.0,
             lighting_direction=float(v[2] * 2.0 * math.pi),
             blur=float(v[4] * self.blur) if v[3] < self.p_blur else 0.0,
@@ -549,16 +550,9 @@ class RobustAugmentation(AsymmetryPreservingAugmentation):
         resolution = v[10]  # one coin: a blur below p_blur, a resolution loss in the next p_downscale
         blurred = resolution < self.p_blur
         downscaled = not blurred and resolution < self.p_blur + self.p_downscale
-        lo, hi = self.scale
         q_lo, q_hi = self.jpeg_quality
         return RobustParams(
-            angle=float(u[0] * self.max_rotation),
-            scale=float(lo + (u[1] + 1.0) / 2.0 * (hi - lo)),
-            shift=(float(u[2] * self.max_shift), float(u[3] * self.max_shift)),
-            brightness=float(u[4] * self.brightness),
-            contrast=float(1.0 + u[5] * self.contrast),
-            gamma=float(math.exp(u[6] * self.gamma)),
-            saturation=float(1.0 + u[7] * self.saturation),
+            **self._whole_face_params(u),
             hue=float(u[8] * self.hue),
             temperature=float(u[9] * self.white_balance),
             tint=float(u[10] * self.white_balance / 2.0),
