@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 import utils
 from annotations import subject_from_name
-from ensemble import DEFAULT_TTA, TTA_MODES, finite_or_none
+from ensemble import DEFAULT_TTA, MODEL_PATHS_HELP, TTA_MODES, finite_or_none
 from facial_palsy_dataset import ImageReadError
 from inference import (STATUSES, SYMMETRY_COLUMNS, FacialPalsyPredictor, display_grade, ood_line,
                        probability_column, symmetry_line, symmetry_row)
@@ -59,11 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                     'checkpoint. A research tool, not a clinical diagnosis.',
         formatter_class=utils.HelpFormatter)
     parser.add_argument('--model_path', required=True, nargs='+',
-                        help='checkpoint written by train_facial_palsy.py (best_model.pth); the network and its '
-                             'preprocessing are rebuilt from it. Several checkpoints, or a folder (a --cv run\'s '
-                             'save folder: its fold_*/best_model.pth; a run\'s save folder: its best_model.pth; '
-                             'else the *.pth inside), grade as an ensemble '
-                             '(their probabilities averaged); one that cannot be opened is skipped with a note')
+                        help=MODEL_PATHS_HELP + ' grade as an ensemble (their probabilities averaged); one '
+                                                 'that cannot be opened is skipped with a note')
     parser.add_argument('--tta', default=DEFAULT_TTA, choices=list(TTA_MODES),
                         help='test-time augmentation: none; mirror (the photo and its mirror image, the side '
                              'prediction swapped back); mirror_shift (also crops moved by 2 face-square pixels). '

@@ -37,6 +37,7 @@ from data_augmentation import mirror_face
 from losses import decode_probabilities
 
 __all__ = ['DEFAULT_TTA', 'TTA_MODES', 'TTA_SHIFT_PIXELS', 'TTA_SHIFTS', 'MEMBER_PREPROCESS_KEYS', 'OOD_WARNING',
+           'MODEL_PATHS_HELP',
            'View', 'tta_views', 'check_tta', 'describe_tta', 'swap_sides',
            'checkpoint_files', 'Member', 'Ensemble', 'load_members', 'check_members_agree', 'finite_or_none']
 
@@ -49,6 +50,10 @@ TTA_SHIFTS = tuple((sx * TTA_SHIFT_PIXELS, sy * TTA_SHIFT_PIXELS) for sx, sy in 
 MEMBER_PREPROCESS_KEYS = ('input_mode', 'face_size', 'region_size', 'input_size', 'mean', 'std', 'face_margin',
                           'landmark_face_scale', 'detector', 'flow')
 OOD_WARNING = 'unlike the training photos: the grade may not be trustworthy'
+# the start of every script's --model_path help (each says what it does with several checkpoints)
+MODEL_PATHS_HELP = ('checkpoint written by train_facial_palsy.py (best_model.pth); the network and its preprocessing '
+                    'are rebuilt from it. Several checkpoints, or a folder (a --cv run\'s save folder: its '
+                    'fold_*/best_model.pth; a run\'s save folder: its best_model.pth; else the *.pth inside)')
 
 
 # test-time augmentation

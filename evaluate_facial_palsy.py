@@ -55,7 +55,8 @@ import metrics as M
 import utils
 from annotations import SIDE_CLASSES, grade_names, subject_grades
 from checkpoints import check_input_size
-from ensemble import DEFAULT_TTA, OOD_WARNING, TTA_MODES, Ensemble, finite_or_none, load_members
+from ensemble import (DEFAULT_TTA, MODEL_PATHS_HELP, OOD_WARNING, TTA_MODES, Ensemble, finite_or_none,
+                      load_members)
 from facial_palsy_dataset import (INPUT_MODES, CKPlusFacialPalsyDataset, FacialPalsyDataset, ImageReadError,
                                   LandmarkDetector)
 from inference import SYMMETRY_COLUMNS, face_symmetry, probability_column, symmetry_row
@@ -79,12 +80,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=utils.HelpFormatter)
     utils.add_config_args(parser)
     parser.add_argument('--model_path', required=True, nargs='+',
-                        help='checkpoint written by train_facial_palsy.py (best_model.pth); the network and its '
-                             'preprocessing are rebuilt from it. Several checkpoints, or a folder (a --cv run\'s '
-                             'save folder: its fold_*/best_model.pth; a run\'s save folder: its best_model.pth; '
-                             'else the *.pth inside), are scored as an '
-                             'ensemble: their probabilities are averaged. They must predict the same classes from '
-                             'the same inputs; one that cannot be opened is skipped and recorded')
+                        help=MODEL_PATHS_HELP + ' are scored as an ensemble: their probabilities are '
+                                                 'averaged. They must predict the same classes from the same '
+                                                 'inputs; one that cannot be opened is skipped and recorded')
     parser.add_argument('--tta', default=DEFAULT_TTA, choices=list(TTA_MODES),
                         help='test-time augmentation: none; mirror (the photo and its mirror image, the side '
                              'prediction swapped back); mirror_shift (also crops moved by 2 face-square pixels). '

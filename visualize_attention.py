@@ -56,7 +56,7 @@ from tqdm import tqdm
 import utils
 from facial_palsy_dataset import (LANDMARK_NAMES, REGION_NAMES, LandmarkDetector, face_square_bounds,
                                   region_boxes, to_image)
-from ensemble import DEFAULT_TTA, TTA_MODES, finite_or_none
+from ensemble import DEFAULT_TTA, MODEL_PATHS_HELP, TTA_MODES, finite_or_none
 from inference import FacialPalsyPredictor, ImageInput, display_grade, draw_probabilities, ood_line
 from Model import AttentionRecorder, HTNet
 
@@ -692,11 +692,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                     'docs/attention_maps.md for what the maps can and cannot show.',
         formatter_class=utils.HelpFormatter)
     parser.add_argument('--model_path', required=True, nargs='+',
-                        help='checkpoint written by train_facial_palsy.py (best_model.pth); the network and its '
-                             'preprocessing are rebuilt from it. Several checkpoints, or a folder (a --cv run\'s '
-                             'save folder: its fold_*/best_model.pth; a run\'s save folder: its best_model.pth; '
-                             'else the *.pth inside): the grade is the '
-                             'ensemble\'s, the maps are the first checkpoint\'s')
+                        help=MODEL_PATHS_HELP + ': the grade is the ensemble\'s, the maps are the first checkpoint\'s')
     parser.add_argument('--tta', default=DEFAULT_TTA, choices=list(TTA_MODES),
                         help='test-time augmentation of the grade: none; mirror (the photo and its mirror image); '
                              'mirror_shift (also crops moved by 2 face-square pixels). The maps are always those '
