@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import synthetic_faces as sf
+from _synthetic_checks import crop_asymmetry, files_of, mid_palsy
 import synthetic_photo
 from utils import UserError
 
@@ -17,30 +18,6 @@ SMALL = dict(num_subjects=6, images_per_subject=2, image_size=96, progress=False
 # sha256 over (relative path, bytes) of every file of generate_dataset(seed=3, **SMALL), recorded at generator
 # version 2: options added later (pairs, families) must never change the default output.
 DEFAULT_OUTPUT_SHA256 = '61d28596b94021968d9d073682dbd14c8336df9a724810ee0e96b701c158be1f'
-
-
-def files_of(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob('*')) if p.is_file()}
-
-
-def mid_palsy(grade: int, side: str = 'left') -> sf.Palsy:
-    low, high = sf.SEVERITY_RANGE[grade]
-    return sf.Palsy(grade, side if grade else 'none', (low + high) / 2)
-
-
-def crop_asymmetry(image: np.ndarray, landmarks: np.ndarray) -> float:
-    """Mean |left crop - mirrored right crop| over the eye and mouth-corner crops the network reads: 28 pixels of
-    a 224 face square, whose side is about 2.75 x the eye-to-mouth distance."""
-    grey = image.astype(np.float32).mean(axis=2)
-    eyes, mouth = landmarks[[0, 1]].mean(0), landmarks[[3, 4]].mean(0)
-    half = int(round(2.75 * np.linalg.norm(mouth - eyes) * 14 / 224))
-
-    def crop(point):
-        x, y = np.round(point).astype(int)
-        return grey[y - half:y + half, x - half:x + half]
-
-    pairs = ((0, 1), (3, 4))  # eyes, mouth corners: image left vs mirrored image right
-    return float(np.mean([np.abs(crop(landmarks[a]) - crop(landmarks[b])[:, ::-1]).mean() for a, b in pairs]))
 
 
 def test_same_seed_gives_the_same_bytes_and_another_seed_differs(tmp_path):

@@ -11,33 +11,10 @@ import pytest
 from PIL import Image
 
 import synthetic_faces as sf
+from _synthetic_checks import crop_asymmetry, files_of, mid_palsy
 import synthetic_family_b as fb
 
 SMALL = dict(num_subjects=6, images_per_subject=2, image_size=96, progress=False, family='b')
-
-
-def files_of(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob('*')) if p.is_file()}
-
-
-def mid_palsy(grade: int, side: str = 'left') -> sf.Palsy:
-    low, high = sf.SEVERITY_RANGE[grade]
-    return sf.Palsy(grade, side if grade else 'none', (low + high) / 2)
-
-
-def crop_asymmetry(image: np.ndarray, landmarks: np.ndarray) -> float:
-    """Mean |left crop - mirrored right crop| over the eye and mouth-corner crops the network reads (28 pixels of a
-    224 face square, whose side is about 2.75 x the eye-to-mouth distance)."""
-    grey = image.astype(np.float32).mean(axis=2)
-    eyes, mouth = landmarks[[0, 1]].mean(0), landmarks[[3, 4]].mean(0)
-    half = int(round(2.75 * np.linalg.norm(mouth - eyes) * 14 / 224))
-
-    def crop(point):
-        x, y = np.round(point).astype(int)
-        return grey[y - half:y + half, x - half:x + half]
-
-    pairs = ((0, 1), (3, 4))  # eyes, mouth corners: image left vs mirrored image right
-    return float(np.mean([np.abs(crop(landmarks[a]) - crop(landmarks[b])[:, ::-1]).mean() for a, b in pairs]))
 
 
 def test_family_b_is_deterministic_and_named_apart_from_family_a(tmp_path):
