@@ -19,11 +19,19 @@ views of each photo. Every photo gets an out-of-distribution score (``ood_score`
 checkpoint without OOD statistics) and ``ood_flag``: a flagged photo is unlike the training photos and its grade
 may not be trustworthy. The folder CSV records the TTA and the checkpoints in its ``tta`` and ``models`` columns.
 
+A checkpoint trained with ``--input_mode flow`` grades a rest / expression pair: ``--rest`` gives the rest photo of
+``--image_path``; in a folder each expression photo finds its rest photo in ``--pairs_csv`` (``image_path``,
+``neutral_path``) or, without one, by its name (``inference.PAIRING_RULE``: ``<name>_rest.<ext>`` beside
+``<name>.<ext>``). The folder CSV then has ``rest_path`` and ``rest_face_detected`` columns; an expression photo
+without a rest photo gets the status ``no_rest_photo``.
+
 Usage::
 
     python demo_inference.py --model_path ./checkpoints/fnp/best_model.pth --image_path ./test_image.jpg
     python demo_inference.py --model_path ./checkpoints/fnp/best_model.pth --image_dir ./test_images/ \\
         --output_csv ./predictions.csv
+    python demo_inference.py --model_path ./checkpoints/fnp_flow/best_model.pth --image_path ./smile.jpg \\
+        --rest ./rest.jpg
 
 This is a research tool, not a clinical diagnosis.
 """
@@ -41,8 +49,9 @@ import utils
 from annotations import subject_from_name
 from ensemble import DEFAULT_TTA, MODEL_PATHS_HELP, TTA_MODES, finite_or_none
 from facial_palsy_dataset import ImageReadError
-from inference import (STATUSES, SYMMETRY_COLUMNS, FacialPalsyPredictor, display_grade, ood_line,
-                       probability_column, symmetry_line, symmetry_row)
+from inference import (PAIR_STATUSES, PAIRING_RULE, STATUSES, SYMMETRY_COLUMNS, FacialPalsyPredictor,
+                       check_pair_flags, display_grade, missing_face_line, ood_line, probability_column,
+                       symmetry_line, symmetry_row)
 from losses import subject_grades_from_photos
 from utils import check_writable, csv_header, guard_outputs, png_made_here
 
@@ -67,10 +76,21 @@ def get_args_parser() -> argparse.ArgumentParser:
                              'The softmax probabilities of the views are averaged')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--image_path', default=None,
-                        help='one photo: prints the grade and writes an overlay PNG')
+                        help='one photo: prints the grade and writes an overlay PNG (with --rest: the expression '
+                             'photo of a pair)')
     source.add_argument('--image_dir', default=None,
                         help='a folder: every file in it (not sub-folders) gets one row in --output_csv; files '
-                             'that are not readable images get status "unreadable"')
+                             'that are not readable images get status "unreadable". For a flow checkpoint, every '
+                             'expression photo with its rest photo (see --pairs_csv)')
+    parser.add_argument('--rest', default=None, metavar='REST',
+                        help='with --image_path and a checkpoint trained with --input_mode flow: the rest photo of '
+                             'the same sitting; --image_path is then the expression photo and the pair is graded '
+                             'on the optical flow between them. A checkpoint of single photos does not use it')
+    parser.add_argument('--pairs_csv', default=None, metavar='CSV',
+                        help='with --image_dir and a flow checkpoint: a CSV with image_path and neutral_path columns '
+                             '(paths absolute or relative to the CSV\'s folder) giving each expression photo its '
+                             'rest photo; files listed as neutral_path are not graded themselves. Without it, '
+                             f'{PAIRING_RULE}')
     parser.add_argument('--output_path', default=None,
                         help=f'overlay PNG for --image_path (default: <photo name>{OVERLAY_SUFFIX} beside the '
                              f'photo); never the photo itself')
@@ -79,8 +99,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                              'column per class, face_detected, error, then the sym_<measurement> symmetry columns, '
                              'ood_score and ood_flag, for a checkpoint with a side head predicted_side, '
                              'side_confidence and side_p_<left|right|none>, then tta and models (the checkpoints, '
-                             '";"-separated). When the file names name patients (the part before the '
-                             'first "_", e.g. P001_smile.jpg) and a patient has several photos, <name>_subjects.csv '
+                             '";"-separated); for a flow checkpoint rest_path and rest_face_detected follow '
+                             'face_detected, and a photo without a rest photo gets status "no_rest_photo". When the '
+                             'file names name patients (the part before the first "_", e.g. P001_smile.jpg) and a '
+                             'patient has several photos, <name>_subjects.csv '
                              'beside it grades each patient from the mean of their photo probabilities')
     parser.add_argument('--overlay_dir', default=None,
                         help=f'with --image_dir, also write an overlay PNG per readable photo here '
@@ -127,7 +149,10 @@ def csv_row(result: dict[str, Any], grades: Sequence[str], sides: Sequence[str] 
     for name in grades:
         p = (result['probabilities'] or {}).get(name)
         row[probability_column(name)] = None if p is None else round(p, 6)
-    row.update({'face_detected': result['face_detected'], 'error': result['error']})
+    row['face_detected'] = result['face_detected']
+    if 'rest_path' in result:  # a rest / expression pair
+        row.update({'rest_path': result['rest_path'], 'rest_face_detected': result['rest_face_detected']})
+    row['error'] = result['error']
     row.update(symmetry_row(result.get('symmetry')))
     score = finite_or_none(result.get('ood_score'))
     row.update({'ood_score': None if score is None else round(score, 6), 'ood_flag': result.get('ood_flag')})
@@ -143,10 +168,12 @@ def csv_row(result: dict[str, Any], grades: Sequence[str], sides: Sequence[str] 
     return row
 
 
-def csv_columns(grades: Sequence[str], sides: Sequence[str]) -> list[str]:
-    """Columns of the folder CSV: the grade columns, then symmetry, then side columns when there is a side head."""
+def csv_columns(grades: Sequence[str], sides: Sequence[str], pairs: bool = False) -> list[str]:
+    """Columns of the folder CSV: the grade columns (with ``pairs``, the rest photo's after ``face_detected``),
+    then symmetry, then side columns when there is a side head."""
+    rest = ['rest_path', 'rest_face_detected'] if pairs else []
     columns = ['path', 'status', 'grade_index', 'grade', 'confidence', *[probability_column(g) for g in grades],
-               'face_detected', 'error', *SYMMETRY_COLUMNS, 'ood_score', 'ood_flag']
+               'face_detected', *rest, 'error', *SYMMETRY_COLUMNS, 'ood_score', 'ood_flag']
     if sides:
         columns += ['predicted_side', 'side_confidence', *(f'side_p_{name}' for name in sides)]
     return columns + ['tta', 'models']
@@ -159,13 +186,17 @@ def run_settings(predictor: FacialPalsyPredictor) -> dict[str, Any]:
 
 def format_result(result: dict[str, Any]) -> str:
     """A few readable lines for the terminal."""
-    if result['status'] == 'unreadable':
-        return f'{result["path"]}: unreadable ({result["error"]})'
+    if result['probabilities'] is None:
+        return f'{result["path"]}: {result["status"].replace("_", " ")} ({result["error"]})'
     lines = [f'{result["path"] or "photo"}: {display_grade(result["grade"])} (class {result["grade_index"]}), '
              f'confidence {result["confidence"]:.3f}']
-    if result['status'] == 'no_face_fallback':
+    if 'rest_path' in result:
+        lines.append(f'  rest photo {result["rest_path"] or "(array)"}: {result["rest_landmark_source"]} landmarks')
+        if missing_face_line(result):
+            lines.append(f'  {missing_face_line(result)}')
+    if result['status'] == 'no_face_fallback' and 'rest_path' not in result:
         lines.append('  no face detected: graded on template landmarks, treat with caution')
-    else:
+    elif result['face_detected']:
         box = ', '.join(f'{v:.1f}' for v in result['face_box']) if result['face_box'] else 'none'
         lines.append(f'  face box ({box}), {result["landmark_source"]} landmarks')
     lines.append('  probabilities: ' + ', '.join(f'{g} {p:.3f}' for g, p in result['probabilities'].items()))
@@ -179,17 +210,21 @@ def format_result(result: dict[str, Any]) -> str:
 
 
 def predict_one(predictor: FacialPalsyPredictor, args: argparse.Namespace) -> dict[str, Any]:
-    """``--image_path``: print the grade and write the overlay."""
+    """``--image_path`` (and ``--rest`` for a flow checkpoint): print the grade and write the overlay."""
     image_path = Path(args.image_path)
     if not image_path.is_file():
         raise utils.UserError(f'--image_path {image_path}: file not found')
+    rest_path = predictor.rest_photo(args.rest)
     output_path = Path(args.output_path) if args.output_path else default_overlay_path(image_path)
-    if not args.no_overlay and output_path.resolve() == image_path.resolve():
-        raise utils.UserError(f'--output_path {output_path} is the input photo; choose another file')
+    if not args.no_overlay:
+        for photo, flag in ((image_path, '--image_path'), (rest_path, '--rest')):
+            if photo is not None and output_path.resolve() == photo.resolve():
+                raise utils.UserError(f'--output_path {output_path} is the input photo ({flag}); choose another '
+                                      f'file')
     replaced = [] if args.no_overlay else guard_outputs([output_path], png_made_here, args.overwrite, 'overlay')
     if not args.no_overlay:
         check_writable(output_path.parent, '--output_path folder')
-    result = predictor.predict(image_path)
+    result = predictor.predict(image_path) if rest_path is None else predictor.predict_pair(rest_path, image_path)
     if result['status'] == 'unreadable':
         raise utils.UserError(result['error'])
     print(f'graded by {predictor.describe()}')
@@ -197,14 +232,18 @@ def predict_one(predictor: FacialPalsyPredictor, args: argparse.Namespace) -> di
     if not args.no_overlay:
         if replaced:
             print(f'note: replacing {output_path} (an earlier overlay)')
-        predictor.save_overlay(image_path, result, output_path)
+        if rest_path is None:
+            predictor.save_overlay(image_path, result, output_path)
+        else:
+            predictor.save_pair_overlay(rest_path, image_path, result, output_path)
         print(f'overlay written to {output_path}')
     return {'results': [result], 'overlay': None if args.no_overlay else str(output_path),
             **run_settings(predictor), 'skipped_models': predictor.skipped_models}
 
 
 def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) -> dict[str, Any]:
-    """``--image_dir``: one CSV row per file, a progress bar, and a count per status at the end."""
+    """``--image_dir``: one CSV row per file (per expression photo for a flow checkpoint, its rest photo found by
+    ``--pairs_csv`` or by name), a progress bar, and a count per status at the end."""
     image_dir = Path(args.image_dir)
     if not image_dir.is_dir():
         raise utils.UserError(f'--image_dir {image_dir}: not a folder')
@@ -219,6 +258,12 @@ def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) ->
         print(f'note: {len(overlays)} earlier overlay file(s) (*{OVERLAY_SUFFIX}) in {image_dir} are not graded')
     if not files:
         raise utils.UserError(f'--image_dir {image_dir}: no files to grade')
+    paired = predictor.folder_pairs(files, args.pairs_csv)
+    pairs = None if paired is None else {pair.expression: pair for pair in paired.pairs}
+    if pairs is not None:
+        files = list(pairs)
+        if not files:
+            raise utils.UserError(f'--image_dir {image_dir}: only rest photos, no expression photo to grade')
     overlay_dir = Path(args.overlay_dir) if args.overlay_dir else None
     overlay_names = folder_overlay_names(files)
     subjects_csv = subjects_csv_path(output_csv)
@@ -232,17 +277,22 @@ def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) ->
         check_writable(overlay_dir, '--overlay_dir')
 
     results: list[dict[str, Any]] = []
-    with tqdm(total=len(files), desc='grading', unit='photo') as bar:
+    noun = 'pair' if pairs is not None else 'photo'
+    with tqdm(total=len(files), desc='grading', unit=noun) as bar:
         for start in range(0, len(files), predictor.batch_size):
             chunk = files[start:start + predictor.batch_size]
-            chunk_results = predictor.predict_batch(chunk)
+            if pairs is None:
+                chunk_results = predictor.predict_batch(chunk)
+            else:
+                chunk_results = predictor.predict_folder_pairs([pairs[path] for path in chunk])
             if overlay_dir is not None:
                 for path, result in zip(chunk, chunk_results):
-                    write_folder_overlay(predictor, path, result, overlay_dir / overlay_names[path])
+                    write_folder_overlay(predictor, path, result, overlay_dir / overlay_names[path],
+                                         None if pairs is None else pairs[path].rest)
             results.extend(chunk_results)
             bar.update(len(chunk))
 
-    columns = csv_columns(predictor.grades, predictor.sides)
+    columns = csv_columns(predictor.grades, predictor.sides, pairs=pairs is not None)
     if replaced:
         print(f'note: replacing {output_csv} (earlier predictions of this script)')
     settings = run_settings(predictor)
@@ -250,10 +300,14 @@ def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) ->
                                                  for r in results])
     counts = Counter(r['status'] for r in results)
     for result in results:
-        if result['status'] == 'unreadable':
-            print(f'unreadable: {result["error"]}')
+        if result['probabilities'] is None:
+            print(f'{result["status"]}: {result["error"]}')
+        elif pairs is not None and missing_face_line(result):
+            print(f'{result["path"]}: {missing_face_line(result)}')
     print(f'graded by {predictor.describe()}')
-    print(f'{len(results)} files -> {output_csv}: ' + ', '.join(f'{s} {counts.get(s, 0)}' for s in STATUSES))
+    statuses = PAIR_STATUSES if pairs is not None else STATUSES
+    print(f'{len(results)} {"expression photos" if pairs is not None else "files"} -> {output_csv}: '
+          + ', '.join(f'{s} {counts.get(s, 0)}' for s in statuses))
     print(ood_count_line(results, predictor))
     subjects = write_subject_table(predictor, results, subjects_csv)
     return {'results': results, 'csv': str(output_csv), 'counts': dict(counts), 'subjects': subjects, **settings,
@@ -263,10 +317,11 @@ def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) ->
 def ood_count_line(results: Sequence[dict[str, Any]], predictor: FacialPalsyPredictor) -> str:
     """How many graded photos were flagged as unlike the training photos (or that none could be scored)."""
     graded = [r for r in results if r['probabilities'] is not None]
+    noun = 'pairs' if predictor.reads_pairs else 'photos'
     if not predictor.ensemble.has_ood:
-        return 'OOD: no statistics in the checkpoint(s); no photo scored or flagged'
+        return f'OOD: no statistics in the checkpoint(s); no {noun[:-1]} scored or flagged'
     flagged = sum(bool(r['ood_flag']) for r in graded)
-    return (f'OOD: {flagged} of {len(graded)} graded photos flagged as unlike the training photos '
+    return (f'OOD: {flagged} of {len(graded)} graded {noun} flagged as unlike the training {noun} '
             f'({predictor.ensemble.ood_description()})')
 
 
@@ -309,12 +364,16 @@ def folder_overlay_names(files: Sequence[Path]) -> dict[Path, str]:
 
 
 def write_folder_overlay(predictor: FacialPalsyPredictor, path: Path, result: dict[str, Any],
-                         overlay_path: Path) -> None:
-    """One overlay per graded photo; a drawing failure is noted in the row's ``error`` rather than stopping."""
-    if result['status'] == 'unreadable':
+                         overlay_path: Path, rest_path: Path | None = None) -> None:
+    """One overlay per graded photo (or pair, with ``rest_path``); a drawing failure is noted in the row's
+    ``error`` rather than stopping."""
+    if result['probabilities'] is None:
         return
     try:
-        predictor.save_overlay(path, result, overlay_path)
+        if rest_path is None:
+            predictor.save_overlay(path, result, overlay_path)
+        else:
+            predictor.save_pair_overlay(rest_path, path, result, overlay_path)
     except (ImageReadError, OSError, ValueError) as err:
         result['error'] = f'overlay not written: {err}'
 
@@ -323,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = utils.parse_args_with_config(get_args_parser(), argv)
     if args.batch_size < 1:
         raise utils.UserError(f'--batch_size {args.batch_size}: must be at least 1')
+    check_pair_flags(args.image_path, args.image_dir, args.rest, args.pairs_csv)
     predictor = FacialPalsyPredictor(args.model_path, device=args.device, batch_size=args.batch_size, tta=args.tta)
     if args.image_path:
         return predict_one(predictor, args)

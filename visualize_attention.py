@@ -32,6 +32,15 @@ With ``--tta mirror`` / ``mirror_shift`` the grade is the average over the views
 original view; with several checkpoints (``--model_path a.pth b.pth`` or a folder) the grade is the ensemble's and
 the maps are the first checkpoint's. The figures say so, and warn when the photo is unlike the training photos
 (its out-of-distribution score, ``ood.py``, is above 1).
+
+A checkpoint trained with ``--input_mode flow`` reads the optical flow of a rest / expression pair: ``--rest`` gives
+the rest photo of ``--image_path`` (the expression photo), and a folder pairs its photos by ``--pairs_csv`` or by
+name (``inference.PAIRING_RULE``). The maps then lie on the flow mosaic, whose regions are cut in the rest photo's
+face square; on the photo they are carried over onto the expression photo (``inference.rest_to_expression``), and
+the rest photo is drawn beside it with the regions as they were cut::
+
+    python visualize_attention.py --model_path ./checkpoints/fnp_flow/best_model.pth --image_path ./smile.jpg \\
+        --rest ./rest.jpg --visualize_regions
 """
 from __future__ import annotations
 
@@ -57,7 +66,8 @@ import utils
 from facial_palsy_dataset import (LANDMARK_NAMES, REGION_NAMES, LandmarkDetector, face_square_bounds,
                                   region_boxes, to_image)
 from ensemble import DEFAULT_TTA, MODEL_PATHS_HELP, TTA_MODES, finite_or_none
-from inference import FacialPalsyPredictor, ImageInput, display_grade, draw_probabilities, ood_line
+from inference import (PAIRING_RULE, FacialPalsyPredictor, ImageInput, box_corners, check_pair_flags,
+                       display_grade, draw_probabilities, face_of, missing_face_line, ood_line, rest_to_expression)
 from Model import AttentionRecorder, HTNet
 
 __all__ = ['AttentionVisualizer', 'StageLayout', 'attention_to_mosaic', 'stage_layouts', 'record_attention',
@@ -266,6 +276,18 @@ def mosaic_to_photo(heat: np.ndarray, boxes: np.ndarray, photo_shape: tuple[int,
     return photo_heat
 
 
+def rest_map_to_photo(rest_heat: np.ndarray, rest_to_photo: np.ndarray, photo_shape: tuple[int, ...],
+                      smooth: bool = False) -> np.ndarray:
+    """Carry a map over a pair's rest photo (``mosaic_to_photo`` in its pixels) onto the expression photo by the
+    2x3 ``rest_to_photo`` (``inference.rest_to_expression``): ``(H, W)`` float32 of ``photo_shape``, NaN where the
+    network saw nothing."""
+    height, width = photo_shape[:2]
+    interpolation = cv2.INTER_LINEAR if smooth else cv2.INTER_NEAREST
+    return cv2.warpAffine(np.ascontiguousarray(rest_heat, dtype=np.float32), np.asarray(rest_to_photo, np.float64),
+                          (width, height), flags=interpolation, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=float('nan'))
+
+
 def display_copy(image: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> tuple[np.ndarray, float]:
     """The photo at most ``max_side`` pixels long for drawing, and the scale applied to its coordinates."""
     scale = min(1.0, max_side / max(image.shape[:2]))
@@ -297,6 +319,7 @@ class AttentionVisualizer:
         self.preprocess = self.predictor.preprocess
         self.grades = self.predictor.grades
         self.input_mode = self.preprocess.get('input_mode', 'regions')
+        self.reads_pairs = self.predictor.reads_pairs
         self.region_names = REGION_NAMES if self.input_mode != 'face' else FACE_QUADRANT_NAMES
         self.stages = stage_layouts(self.model)
 
@@ -319,11 +342,39 @@ class AttentionVisualizer:
         / ``ood_flag`` (as the predictor's), ``tta``, ``models`` and ``grading_note`` (what the grade averages and
         whose maps are drawn, '' for one checkpoint without TTA). The grade and probabilities are the predictor's
         (every TTA view of every checkpoint); the maps and the saliency are the first checkpoint's on the original
-        view. An unreadable photo raises ``ImageReadError``.
+        view. An unreadable photo raises ``ImageReadError``; a checkpoint that reads pairs refuses
+        (``analyse_pair``).
         """
+        self.predictor.require_photos()
         image = self.predictor.read(image_or_path)
         infos, view_inputs = self.predictor.prepare_views([image])
-        info = infos[0]
+        face = face_of(infos[0])
+        boxes = region_boxes(image, face.points.astype(np.float64), self.preprocess, box=face.box)
+        return self._analysis(image_or_path, image, infos[0], view_inputs, boxes)
+
+    def analyse_pair(self, rest: ImageInput, expression: ImageInput) -> dict[str, Any]:
+        """``analyse`` of a rest / expression pair, for a checkpoint trained with ``input_mode flow``: the maps lie
+        on the flow mosaic. ``path``, ``image``, ``landmarks`` and ``face_box`` are the expression photo's;
+        ``rest_path``, ``rest_image``, ``rest_landmarks``, ``rest_face_box``, ``rest_face_detected`` and
+        ``rest_landmark_source`` the rest photo's; ``region_boxes`` are the crops in the rest photo (the flow's
+        frame) and ``rest_to_photo`` (2x3) carries rest-photo pixels onto the expression photo. An unreadable photo
+        raises ``ImageReadError`` (naming the rest photo when it is that one)."""
+        rest_image, image = self.predictor.read_pair(rest, expression)
+        infos, inputs = self.predictor.prepare_pairs([rest_image], [image])
+        face, rest_face = face_of(infos[0]), face_of(infos[0], 'rest_')
+        boxes = region_boxes(rest_image, rest_face.points.astype(np.float64), self.preprocess, box=rest_face.box)
+        analysis = self._analysis(expression, image, infos[0], [inputs], boxes)
+        analysis.update({
+            'rest_path': str(rest) if isinstance(rest, (str, os.PathLike)) else None, 'rest_image': rest_image,
+            'rest_landmarks': rest_face.points.astype(np.float64),
+            'rest_face_box': None if rest_face.box is None else rest_face.box.astype(np.float64),
+            'rest_to_photo': rest_to_expression(rest_face.points, face.points)})
+        return analysis
+
+    def _analysis(self, image_or_path: ImageInput, image: np.ndarray, info: dict[str, Any],
+                  view_inputs: Sequence[torch.Tensor], boxes: np.ndarray) -> dict[str, Any]:
+        """The grade, the maps and the saliency of one prepared input (``view_inputs``: one batch of one per TTA
+        view, the original first), with the crop ``boxes`` of the network's regions."""
         # the grade as inference reports it: every TTA view of every checkpoint averaged, decoded by the rule
         graded = self.predictor.photo_results(self.predictor.grade(view_inputs))[0]
         grade_index = graded['grade_index']
@@ -350,7 +401,7 @@ class AttentionVisualizer:
             'stages': self.stages, 'attention': attention, 'maps': maps,
             'head_maps': [stage.mean(axis=0) for stage in per_head], 'stage_means': stage_means,
             'saliency': saliency,
-            'region_boxes': region_boxes(image, landmarks, self.preprocess, box=face_box),
+            'region_boxes': boxes,
             'region_names': self.region_names,
             'region_attention': dict(zip(self.region_names, quadrant_means(stage_means[-1]).tolist())),
             'region_saliency': dict(zip(self.region_names, region_saliency.tolist())),
@@ -391,15 +442,18 @@ class AttentionVisualizer:
         return self.visualize_and_analyse(image_path, output_dir, visualize_regions, stem)[0]
 
     def visualize_and_analyse(self, image_path: str | os.PathLike, output_dir: str | os.PathLike,
-                              visualize_regions: bool = False, stem: str | None = None
-                              ) -> tuple[list[Path], dict[str, Any]]:
-        """``visualize_hierarchical_attention`` that also returns the ``analyse`` dict behind the files."""
+                              visualize_regions: bool = False, stem: str | None = None,
+                              rest_path: str | os.PathLike | None = None) -> tuple[list[Path], dict[str, Any]]:
+        """``visualize_hierarchical_attention`` that also returns the ``analyse`` dict behind the files; with
+        ``rest_path``, of the pair whose expression photo is ``image_path`` (``analyse_pair``)."""
         image_path = Path(image_path)
         paths = self.output_paths(stem or image_path.stem, output_dir, visualize_regions)
-        if image_path.resolve() in {path.resolve() for path in paths.values()}:
-            raise utils.UserError(f'{image_path}: its outputs would replace the photo itself; choose another '
-                                  f'--output_dir')
-        analysis = self.analyse(image_path)
+        written = {path.resolve() for path in paths.values()}
+        for photo in (image_path, rest_path):
+            if photo is not None and Path(photo).resolve() in written:
+                raise utils.UserError(f'{photo}: its outputs would replace the photo itself; choose another '
+                                      f'--output_dir')
+        analysis = self.analyse(image_path) if rest_path is None else self.analyse_pair(rest_path, image_path)
         name = image_path.name
         for level in range(self.num_levels):
             save_figure(level_figure(analysis, level, name), paths[f'level{level}'], self.dpi)
@@ -422,7 +476,9 @@ def attention_arrays(analysis: Mapping[str, Any]) -> dict[str, np.ndarray]:
     ``stage<i>_heads`` (heads, S, S) on the mosaic; ``saliency`` (S, S); ``network_image``; ``probabilities``
     in ``grades`` order; ``ood_score`` (NaN without OOD statistics); ``landmarks``, ``face_box`` (NaN without a
     detected face) and ``region_boxes`` in photo pixels; ``region_names``, ``region_attention``,
-    ``region_saliency``; ``stage_layout`` rows of (fmap, cell, windows, tokens, heads, blocks)."""
+    ``region_saliency``; ``stage_layout`` rows of (fmap, cell, windows, tokens, heads, blocks). A pair adds
+    ``rest_landmarks``, ``rest_face_box`` and ``rest_to_photo`` (2x3), and its ``region_boxes`` are in the rest
+    photo's pixels."""
     arrays: dict[str, np.ndarray] = {}
     for level, blocks in enumerate(analysis['attention']):
         for index, block in enumerate(blocks):
@@ -447,6 +503,12 @@ def attention_arrays(analysis: Mapping[str, Any]) -> dict[str, np.ndarray]:
         'stage_layout': np.array([[s.fmap, s.cell, s.windows, s.tokens, s.heads, s.blocks]
                                   for s in analysis['stages']], dtype=np.int64),
     })
+    if 'rest_to_photo' in analysis:  # a pair: the boxes lie in the rest photo
+        rest_box = analysis['rest_face_box']
+        arrays.update({
+            'rest_landmarks': np.asarray(analysis['rest_landmarks'], dtype=np.float32),
+            'rest_face_box': (np.full(4, np.nan) if rest_box is None else np.asarray(rest_box)).astype(np.float32),
+            'rest_to_photo': np.asarray(analysis['rest_to_photo'], dtype=np.float32)})
     return arrays
 
 
@@ -459,6 +521,11 @@ def save_npz(arrays: Mapping[str, np.ndarray], path: Path) -> Path:
 # figures
 
 def _source_note(analysis: Mapping[str, Any]) -> str:
+    if 'rest_to_photo' in analysis:  # a pair
+        missing = [name for name, found in (('expression', analysis['face_detected']),
+                                            ('rest', analysis['rest_face_detected'])) if not found]
+        return ('faces detected on both photos' if not missing
+                else f'no face found on the {" and ".join(missing)} photo: template landmarks')
     return 'face detected' if analysis['face_detected'] else 'no face found: template landmarks'
 
 
@@ -541,6 +608,8 @@ def level_figure(analysis: Mapping[str, Any], level: int, name: str = 'photo'):
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     norm = _attention_norm([heat for _, heat in panels if heat is not None])
     size = analysis['network_image'].shape[0]
+    if 'rest_to_photo' in analysis:
+        panels[0] = ('network input (flow: u, v, strain)', None)
     for ax, (title, heat) in zip(axes, panels):
         if heat is None:
             ax.imshow(analysis['network_image'], interpolation='nearest')
@@ -556,7 +625,7 @@ def level_figure(analysis: Mapping[str, Any], level: int, name: str = 'photo'):
         ax.set_axis_off()
     figure.colorbar(ScalarMappable(norm=norm, cmap=ATTENTION_CMAP), ax=list(axes), shrink=0.8,
                     label='attention received x N (1 = uniform)')
-    fallback = '' if analysis['face_detected'] else f' ({_source_note(analysis)})'
+    fallback = '' if analysis['status'] == 'ok' else f' ({_source_note(analysis)})'
     title = (f'{name}{fallback}: level {level} of {len(analysis["stages"])} - {layout.describe()}. '
              f'{_stage_note(layout, analysis["input_mode"])}')
     notes = [text for text in (analysis.get('grading_note'), ood_line(analysis)) if text]
@@ -567,20 +636,37 @@ def level_figure(analysis: Mapping[str, Any], level: int, name: str = 'photo'):
 
 def _photo_heat(analysis: Mapping[str, Any], heat: np.ndarray, photo: np.ndarray, scale: float,
                 smooth: bool) -> np.ndarray:
-    return mosaic_to_photo(heat, np.asarray(analysis['region_boxes'], dtype=np.float64) * scale, photo.shape,
-                           analysis['input_mode'], analysis['rotation'], smooth=smooth)
+    """A map over the network input on the displayed photo (``scale``: its size over the photo's); for a pair, laid
+    out on the rest photo, where its regions were cut, then carried onto the expression photo."""
+    boxes = np.asarray(analysis['region_boxes'], dtype=np.float64)
+    if 'rest_to_photo' not in analysis:
+        return mosaic_to_photo(heat, boxes * scale, photo.shape, analysis['input_mode'], analysis['rotation'],
+                               smooth=smooth)
+    rest, rest_scale = display_copy(analysis['rest_image'])
+    rest_heat = mosaic_to_photo(heat, boxes * rest_scale, rest.shape, analysis['input_mode'], smooth=smooth)
+    matrix = np.asarray(analysis['rest_to_photo'], dtype=np.float64)
+    # rest display pixels -> rest pixels -> expression pixels -> expression display pixels
+    shown = np.hstack([matrix[:, :2] * scale / rest_scale, matrix[:, 2:] * scale])
+    return rest_map_to_photo(rest_heat, shown, photo.shape, smooth=smooth)
 
 
-def _draw_boxes(ax, analysis: Mapping[str, Any], scale: float, labels: bool = True) -> None:
-    from matplotlib.patches import Rectangle
+def _draw_boxes(ax, analysis: Mapping[str, Any], scale: float, labels: bool = True, on_rest: bool = False) -> None:
+    """The crop boxes on the displayed photo; for a pair, carried onto the expression photo (turned
+    quadrilaterals) unless ``on_rest`` draws them on the rest photo, where they were cut."""
+    from matplotlib.patches import Polygon
 
-    boxes = np.asarray(analysis['region_boxes'], dtype=np.float64) * scale
-    names = _region_labels(analysis) if len(boxes) == 4 else ['network input (face square)']
-    for (x0, y0, x1, y1), label, colour in zip(boxes, names, REGION_COLOURS):
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.4, ec=colour))
+    matrix = None if on_rest else analysis.get('rest_to_photo')
+    corners = box_corners(analysis['region_boxes'], matrix) * scale
+    names = _region_labels(analysis) if len(corners) == 4 else ['network input (face square)']
+    for quad, label, colour in zip(corners, names, REGION_COLOURS):
+        ax.add_patch(Polygon(quad, closed=True, fill=False, lw=1.4, ec=colour))
         if labels:
-            ax.text(x0, y0, label, color='white', fontsize=6.5, va='bottom',
+            ax.text(*quad[0], label, color='white', fontsize=6.5, va='bottom',
                     bbox=dict(facecolor=colour, alpha=0.75, pad=1, lw=0))
+
+
+def _photo_name(analysis: Mapping[str, Any]) -> str:
+    return 'expression photo' if 'rest_to_photo' in analysis else 'photo'
 
 
 def _photo_panel(ax, analysis: Mapping[str, Any], heat_norm, saliency_norm) -> None:
@@ -592,11 +678,12 @@ def _photo_panel(ax, analysis: Mapping[str, Any], heat_norm, saliency_norm) -> N
         overlay = _photo_heat(analysis, analysis['stage_means'][-1], photo, scale, smooth=False)
         ax.imshow(np.ma.masked_invalid(overlay), cmap=ATTENTION_CMAP, norm=heat_norm, alpha=0.55,
                   interpolation='nearest')
-        ax.set_title('last-level attention on the photo', fontsize=8.5)
+        ax.set_title(f'last-level attention on the {_photo_name(analysis)}', fontsize=8.5)
     else:
         overlay = _photo_heat(analysis, analysis['saliency'], photo, scale, smooth=True)
         ax.imshow(np.ma.masked_invalid(overlay), cmap=SALIENCY_CMAP, norm=saliency_norm, alpha=0.55)
-        ax.set_title('saliency on the photo (attention is uniform at this input size)', fontsize=8.5)
+        ax.set_title(f'saliency on the {_photo_name(analysis)} (attention is uniform at this input size)',
+                     fontsize=8.5)
     _draw_boxes(ax, analysis, scale)
     points = analysis['landmarks'] * scale
     ax.scatter(points[:, 0], points[:, 1], s=10, c='yellow', edgecolors='black', linewidths=0.4)
@@ -613,9 +700,14 @@ def summary_figure(analysis: Mapping[str, Any], name: str = 'photo'):
     last, heat, saliency = analysis['stages'][-1], analysis['stage_means'][-1], analysis['saliency']
     saliency_norm = Normalize(vmin=0.0, vmax=float(saliency.max()) or 1.0)
     norm = _attention_norm([heat])
-    figure = Figure(figsize=(13.5, 4.4), layout='constrained')
-    grid = figure.add_gridspec(1, 4, width_ratios=[1.6, 1.0, 1.0, 1.05])
-    ax_photo, ax_attention, ax_saliency, ax_bars = (figure.add_subplot(grid[0, i]) for i in range(4))
+    pair = 'rest_to_photo' in analysis
+    figure = Figure(figsize=(17.0 if pair else 13.5, 4.4), layout='constrained')
+    ratios = [1.6, 1.0, 1.0, 1.05] if not pair else [1.6, 1.3, 1.0, 1.0, 1.05]
+    grid = figure.add_gridspec(1, len(ratios), width_ratios=ratios)
+    axes = [figure.add_subplot(grid[0, i]) for i in range(len(ratios))]
+    if pair:  # the rest photo, where the flow's regions were cut
+        _landmarks_panel(axes.pop(1), analysis, rest=True, names=False)
+    ax_photo, ax_attention, ax_saliency, ax_bars = axes
 
     _photo_panel(ax_photo, analysis, norm, saliency_norm)
     _draw_heat(ax_attention, analysis, heat, norm)
@@ -638,30 +730,57 @@ def summary_figure(analysis: Mapping[str, Any], name: str = 'photo'):
     return figure
 
 
+def _landmarks_panel(ax, analysis: Mapping[str, Any], rest: bool = False, names: bool = True) -> None:
+    """A photo with its five landmarks, its face box and the crop boxes; the photo the crops are cut from (a
+    single photo, or a pair's rest photo with ``rest``) also with its face square (dashed). A pair's expression
+    photo gets the crops carried over from the rest photo."""
+    from matplotlib.patches import Rectangle
+
+    prefix = 'rest_' if rest else ''
+    pair = 'rest_to_photo' in analysis
+    photo, scale = display_copy(analysis[f'{prefix}image'])
+    landmarks, face_box = analysis[f'{prefix}landmarks'], analysis[f'{prefix}face_box']
+    ax.imshow(photo)
+    if face_box is not None:
+        x0, y0, x1, y1 = np.asarray(face_box, dtype=np.float64) * scale
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.6, ec='lime'))
+    if rest or not pair:
+        x0, y0, x1, y1 = face_square_bounds(landmarks, face_box).astype(np.float64) * scale
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.0, ec='white', ls='--'))
+    _draw_boxes(ax, analysis, scale, on_rest=rest)
+    points = np.asarray(landmarks) * scale
+    ax.scatter(points[:, 0], points[:, 1], s=16, c='yellow', edgecolors='black', linewidths=0.5)
+    if names:
+        for (x, y), label in zip(points, LANDMARK_NAMES):
+            ax.annotate(label.replace('_', ' '), (x, y), xytext=(3, -9), textcoords='offset points', fontsize=6.5,
+                        color='yellow')
+    ax.set_axis_off()
+    source = analysis[f'{prefix}landmark_source']
+    if not pair:
+        title = f'landmarks ({source}), face box (green), face square (dashed), crops'
+    elif rest:
+        title = f'rest photo: landmarks ({source}), face square (dashed)\nand crops, the frame of the flow'
+    else:
+        title = f'expression photo: landmarks ({source}),\nthe crops carried over from the rest photo'
+    ax.set_title(title, fontsize=8.5)
+
+
 def regions_figure(analysis: Mapping[str, Any], name: str = 'photo'):
     """What the network reads of the photo: the five landmarks, the face box and face square, the four crop
-    boxes, and the mosaic they are laid out in (same colours)."""
+    boxes, and the mosaic they are laid out in (same colours). For a pair, the rest photo (where the crops of the
+    flow are cut), the expression photo with the crops carried over, and the flow mosaic."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    figure = Figure(figsize=(10, 4.8), layout='constrained')
-    ax_photo, ax_mosaic = figure.subplots(1, 2, width_ratios=[1.6, 1.0])
-    photo, scale = display_copy(analysis['image'])
-    ax_photo.imshow(photo)
-    if analysis['face_box'] is not None:
-        x0, y0, x1, y1 = analysis['face_box'] * scale
-        ax_photo.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.6, ec='lime'))
-    x0, y0, x1, y1 = face_square_bounds(analysis['landmarks'], analysis['face_box']).astype(np.float64) * scale
-    ax_photo.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.0, ec='white', ls='--'))
-    _draw_boxes(ax_photo, analysis, scale)
-    points = analysis['landmarks'] * scale
-    ax_photo.scatter(points[:, 0], points[:, 1], s=16, c='yellow', edgecolors='black', linewidths=0.5)
-    for (x, y), label in zip(points, LANDMARK_NAMES):
-        ax_photo.annotate(label.replace('_', ' '), (x, y), xytext=(3, -9), textcoords='offset points', fontsize=6.5,
-                          color='yellow')
-    ax_photo.set_axis_off()
-    ax_photo.set_title(f'landmarks ({analysis["landmark_source"]}), face box (green), face square (dashed), '
-                       'crops', fontsize=8.5)
+    pair = 'rest_to_photo' in analysis
+    figure = Figure(figsize=(15, 4.8) if pair else (10, 4.8), layout='constrained')
+    axes = list(figure.subplots(1, 3 if pair else 2, width_ratios=[1.6, 1.6, 1.0] if pair else [1.6, 1.0]))
+    ax_mosaic = axes.pop()
+    if pair:
+        _landmarks_panel(axes[0], analysis, rest=True)
+        _landmarks_panel(axes[1], analysis)
+    else:
+        _landmarks_panel(axes[0], analysis)
 
     mosaic = analysis['network_image']
     ax_mosaic.imshow(mosaic, interpolation='nearest')
@@ -672,8 +791,8 @@ def regions_figure(analysis: Mapping[str, Any], name: str = 'photo'):
             ax_mosaic.add_patch(Rectangle((col * half - 0.5, row * half - 0.5), half, half, fill=False, lw=2.5,
                                           ec=colour))
         _label_quadrants(ax_mosaic, analysis)
-        ax_mosaic.set_title('the 2x2 mosaic the network reads\n(left = image left = the patient\'s right)',
-                            fontsize=8.5)
+        what = 'the 2x2 mosaic of the flow (u, v, strain)' if pair else 'the 2x2 mosaic the network reads'
+        ax_mosaic.set_title(f'{what}\n(left = image left = the patient\'s right)', fontsize=8.5)
     else:
         ax_mosaic.set_title(f'the face square the network reads,\nturned {analysis["rotation"]:.1f} deg to level '
                             'the eyes', fontsize=8.5)
@@ -698,10 +817,22 @@ def get_args_parser() -> argparse.ArgumentParser:
                              'mirror_shift (also crops moved by 2 face-square pixels). The maps are always those '
                              'of the original view')
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument('--image_path', default=None, help='one photo')
+    source.add_argument('--image_path', default=None, help='one photo (with --rest: the expression photo of a pair)')
     source.add_argument('--image_dir', default=None,
-                        help='a folder: every file directly in it is drawn; files that cannot be read are skipped '
-                             'and listed in <output_dir>/skipped.csv')
+                        help='a folder: every file directly in it is drawn (for a flow checkpoint, every '
+                             'expression photo with its rest photo, see --pairs_csv); files that cannot be read, and '
+                             'expression photos without a rest photo, are skipped and listed in '
+                             '<output_dir>/skipped.csv')
+    parser.add_argument('--rest', default=None, metavar='REST',
+                        help='with --image_path and a checkpoint trained with --input_mode flow: the rest photo of '
+                             'the same sitting; --image_path is then the expression photo, the maps lie on the flow '
+                             'mosaic and are carried onto the expression photo, the rest photo drawn beside it. A '
+                             'checkpoint of single photos does not use it')
+    parser.add_argument('--pairs_csv', default=None, metavar='CSV',
+                        help='with --image_dir and a flow checkpoint: a CSV with image_path and neutral_path columns '
+                             '(paths absolute or relative to the CSV\'s folder) giving each expression photo its '
+                             'rest photo; files listed as neutral_path are not drawn themselves. Without it, '
+                             f'{PAIRING_RULE}')
     parser.add_argument('--output_dir', default='./attention_visualizations',
                         help='where <stem>_level<i>.png, <stem>_summary.png, <stem>_attention.npz (raw maps) and '
                              'args.yaml go; files of an earlier run with the same names are replaced')
@@ -747,6 +878,8 @@ def _one_line(path: Path, err: Exception) -> str:
 def format_analysis(path: Path, analysis: Mapping[str, Any]) -> str:
     lines = [f'{path}: predicted {display_grade(analysis["grade"])} (class {analysis["grade_index"]}), confidence '
              f'{analysis["confidence"]:.3f}, {_source_note(analysis)}']
+    if 'rest_to_photo' in analysis:
+        lines.append(f'  rest photo {analysis["rest_path"]}; maps on the flow mosaic from the rest photo to this one')
     if analysis['attention_informative']:
         lines.append('  last-level attention (1 = uniform): ' + ', '.join(
             f'{k.replace("_", " ")} {v:.2f}' for k, v in analysis['region_attention'].items()))
@@ -759,8 +892,11 @@ def format_analysis(path: Path, analysis: Mapping[str, Any]) -> str:
 
 
 def summary_row(path: Path, analysis: Mapping[str, Any], stem: str) -> dict[str, Any]:
-    row = {'path': str(path), 'stem': stem, 'status': analysis['status'], 'grade_index': analysis['grade_index'],
-           'grade': analysis['grade'], 'confidence': round(analysis['confidence'], 6)}
+    row = {'path': str(path)}
+    if 'rest_to_photo' in analysis:
+        row['rest_path'] = analysis['rest_path']
+    row.update({'stem': stem, 'status': analysis['status'], 'grade_index': analysis['grade_index'],
+                'grade': analysis['grade'], 'confidence': round(analysis['confidence'], 6)})
     score = finite_or_none(analysis.get('ood_score'))
     row.update({'ood_score': None if score is None else round(score, 6), 'ood_flag': analysis.get('ood_flag'),
                 'tta': analysis.get('tta')})
@@ -797,20 +933,38 @@ def guard_outputs(paths: Sequence[Path], args: argparse.Namespace) -> list[Path]
 
 
 def visualize_one(visualizer: AttentionVisualizer, args: argparse.Namespace) -> dict[str, Any]:
-    """``--image_path``: the figures and maps of one photo; an unreadable photo is a one-line error."""
+    """``--image_path`` (and ``--rest`` for a flow checkpoint): the figures and maps of one photo or pair; an
+    unreadable photo is a one-line error."""
     image_path, output_dir = Path(args.image_path), Path(args.output_dir)
     if not image_path.is_file():
         raise utils.UserError(f'--image_path {image_path}: file not found')
+    rest_path = visualizer.predictor.rest_photo(args.rest)
     guard_outputs(list(visualizer.output_paths(image_path.stem, output_dir, args.visualize_regions).values()), args)
-    paths, analysis = visualizer.visualize_and_analyse(image_path, output_dir, args.visualize_regions, None)
+    paths, analysis = visualizer.visualize_and_analyse(image_path, output_dir, args.visualize_regions, None,
+                                                       rest_path=rest_path)
     utils.save_args(args, output_dir / 'args.yaml')
     print(format_analysis(image_path, analysis))
     print(f'{len(paths)} files written to {output_dir}')
     return {'outputs': {str(image_path): paths}, 'skipped': [], 'analyses': {str(image_path): analysis}}
 
 
+def folder_pairs(visualizer: AttentionVisualizer, files: list[Path], args: argparse.Namespace
+                 ) -> tuple[list[Path], dict[Path, Path], list[tuple[str, str]]]:
+    """The files to draw, the rest photo of each (a flow checkpoint's expression photos; empty for a checkpoint of
+    single photos, which draws every file) and the expression photos without one (``(path, reason)``, printed)."""
+    paired = visualizer.predictor.folder_pairs(files, args.pairs_csv)
+    if paired is None:
+        return files, {}, []
+    unpaired = [(str(pair.expression), pair.problem) for pair in paired.pairs if pair.rest is None]
+    for _, reason in unpaired:
+        print(f'skipped {reason}')
+    rests = {pair.expression: pair.rest for pair in paired.pairs if pair.rest is not None}
+    return list(rests), rests, unpaired
+
+
 def visualize_folder(visualizer: AttentionVisualizer, args: argparse.Namespace) -> dict[str, Any]:
-    """``--image_dir``: every photo, a progress bar; unreadable files are skipped with one line each and listed in
+    """``--image_dir``: every photo (for a flow checkpoint, every expression photo with its rest photo), a
+    progress bar; unreadable files and photos without a rest photo are skipped with one line each and listed in
     ``skipped.csv``; ``attention_summary.csv`` holds one row of region numbers per photo drawn."""
     image_dir, output_dir = Path(args.image_dir), Path(args.output_dir)
     if not image_dir.is_dir():
@@ -820,36 +974,43 @@ def visualize_folder(visualizer: AttentionVisualizer, args: argparse.Namespace) 
         print(f'note: {len(earlier)} file(s) in {image_dir} are outputs of an earlier run and are not drawn')
     if not files:
         raise utils.UserError(f'--image_dir {image_dir}: no files to draw')
+    files, rests, skipped = folder_pairs(visualizer, files, args)
+    candidates = len(files) + len(skipped)  # for pairs, the expression photos without a rest photo count too
+    if not files and not skipped:
+        raise utils.UserError(f'--image_dir {image_dir}: only rest photos, no expression photo to draw')
     stems = output_stems(files)
     guard_outputs([path for f in files
                    for path in visualizer.output_paths(stems[f], output_dir, args.visualize_regions).values()], args)
 
     outputs: dict[str, list[Path]] = {}
-    skipped: list[tuple[str, str]] = []
     rows: list[dict[str, Any]] = []
-    with tqdm(files, desc='attention', unit='photo') as bar:
+    with tqdm(files, desc='attention', unit='pair' if visualizer.reads_pairs else 'photo') as bar:
         for path in bar:
             try:
                 paths, analysis = visualizer.visualize_and_analyse(path, output_dir, args.visualize_regions,
-                                                                   stems[path])
+                                                                   stems[path], rest_path=rests.get(path))
             except (utils.UserError, OSError, ValueError) as err:  # ImageReadError is a UserError
                 reason = _one_line(path, err)
                 skipped.append((str(path), reason))
                 tqdm.write(f'skipped {reason}')
                 continue
+            if visualizer.reads_pairs and missing_face_line(analysis):
+                tqdm.write(f'{path}: {missing_face_line(analysis)}')
             outputs[str(path)] = paths
             rows.append(summary_row(path, analysis, stems[path]))
 
     output_dir.mkdir(parents=True, exist_ok=True)
     utils.write_skipped(output_dir / 'skipped.csv', skipped)
     names = visualizer.region_names
-    columns = ['path', 'stem', 'status', 'grade_index', 'grade', 'confidence', 'ood_score', 'ood_flag', 'tta',
-               *[f'attention_{n}' for n in names], *[f'saliency_{n}' for n in names]]
+    columns = ['path', *(['rest_path'] if visualizer.reads_pairs else []), 'stem', 'status', 'grade_index', 'grade',
+               'confidence', 'ood_score', 'ood_flag', 'tta', *[f'attention_{n}' for n in names],
+               *[f'saliency_{n}' for n in names]]
     utils.atomic_write_csv(output_dir / 'attention_summary.csv', columns, rows)
     utils.save_args(args, output_dir / 'args.yaml')
     fallbacks = sum(row['status'] == 'no_face_fallback' for row in rows)
     flagged = sum(bool(row['ood_flag']) for row in rows)
-    print(f'{len(outputs)} of {len(files)} photos drawn into {output_dir} ({fallbacks} on template landmarks, '
+    what = 'expression photos' if visualizer.reads_pairs else 'photos'
+    print(f'{len(outputs)} of {candidates} {what} drawn into {output_dir} ({fallbacks} on template landmarks, '
           f'{flagged} flagged as unlike the training photos, {len(skipped)} skipped, listed in '
           f'{output_dir / "skipped.csv"})')
     return {'outputs': outputs, 'skipped': skipped}
@@ -858,6 +1019,7 @@ def visualize_folder(visualizer: AttentionVisualizer, args: argparse.Namespace) 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = utils.parse_args_with_config(get_args_parser(), argv)
     check_output_dir(Path(args.output_dir))
+    check_pair_flags(args.image_path, args.image_dir, args.rest, args.pairs_csv)
     visualizer = AttentionVisualizer(args.model_path, device=args.device, dpi=args.dpi, tta=args.tta)
     if args.image_path:
         return visualize_one(visualizer, args)
