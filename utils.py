@@ -100,12 +100,19 @@ def amp_context(device: torch.device, amp: str | None):
 # command line
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` with each flag's default, except where there is none to show (the help says what leaving the
-    flag out means)."""
+    """``--help`` with each flag's default, said once: nothing is appended where there is no default to show (the
+    help says what leaving the flag out means) or where the help text already states it ("(default: ...)",
+    "; default ..."), so no flag reads "default X (default: None)"."""
+
+    # a default the help text states itself: "(default ...", "default: ..." or "; default ..." / ". Default ..."
+    STATED_DEFAULT = re.compile(r'\(default\b|\bdefault:|(?:^|[;.]\s*)default\b|%\(default\)', re.IGNORECASE)
 
     def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ''
         if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
-            return action.help or ''
+            return help_text
+        if self.STATED_DEFAULT.search(help_text):
+            return help_text
         return super()._get_help_string(action)
 
 

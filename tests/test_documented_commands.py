@@ -1,12 +1,15 @@
 """Every command line shown in the docs runs as written.
 
-The ``python ...`` lines of the ```bash blocks in README.md, README_FACIAL_PALSY.md, README_CN.md,
-MIGRATION_SUMMARY.md (which carries the original usage examples verbatim) and docs/*.md run in a scratch folder laid out as after ``bash quick_start.sh``: synthetic faces in ./datasets/facial_palsy/FNP,
-the annotation CSV, a checkpoint in ./checkpoints/fnp, ./test_image.jpg, ./test_images/, micro-expression data in
-the original layout under ./datasets and its weights in ./ourmodel_threedatasets_weights. Each command is parsed
-exactly as written; only the size of the work is cut (a tiny network, one epoch, a few photos) by flags appended
-after it, which argparse lets win. A block whose first line is ``# needs: ...`` asks for data that cannot be made
-here (real CK+ frames) and is skipped.
+The ``python ...`` lines of the ```bash blocks of every documentation page run in a scratch folder laid out as after
+``bash quick_start.sh``: synthetic faces in ./datasets/facial_palsy/FNP, the annotation CSV, a checkpoint in
+./checkpoints/fnp, ./test_image.jpg, ./test_images/, micro-expression data in the original layout under ./datasets
+and its weights in ./ourmodel_threedatasets_weights. The pages are README.md, README_zh-CN.md,
+README_FACIAL_PALSY.md, README_CN.md, MIGRATION_SUMMARY.md (which carries the original usage examples verbatim) and
+every page under docs/ (English first, in reading order, then Chinese); a command shown twice runs once, where it
+first appears, so a page may use what an earlier page's command made (the ensemble of ./checkpoints/fnp_seed1 after
+its training). Each command is parsed exactly as written; only the size of the work is cut (a tiny network, one
+epoch, a few photos) by flags appended after it, which argparse lets win. A block whose first line is
+``# needs: ...`` asks for data that cannot be made here (real CK+ frames) and is skipped.
 """
 from __future__ import annotations
 
@@ -23,8 +26,26 @@ import pytest
 from micro_expression_fixture import make_micro_expression_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / 'README.md', ROOT / 'README_FACIAL_PALSY.md', ROOT / 'README_CN.md', ROOT / 'MIGRATION_SUMMARY.md',
-        *sorted((ROOT / 'docs').glob('*.md'))]
+TOP_LEVEL = ('README.md', 'README_zh-CN.md', 'README_FACIAL_PALSY.md', 'README_CN.md', 'MIGRATION_SUMMARY.md')
+# the reading order of the guide's pages; pages not named here follow, sorted
+READING_ORDER = ('get_started', 'own_data', 'data', 'train', 'evaluate_and_infer', 'beyond_the_grade',
+                 'attention_maps', 'video', 'distributed', 'legacy', 'troubleshooting', 'reference')
+
+
+def doc_pages() -> list[Path]:
+    """Every documentation page: the top-level ones, then docs/en, docs/zh_CN and any other page under docs/."""
+    docs = ROOT / 'docs'
+    order = {name: rank for rank, name in enumerate(READING_ORDER)}
+
+    def ordered(folder: Path) -> list[Path]:
+        return sorted(folder.glob('*.md'), key=lambda p: (order.get(p.stem, len(order)), p.name))
+
+    language_pages = [*ordered(docs / 'en'), *ordered(docs / 'zh_CN')]
+    others = sorted(p for p in docs.rglob('*.md') if p not in language_pages)
+    return [*(ROOT / name for name in TOP_LEVEL), *language_pages, *others]
+
+
+DOCS = doc_pages()
 TINY = ['--dim', '16', '--heads', '1', '--block_repeats', '1', '1', '1']
 # flags appended to each script's documented command: the same command, less work
 SHRINK = {
@@ -42,21 +63,35 @@ SYNTHETIC_SHRINK = ['--num_subjects', '36', '--images_per_subject', '1', '--imag
                     '--detection_check', '0', '--quiet']
 
 
+def page_commands(path: Path) -> list[str]:
+    """The ``python`` lines of the ```bash blocks of one page, continuation lines joined, in order (blocks whose
+    first line is ``# needs: ...`` left out)."""
+    commands = []
+    for block in re.findall(r'```(?:bash|sh|shell)\n(.*?)```', path.read_text(), flags=re.S):
+        lines = block.strip().splitlines()
+        if lines and lines[0].lstrip().startswith('# needs:'):
+            continue
+        for line in re.sub(r'\\\n\s*', ' ', block).splitlines():
+            command = line.split(' #')[0].strip()
+            if command.startswith('python '):
+                commands.append(command)
+    return commands
+
+
+def source_name(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
 def documented_commands() -> list[tuple[str, str]]:
-    """(source, command) for every ``python`` line of a ```bash block, continuation lines joined, in order."""
+    """(source, command) for every documented ``python`` line, each command once, where it first appears."""
     found, seen = [], set()
     for path in DOCS:
         if not path.is_file():
             continue
-        for block in re.findall(r'```(?:bash|sh|shell)\n(.*?)```', path.read_text(), flags=re.S):
-            lines = block.strip().splitlines()
-            if lines and lines[0].lstrip().startswith('# needs:'):
-                continue
-            for line in re.sub(r'\\\n\s*', ' ', block).splitlines():
-                command = line.split(' #')[0].strip()
-                if command.startswith('python ') and command not in seen:
-                    seen.add(command)
-                    found.append((path.name, command))
+        for command in page_commands(path):
+            if command not in seen:
+                seen.add(command)
+                found.append((source_name(path), command))
     return found
 
 
@@ -102,8 +137,10 @@ def workdir(tmp_path_factory):
 
 def test_the_docs_show_commands():
     sources = {source for source, _ in COMMANDS}
-    assert {'README.md', 'README_FACIAL_PALSY.md'} <= sources
+    assert {'MIGRATION_SUMMARY.md', 'docs/en/get_started.md', 'docs/en/own_data.md', 'docs/en/train.md'} <= sources
     assert any('train_facial_palsy.py' in command for _, command in COMMANDS)
+    # every page under docs/ (both languages) is read, however deep
+    assert {ROOT / 'docs' / 'en' / 'own_data.md', ROOT / 'docs' / 'zh_CN' / 'own_data.md'} <= set(DOCS)
 
 
 @pytest.mark.parametrize('source, command', COMMANDS, ids=[f'{s}:{c[7:60]}' for s, c in COMMANDS])
