@@ -401,7 +401,9 @@ def predictions_table(dataset: FacialPalsyDataset, indices: np.ndarray, labels: 
         'true_label': labels, 'true_grade': [grades[k] for k in labels],
         'pred_label': predictions, 'pred_grade': [grades[k] for k in predictions],
         'correct': labels == predictions,
-        'confidence': probabilities.max(axis=1).round(6)})
+        # as in inference: the probability of the predicted grade (for an ordinal checkpoint the median grade,
+        # which need not be the most probable one)
+        'confidence': probabilities[np.arange(len(predictions)), predictions].round(6)})
     for k, name in enumerate(grades):
         table[probability_column(name)] = probabilities[:, k].round(6)
     table['landmark_source'] = [dataset.landmarks[i].source for i in indices]

@@ -18,14 +18,14 @@ import cv2
 from face_detection import FaceLandmarks, LandmarkDetector, load_image
 from facial_palsy_dataset import aligned_faces, region_motion
 from optical_flow import FLOW_SETTINGS, flow_between, flow_picture
-from utils import UserError, atomic_write_text, check_writable, run_cli
+from utils import HelpFormatter, UserError, atomic_write_text, check_writable, run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description='Optical flow (u, v, strain) between a rest photo and an expression photo of one person, as '
                     'HTNet reads it, with the movement per eye / mouth-corner region and its left/right asymmetry.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument('--rest', type=Path, required=True, help='the photo at rest')
     parser.add_argument('--expression', type=Path, required=True,
                         help='the photo of the movement (brow raise, eye closure or smile), same sitting')

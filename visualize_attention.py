@@ -4,7 +4,7 @@
 ``inference.FacialPalsyPredictor``), records every attention map of every transformer block with removable
 forward hooks (``Model.AttentionRecorder``), and maps them back, level by level, onto the 2x2 mosaic the network
 reads and from there onto the four regions of the photo. A gradient saliency map of the mosaic is drawn beside
-the attention, because attention inside HTNet's small windows can only say so much (``docs/attention_maps.md``)::
+the attention, because attention inside HTNet's small windows can only say so much (``docs/en/attention_maps.md``)::
 
     +-----------+------------+
     | left eye  | left mouth |      left = image left = the patient's right
@@ -808,7 +808,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description='Draw where a trained HTNet looks: the attention maps of every hierarchy level on the region '
                     'mosaic and on the photo, with a gradient saliency map for comparison. See '
-                    'docs/attention_maps.md for what the maps can and cannot show.',
+                    'docs/en/attention_maps.md for what the maps can and cannot show.',
         formatter_class=utils.HelpFormatter)
     parser.add_argument('--model_path', required=True, nargs='+',
                         help=MODEL_PATHS_HELP + ': the grade is the ensemble\'s, the maps are the first checkpoint\'s')

@@ -127,16 +127,16 @@ TABLES = {
     },
     'evaluation': {
         'en': ('`evaluate_facial_palsy.py`: `<output_dir>/predictions.csv`, one row per photo',
-               ['`confidence`: the largest class probability of the photo; `pred_grade` is read with the '
-                'checkpoint\'s prediction rule, so for an ordinal checkpoint `confidence` may belong to another '
-                'grade than `pred_grade` (`p_<grade>` of `pred_grade` is its own probability)',
+               ['`confidence`: the probability of `pred_grade`, as in inference (`pred_grade` is read with the '
+                'checkpoint\'s prediction rule: for an ordinal checkpoint the median grade, which need not be the '
+                'most probable one)',
                 '`side`: the annotated (patient\'s) side; `predicted_side` / `side_confidence`: the side head\'s '
                 'most probable side and its probability',
                 '`landmark_source`: `detected`, `annotation` or `template`; `sym_*`: the symmetry measurements of '
                 'those landmarks (empty for `template`)']),
         'zh_CN': ('`evaluate_facial_palsy.py`：`<output_dir>/predictions.csv`，每张照片一行',
-                  ['`confidence`：该照片最大的类别概率；`pred_grade` 按检查点的预测规则读出，因此对有序检查点，'
-                   '`confidence` 可能属于 `pred_grade` 以外的分级（`pred_grade` 自己的概率见其 `p_<grade>` 列）',
+                  ['`confidence`：`pred_grade` 的概率，与推理相同（`pred_grade` 按检查点的预测规则读出：对有序检查点为中位分级，'
+                   '不一定是概率最大的分级）',
                    '`side`：标注的（患者的）患侧；`predicted_side` / `side_confidence`：患侧输出头最可能的一侧及其概率',
                    '`landmark_source`：`detected`、`annotation` 或 `template`；`sym_*`：这些关键点的对称性测量'
                    '（`template` 时为空）']),

@@ -110,6 +110,9 @@ def test_predictions_csv_has_one_row_per_scored_photo(evaluation, synthetic_data
     probabilities = predictions[[c for c in predictions.columns if c.startswith('p_')]].to_numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
     np.testing.assert_array_equal(probabilities.argmax(axis=1), predictions['pred_label'])
+    # confidence means what it means in inference: the probability of the predicted grade
+    np.testing.assert_allclose(predictions['confidence'],
+                               probabilities[np.arange(len(predictions)), predictions['pred_label']], atol=1e-6)
     assert set(predictions['landmark_source']) <= set(LANDMARK_SOURCES)
     grades = dict(zip((str(synthetic_dataset.root / p) for p in table['image_path']), table['grade']))
     assert [grades[p] for p in predictions['path']] == predictions['true_label'].tolist()
