@@ -6,6 +6,13 @@ epochs, selects on validation and writes the checkpoints.
 Each epoch starts from random state seeded by (seed, epoch) (``seed_epoch``), and ``last.pth`` is written only
 when an epoch is complete, so a run resumed from it repeats exactly the epochs an uninterrupted run would have.
 
+Under torchrun the loop trains the network wrapped in DistributedDataParallel (``TrainContext.world_size`` > 1):
+every process trains on its share of each global batch (``distributed.EpochShuffleSampler``), rank 0 alone scores
+validation, on the whole split with the batches a single process reads, so that the numbers are those of a single
+process with the same weights (sharding the split and gathering its predictions would change the batches, and
+DistributedSampler repeats photos to even out the shares), and hands them to the others, which thus step the
+plateau schedule and stop early as rank 0 does; rank 0 alone writes checkpoints and logs.
+
 Nothing here parses arguments or builds datasets: the training script passes in what it built.
 """
 from __future__ import annotations
@@ -23,11 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 import checkpoints
 import data_augmentation
+import distributed
 from annotations import SIDE_CLASSES, subject_grades
 import losses
 import metrics as M
@@ -91,12 +99,20 @@ def epoch_seed(*keys: int) -> int:
 
 
 def seed_epoch(loader: DataLoader, *keys: int) -> int:
-    """Seed python, numpy, torch and the loader's generator from ``keys`` at the start of an epoch: the shuffle,
-    augmentations, MixUp, the side-swapping mirror and dropout of that epoch then depend on nothing before it, and
-    a resumed run replays them. A loader with workers derives their seeds from the generator when the epoch's
-    workers start; persistent workers would keep the random state of the first epoch instead."""
+    """Seed python, numpy, torch and the loader's generator from ``keys`` (the last one the epoch) at the start of
+    an epoch: the shuffle, augmentations, MixUp, the side-swapping mirror and dropout of that epoch then depend on
+    nothing before it, and a resumed run replays them. A loader with workers derives their seeds from the
+    generator when the epoch's workers start; persistent workers would keep the random state of the first epoch
+    instead. With a ``DistributedSampler`` (torchrun) the sampler is told the epoch, every process draws the same
+    shuffle, and a process of rank r > 0 draws its augmentations and dropout from ``(*keys, r)``, so no two
+    processes augment alike while rank 0 draws what a single process draws."""
     seed = epoch_seed(*keys)
-    utils.seed_everything(seed)
+    sampler = getattr(loader, 'sampler', None)
+    rank = 0
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(keys[-1])
+        rank = sampler.rank
+    utils.seed_everything(epoch_seed(*keys, rank) if rank else seed)
     if getattr(loader, 'generator', None) is not None:
         loader.generator.manual_seed(seed)
     return seed
@@ -117,11 +133,17 @@ class TrainContext:
     multitask: bool = False       # the model has a side head and the criterion is a losses.MultiTaskLoss
     prediction: str = 'argmax'    # PREDICTION_RULES value: how the training accuracy reads the logits
     ema: ModelEma | None = None   # with --ema: the averaged weights, which validation and checkpoints use
+    module: nn.Module | None = None  # under torchrun: the network inside the DistributedDataParallel ``model``
+    rank: int = 0                 # this process among the ``world_size`` that train the network together
+    world_size: int = 1
 
     @property
     def eval_model(self) -> nn.Module:
-        """The network validation scores and the best checkpoint keeps: the averaged one with --ema."""
-        return self.ema.module if self.ema is not None else self.model
+        """The network validation scores and the best checkpoint keeps: the averaged one with --ema; the one
+        inside DistributedDataParallel under torchrun (rank 0 scores alone, which the wrapper does not allow)."""
+        if self.ema is not None:
+            return self.ema.module
+        return self.module if self.module is not None else self.model
 
 
 def unpack_batch(batch: Sequence[torch.Tensor], device: torch.device
@@ -138,9 +160,11 @@ def unpack_batch(batch: Sequence[torch.Tensor], device: torch.device
 
 def model_outputs(model: nn.Module, images: torch.Tensor, multitask: bool
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(grade logits, side logits or None)``; one pass over the features either way."""
+    """``(grade logits, side logits or None)``; one pass over the features either way. A DistributedDataParallel
+    wrapper has no ``forward_multitask``: its forward is that pass (``distributed.wrap_ddp``)."""
     if multitask:
-        return model.forward_multitask(images)
+        forward = getattr(model, 'forward_multitask', None)
+        return forward(images) if forward is not None else model(images)
     return model(images), None
 
 
@@ -167,7 +191,8 @@ def training_loss(ctx: TrainContext, images: torch.Tensor, labels: torch.Tensor,
 
 def train_one_epoch(ctx: TrainContext, loader: DataLoader, epoch: int, epochs: int) -> dict[str, float]:
     """One pass over the training loader; returns the mean ``loss`` and the ``accuracy`` on the (possibly mixed)
-    training batches. A non-finite loss stops the run with advice instead of silently ruining the weights."""
+    training batches, over the photos of every process under torchrun. A non-finite loss stops the run with
+    advice instead of silently ruining the weights."""
     ctx.model.train()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=f'epoch {epoch}/{epochs} train', leave=False, dynamic_ncols=True, disable=None)
@@ -194,7 +219,9 @@ def train_one_epoch(ctx: TrainContext, loader: DataLoader, epoch: int, epochs: i
         correct += (losses.decode_grades(logits.detach(), ctx.prediction) == labels).sum().item()
         seen += batch
         bar.set_postfix(loss=f'{total_loss / seen:.4f}', acc=f'{correct / seen:.3f}')
-    return {'loss': total_loss / max(seen, 1), 'accuracy': correct / max(seen, 1)}
+    if ctx.world_size > 1:
+        total_loss, correct, seen = np.sum(distributed.all_gather_arrays([total_loss, correct, seen]), axis=0)
+    return {'loss': float(total_loss / max(seen, 1)), 'accuracy': float(correct / max(seen, 1))}
 
 
 @torch.no_grad()
@@ -268,6 +295,17 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocas
     """``metrics_of`` the model's predictions over a loader (with patient-level metrics when ``subjects``)."""
     return metrics_of(predict(model, loader, device, autocast, desc, prediction, multitask), num_classes,
                       subjects, prediction)
+
+
+def validate(ctx: TrainContext, loader: DataLoader, num_classes: int,
+             subjects: Sequence[str] | None = None) -> dict[str, Any]:
+    """``evaluate`` of ``ctx.eval_model`` on the validation loader; under torchrun rank 0 scores the whole split
+    and every other process receives its numbers."""
+    metrics = None
+    if ctx.rank == 0:
+        metrics = evaluate(ctx.eval_model, loader, ctx.device, ctx.autocast, num_classes, 'val',
+                           prediction=ctx.prediction, multitask=ctx.multitask, subjects=subjects)
+    return distributed.broadcast_object(metrics) if ctx.world_size > 1 else metrics
 
 
 # best epoch and logs
@@ -373,8 +411,10 @@ def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namesp
     an order that loses nothing when the process dies between two of them: ``best_model.pth``, ``epoch_<N>.pth``
     (weights only), the logs, and last ``last.pth``, which thus always holds a completed epoch; ``on_saved(epoch)``
     follows. Ctrl-C stops at once without saving the unfinished epoch, says which epoch ``last.pth`` holds and
-    returns normally with ``interrupted`` set."""
+    returns normally with ``interrupted`` set. Under torchrun every process runs the loop and rank 0 alone
+    validates (``validate``) and writes."""
     save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
+    writes = ctx.rank == 0
     seed = tuple(seed) if seed is not None else (args.seed,)
     saved, interrupted, stopped_early = start_epoch - 1, False, False
     saved_best = (best.value, best.epoch, best.metrics)
@@ -384,19 +424,19 @@ def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namesp
             seed_epoch(loaders['train'], *seed, epoch)
             started, lr = time.time(), ctx.optimizer.param_groups[0]['lr']
             train_stats = train_one_epoch(ctx, loaders['train'], epoch, args.epochs)
-            val_metrics = evaluate(ctx.eval_model, loaders['val'], ctx.device, ctx.autocast, args.num_classes,
-                                   'val', prediction=ctx.prediction, multitask=ctx.multitask, subjects=val_subjects)
+            val_metrics = validate(ctx, loaders['val'], args.num_classes, val_subjects)
             if ctx.scheduler is not None and not ctx.step_per_batch:
                 ctx.scheduler.step(val_metrics[args.select_metric])
             improved = best.update(val_metrics[args.select_metric], epoch, val_metrics)
             history.append(history_row(epoch, lr, train_stats, val_metrics, time.time() - started, improved))
-            snapshot = state(epoch, val_metrics)  # built once, written up to three times
-            if improved:
-                checkpoints.save_checkpoint(snapshot, save_dir / 'best_model.pth')
-            if args.save_interval and epoch % args.save_interval == 0:
-                checkpoints.save_checkpoint(checkpoints.weights_only(snapshot), save_dir / f'epoch_{epoch}.pth')
-            write_logs(history, log_dir, best, plot=epoch % PLOT_EVERY == 0, run_id=run_id, extras=log_extras)
-            checkpoints.save_checkpoint(snapshot, save_dir / 'last.pth')
+            if writes:
+                snapshot = state(epoch, val_metrics)  # built once, written up to three times
+                if improved:
+                    checkpoints.save_checkpoint(snapshot, save_dir / 'best_model.pth')
+                if args.save_interval and epoch % args.save_interval == 0:
+                    checkpoints.save_checkpoint(checkpoints.weights_only(snapshot), save_dir / f'epoch_{epoch}.pth')
+                write_logs(history, log_dir, best, plot=epoch % PLOT_EVERY == 0, run_id=run_id, extras=log_extras)
+                checkpoints.save_checkpoint(snapshot, save_dir / 'last.pth')
             saved, saved_best = epoch, (best.value, best.epoch, best.metrics)
             if on_saved is not None:
                 on_saved(epoch)
@@ -413,7 +453,7 @@ def fit(ctx: TrainContext, loaders: dict[str, DataLoader], args: argparse.Namesp
         history[:] = [row for row in history if row['epoch'] <= saved]  # the unfinished epoch leaves no trace
         best.value, best.epoch, best.metrics = saved_best
         print('\n' + interrupted_note(epoch, saved, start_epoch, save_dir, getattr(args, 'resume', None)))
-    if history:
+    if history and writes:
         write_logs(history, log_dir, best, plot=True, run_id=run_id, extras=log_extras)
     best_val_metrics = best.metrics
     if best_val_metrics is None:  # a checkpoint of an earlier version: the best epoch's row of the history
@@ -449,6 +489,9 @@ def side_text(metrics: dict[str, Any]) -> str:
 
 # cross-validation reports
 
+FOLD_RESULT = 'fold_result.json'  # in <log_dir>/fold_<k>/: how the fold ended and its held-out predictions
+
+
 @dataclass
 class FoldResult:
     """One fold's held-out predictions (base-dataset indices, in loader order) and its selection record."""
@@ -459,6 +502,38 @@ class FoldResult:
     side_true: np.ndarray | None
     side_pred: np.ndarray | None
     summary: dict[str, Any]
+
+
+def _listed(values: np.ndarray | None) -> list[int] | None:
+    return None if values is None else [int(v) for v in values]
+
+
+def fold_outcome(fold: int, run_id: str | None, status: str, result: FoldResult | None = None,
+                 error: str | None = None) -> dict[str, Any]:
+    """What ``<log_dir>/fold_<k>/fold_result.json`` holds: the fold, the run identity of the fold
+    (``<run id>-fold_<k>``), its ``status`` (``done``, ``interrupted``, ``failed`` with the ``error``, or
+    ``not_run``: its process was interrupted before it) and its held-out predictions and record when it has them.
+    Under torchrun rank 0 reads the folds of the other processes from these files (``fold_result``)."""
+    payload: dict[str, Any] = {'fold': int(fold), 'run_id': run_id, 'status': status, 'error': error,
+                               'result': None}
+    if result is not None:
+        payload['result'] = {'indices': [int(i) for i in result.indices], 'true': _listed(result.true),
+                             'pred': _listed(result.pred), 'side_true': _listed(result.side_true),
+                             'side_pred': _listed(result.side_pred), 'summary': utils.to_plain(result.summary)}
+    return payload
+
+
+def fold_result(payload: dict[str, Any]) -> FoldResult | None:
+    """The ``FoldResult`` a ``fold_outcome`` payload holds (None when it holds none)."""
+    stored = payload.get('result')
+    if stored is None:
+        return None
+
+    def array(values: list[int] | None) -> np.ndarray | None:
+        return None if values is None else np.asarray(values, dtype=np.int64)
+    return FoldResult(fold=int(payload['fold']), indices=[int(i) for i in stored['indices']],
+                      true=array(stored['true']), pred=array(stored['pred']), side_true=array(stored['side_true']),
+                      side_pred=array(stored['side_pred']), summary=stored['summary'])
 
 
 def fold_statistics(results: Sequence[FoldResult]) -> tuple[dict[str, float], dict[str, float]]:
@@ -532,9 +607,11 @@ def cv_table(results: Sequence[FoldResult], pooled: dict[str, Any], mean: dict, 
 
 def summarise_cv(results: Sequence[FoldResult], dataset: Dataset, folds: dict[str, int], num_folds: int,
                  pool_size: int, interrupted: bool, args: argparse.Namespace, log_dir: Path,
-                 class_names: Sequence[str], prediction: str) -> dict[str, Any]:
+                 class_names: Sequence[str], prediction: str, failed: Sequence[dict] = ()) -> dict[str, Any]:
     """Pool the held-out predictions of every fold run: metrics with subject-resampled 95% bootstrap intervals,
-    mean and std over folds; write the summary, the predictions and the plot, and print the table."""
+    mean and std over folds; write the summary, the predictions and the plot, and print the table. ``failed``
+    lists the folds that stopped with an error (``{'fold': k, 'error': text}``): they are named in the summary,
+    which is then partial."""
     true = np.concatenate([r.true for r in results])
     pred = np.concatenate([r.pred for r in results])
     groups = [dataset.subjects[i] for r in results for i in r.indices]
@@ -551,13 +628,16 @@ def summarise_cv(results: Sequence[FoldResult], dataset: Dataset, folds: dict[st
         'note': ('held-out folds are whole subjects; each fold chose its best epoch on validation subjects carved '
                  'from its own training subjects and scored its held-out subjects once; --test_csv rows are in '
                  'no fold and not scored' + ('; PARTIAL: not every fold was run, so the pooled metrics cover only '
-                                            'the subjects of the folds run' if partial else '')),
+                                            'the subjects of the folds run' if partial else '')
+                 + (f'; FAILED: fold(s) {", ".join(str(f["fold"]) for f in failed)} stopped with an error'
+                    if failed else '')),
         'select_metric': args.select_metric, 'prediction': prediction, 'class_names': list(class_names),
         'val_fraction': args.val_fraction, 'seed': args.seed,
         'pool': {'images': pool_size, 'subjects': len(folds)},
         'pooled': {'metrics': pooled, 'ci95': intervals, 'bootstrap': 'subjects resampled, 1000 draws'},
         'fold_mean': mean, 'fold_std': std,
         'folds': [r.summary for r in results],
+        'failed_folds': list(failed),
         'fold_assignment': folds,
     }
     utils.atomic_write_text(log_dir / 'cv_summary.json', json.dumps(utils.to_plain(summary), indent=2))
@@ -571,6 +651,8 @@ def summarise_cv(results: Sequence[FoldResult], dataset: Dataset, folds: dict[st
           f'{len(set(groups))} subjects): {M.format_metrics(pooled)}{side_text(pooled)} | macro_f1 95% CI '
           f'[{ci["macro_f1"]["ci_low"]:.3f}, {ci["macro_f1"]["ci_high"]:.3f}] | qwk 95% CI '
           f'[{ci["qwk"]["ci_low"]:.3f}, {ci["qwk"]["ci_high"]:.3f}] -> {log_dir / "cv_summary.json"}')
+    for failure in failed:
+        print(f'FAILED fold {failure["fold"]}: {failure["error"]}')
     return {**summary, 'summary_path': str(log_dir / 'cv_summary.json'),
             'predictions_path': str(log_dir / 'cv_predictions.csv'), 'plot_path': str(log_dir / 'cv_folds.png'),
             'interrupted': interrupted}

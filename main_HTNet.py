@@ -17,12 +17,18 @@ The original picks each subject's epoch on that subject's test fold, which flatt
 that figure and the last-epoch one side by side, per database and pooled, in ``<weights_dir>/results.json``.
 ``--save_full_model`` then trains one model on every sample and writes ``<weights_dir>/best_model.pth``, the
 checkpoint that transfer learning to facial palsy grading starts from (``train_facial_palsy.py --pretrained_path``).
-See docs/legacy_micro_expression.md.
+See docs/en/legacy.md.
+
+Under torchrun (``python -m torch.distributed.run --nproc_per_node N main_HTNet.py ...``) the subjects are spread
+over the processes (subject i of the sorted list on rank i % N, each trained alone on its process's device); rank
+0 gathers them and writes the results and prints the tables a single process does (docs/en/distributed.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import secrets
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +42,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+import distributed
 from checkpoints import describe_mismatches, load_checkpoint, save_checkpoint, state_dict_mismatches
 from Model import HTNet, build_model, count_parameters, extract_state_dict, model_args_from
 from utils import (UserError, add_config_args, atomic_write_text, check_writable, parse_args_with_config,
@@ -106,16 +113,19 @@ class SkipLog:
 
     def __init__(self) -> None:
         self.entries: list[dict[str, str]] = []
+        self.added: list[tuple[str, str, bool]] = []  # (item, reason, once_per_item) of each entry, to replay
         self._seen: set[tuple[str, str]] = set()
 
-    def add(self, item: str | Path, reason: str, once_per_item: bool = False) -> None:
+    def add(self, item: str | Path, reason: str, once_per_item: bool = False, echo: bool = True) -> None:
         """``once_per_item``: an image missing from the CSV turns up in 67 training folds; say it once."""
         key = (str(item), '' if once_per_item else reason)
         if key in self._seen:
             return
         self._seen.add(key)
         self.entries.append({'item': str(item), 'reason': reason})
-        tqdm.write(f'skipped {item}: {reason}')
+        self.added.append((str(item), reason, once_per_item))
+        if echo:
+            tqdm.write(f'skipped {item}: {reason}')
 
 
 # recognition metrics
@@ -250,12 +260,12 @@ def resolve_paths(data_dir: str, csv: str | None) -> DataPaths:
     root = Path(data_dir)
     if not root.is_dir():
         raise UserError(f'--data_dir {root}: folder not found (it should hold {APEX_DIR}/, {FLOW_DIR}/ and '
-                        f'{FOLDS_DIR}/; see docs/legacy_micro_expression.md)')
+                        f'{FOLDS_DIR}/; see docs/en/legacy.md)')
     paths = {name: root / name for name in (APEX_DIR, FLOW_DIR, FOLDS_DIR)}
     missing = [str(path) for path in paths.values() if not path.is_dir()]
     if missing:
         raise UserError(f'--data_dir {root}: missing folder(s) {", ".join(missing)} '
-                        f'(see docs/legacy_micro_expression.md for the layout)')
+                        f'(see docs/en/legacy.md for the layout)')
     if csv is not None:
         csv_path = Path(csv)
         if not csv_path.is_file():
@@ -634,7 +644,7 @@ def train_full_model(samples: dict[str, Sample], model_args: dict, args: argpars
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description='HTNet micro-expression recognition, leave-one-subject-out on CASME II + SMIC + SAMM, as '
-                    'published. See docs/legacy_micro_expression.md.',
+                    'published. See docs/en/legacy.md.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_config_args(parser)
     parser.add_argument('--train', type=str2bool, nargs='?', const=True, default=False, metavar='True|False',
@@ -751,10 +761,9 @@ class Run:
     skips: SkipLog
 
 
-def set_up(args: argparse.Namespace) -> Run:
-    """Check every input and output before the long work; then landmarks and mosaics of every annotated clip."""
-    check_args(args)
-    device = resolve_device(args.device)
+def set_up(args: argparse.Namespace, device: torch.device) -> Run:
+    """Check every input and output before the long work; then landmarks and mosaics of every annotated clip.
+    Under torchrun rank 0 alone checks and writes the outputs' folder, while the others wait."""
     paths = resolve_paths(args.data_dir, args.csv)
     table = load_annotations(paths.csv)
     subjects = list_subjects(paths.folds_dir, args.subjects)
@@ -764,13 +773,16 @@ def set_up(args: argparse.Namespace) -> Run:
                         f'there (run with --train True first)')
     model_args = resolve_model_args(args, weights_dir)
     parameters = count_parameters(new_model(model_args, torch.device('cpu')))  # a wrong shape fails here
-    check_outputs_free(args, weights_dir, subjects, model_args)
     results_path = Path(args.results_json) if args.results_json else \
         weights_dir / ('results.json' if args.train else 'results_eval.json')
-    check_writable(weights_dir, '--weights_dir')  # before the slow work (landmarks, training)
-    if args.train:
-        atomic_write_text(weights_dir / 'model_args.json', json.dumps(model_args, indent=2) + '\n')
-    save_args(args, results_path.with_name(results_path.stem + '_args.yaml'))
+
+    def prepare_outputs() -> None:
+        check_outputs_free(args, weights_dir, subjects, model_args)
+        check_writable(weights_dir, '--weights_dir')  # before the slow work (landmarks, training)
+        if args.train:
+            atomic_write_text(weights_dir / 'model_args.json', json.dumps(model_args, indent=2) + '\n')
+        save_args(args, results_path.with_name(results_path.stem + '_args.yaml'))
+    distributed.run_on_main(prepare_outputs)
     schedule = f'lr={args.learning_rate:g}, epochs={args.epochs}, batch={args.batch_size}, ' \
         if args.train or args.save_full_model else ''
     print(f'{"train" if args.train else "evaluate"}: {len(subjects)} subject(s), {schedule}device={device}, '
@@ -830,34 +842,82 @@ def run_subject(run: Run, subject: str, train_fold: Fold, test_fold: Fold,
 
 
 def run_folds(run: Run) -> tuple[list[SubjectResult], float | None]:
-    """Every subject in turn, one progress bar over subjects x epochs. Returns the results and samples/s."""
-    results: list[SubjectResult] = []
-    trained_samples, train_seconds = 0, 0.0
+    """Every subject in turn, one progress bar over subjects x epochs. Returns the results and samples/s. Under
+    torchrun each process runs its share of the subjects (``distributed.my_share``) and leaves each one's outcome
+    in ``<weights_dir>/.subject_results/``; rank 0 reads them (``gather_subjects``) and the others return
+    nothing."""
+    mine = distributed.my_share(run.subjects)
+    parallel = distributed.world_size() > 1
+    exchange = run.weights_dir / '.subject_results'
+    token = distributed.broadcast_object(secrets.token_hex(4))  # tells this run's files from an earlier run's
+    before_folds = len(run.skips.added)
+    outcomes: dict[str, dict[str, Any]] = {}
     epochs_per_subject = run.args.epochs if run.args.train else 1
-    progress = tqdm(total=len(run.subjects) * epochs_per_subject, unit='epoch')
-    for index, subject in enumerate(run.subjects, 1):
-        progress.set_description(f'subject {index}/{len(run.subjects)}')
+    progress = tqdm(total=len(mine) * epochs_per_subject, unit='epoch')
+    for index, subject in enumerate(mine, 1):
+        progress.set_description(f'subject {index}/{len(mine)}')
+        skips_before = len(run.skips.added)
         folds = load_folds(run, subject)
         tick = time.perf_counter()
         result = run_subject(run, subject, *folds, progress) if folds else None
+        outcome = {'subject': subject, 'token': token, 'result': None if result is None else vars(result),
+                   'trained_samples': len(folds[0].names) * run.args.epochs if result and run.args.train else 0,
+                   'train_seconds': time.perf_counter() - tick if result and run.args.train else 0.0,
+                   'skips': run.skips.added[skips_before:]}
         if result is None:
             progress.n = index * epochs_per_subject
             progress.refresh()
-            continue
-        if run.args.train:
-            train_seconds += time.perf_counter() - tick
-            trained_samples += len(folds[0].names) * run.args.epochs
-        results.append(result)
-        uf1, uar = recognition_evaluation([t for r in results for t in r.truth],
-                                          [p for r in results for p in r.pred_best])
-        epoch_note = f', best epoch {result.best_epoch}, last-epoch accuracy {result.last_accuracy:.4f}' \
-            if run.args.train else ''
-        tqdm.write(f'subject {subject} ({result.datasets[0]}): {len(result.truth)} tests, accuracy '
-                   f'{result.best_accuracy:.4f}{epoch_note} | so far UF1 {format_number(uf1)} UAR {format_number(uar)}')
+        outcomes[subject] = outcome
+        if parallel:
+            distributed.publish(exchange / f'{subject}.json', outcome)
+        else:
+            report_subject(outcome, outcomes)
     progress.close()
+    if parallel:
+        if not distributed.is_main():
+            return [], None
+        outcomes = gather_subjects(run, outcomes, exchange, token, before_folds)
+    results = [SubjectResult(**o['result']) for o in outcomes.values() if o['result'] is not None]
     if not results:
         raise UserError(f'no subject could be {"trained" if run.args.train else "evaluated"}; see the messages above')
-    return results, (trained_samples / train_seconds if train_seconds > 0 else None)
+    seconds = sum(o['train_seconds'] for o in outcomes.values())
+    return results, (sum(o['trained_samples'] for o in outcomes.values()) / seconds if seconds > 0 else None)
+
+
+def report_subject(outcome: dict[str, Any], so_far: dict[str, dict[str, Any]]) -> None:
+    """The line printed when a subject is done, with UF1 / UAR over every subject so far (in subject order)."""
+    result = outcome['result']
+    if result is None:
+        return
+    done = [o['result'] for o in so_far.values() if o['result'] is not None]
+    uf1, uar = recognition_evaluation([t for r in done for t in r['truth']], [p for r in done for p in r['pred_best']])
+    epoch_note = f', best epoch {result["best_epoch"]}, last-epoch accuracy {result["last_accuracy"]:.4f}' \
+        if result['pred_last'] is not None else ''
+    tqdm.write(f'subject {outcome["subject"]} ({result["datasets"][0]}): {len(result["truth"])} tests, accuracy '
+               f'{result["best_accuracy"]:.4f}{epoch_note} | so far UF1 {format_number(uf1)} UAR {format_number(uar)}')
+
+
+def gather_subjects(run: Run, own: dict[str, dict[str, Any]], exchange: Path, token: str,
+                    before_folds: int) -> dict[str, dict[str, Any]]:
+    """Rank 0 under torchrun: every subject's outcome in subject order (its own and, once they are there, those the
+    other processes published), the per-subject lines and the skipped items as one process prints and lists them."""
+    others = [subject for subject in run.subjects if subject not in own]
+    published = distributed.wait_for_published([exchange / f'{subject}.json' for subject in others],
+                                               accept=lambda payload: payload.get('token') == token,
+                                               what='subjects')
+    found = {**own, **{payload['subject']: payload for payload in published.values()}}
+    skips = SkipLog()
+    for item, reason, once in run.skips.added[:before_folds]:  # the landmark pass, the same on every process
+        skips.add(item, reason, once, echo=False)
+    outcomes: dict[str, dict[str, Any]] = {}
+    for subject in run.subjects:
+        outcomes[subject] = found[subject]
+        for item, reason, once in found[subject]['skips']:
+            skips.add(item, reason, once, echo=subject not in own)
+        report_subject(found[subject], outcomes)
+    run.skips = skips
+    shutil.rmtree(exchange, ignore_errors=True)
+    return outcomes
 
 
 def write_outputs(run: Run, results: Sequence[SubjectResult], sections: Sequence[str],
@@ -878,10 +938,23 @@ def write_outputs(run: Run, results: Sequence[SubjectResult], sections: Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args_with_config(get_args_parser(), argv)
+    """Parse ``argv`` and run the protocol; under torchrun the subjects are spread over the processes and rank 0
+    prints and writes."""
+    with distributed.only_main_prints():
+        args = parse_args_with_config(get_args_parser(), argv)
+        check_args(args)
+        device = distributed.device_for_process(resolve_device(args.device))
+        with distributed.process_group(device):
+            return run_protocol(args, device)
+
+
+def run_protocol(args: argparse.Namespace, device: torch.device) -> int:
+    """Every subject's fold, then (rank 0) the pooled UF1 / UAR, the full model and the results files."""
     start = time.perf_counter()
-    run = set_up(args)
+    run = set_up(args, device)
     results, speed = run_folds(run)
+    if not distributed.is_main():
+        return 0
 
     sections = [BEST_KEY, LAST_KEY] if args.train else [STORED_KEY]
     summary = summarise(results, sections)

@@ -24,8 +24,9 @@ from utils import UserError, format_bytes, same_path
 # run folders
 
 RUN_CHECKPOINTS = ('best_model.pth', 'last.pth')  # and the progress marks epoch_<N>.pth
+# fold_result.json: how a cross-validation fold ended (engine.FOLD_RESULT), which rank 0 reads under torchrun
 RUN_LOGS = ('summary.csv', 'training_history.json', 'training_curves.png', 'args.yaml', 'test_metrics.json',
-            'skipped_images.csv', 'baseline_metrics.json')
+            'skipped_images.csv', 'baseline_metrics.json', 'fold_result.json')
 CV_LOGS = ('cv_summary.json', 'cv_predictions.csv', 'cv_folds.png', 'args.yaml', 'skipped_images.csv')
 # a folder holds a run worth keeping once it holds one of these; the args.yaml and skipped_images.csv of a run
 # that stopped before its first epoch are simply written again

@@ -17,6 +17,7 @@ import copy
 import json
 import shutil
 import time
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,6 +31,7 @@ import annotations
 import checkpoints
 import run_folders
 import data_augmentation as DA
+import distributed
 import engine
 import facial_palsy_dataset as fpd
 import losses
@@ -92,13 +94,20 @@ EPILOG = '''examples:
       --train_csv ./datasets/facial_palsy/fnp_annotation.csv --cv loso --cv_folds_limit 3 \\
       --save_dir ./checkpoints/fnp_loso --log_dir ./logs/fnp_loso
 
+  # more than one process (docs/en/distributed.md): one run with DistributedDataParallel over 4 GPUs, global
+  # batch 4 x 32 = 128 photos a step; then the 5 folds of a cross-validation spread over the 4 processes
+  torchrun --standalone --nproc_per_node 4 train_facial_palsy.py ... --batch_size 32
+  torchrun --standalone --nproc_per_node 4 train_facial_palsy.py ... --cv 5
+
 outputs: <save_dir>/best_model.pth (best validation --select_metric; with "ood", the statistics of its features on
 the training photos that flag unfamiliar photos), last.pth (the last completed epoch, with the optimizer state to
 --resume from), epoch_N.pth (weights only);
 <log_dir>/summary.csv, training_history.json, training_curves.png, args.yaml, test_metrics.json (with --test_csv),
 skipped_images.csv (photos that could not be used), baseline_metrics.json (with --baseline symmetry);
 with --cv: <save_dir>/fold_<k>/ and <log_dir>/fold_<k>/ as above for each fold, then <log_dir>/cv_summary.json,
-cv_predictions.csv (path, subject, fold, true, predicted) and cv_folds.png.
+cv_predictions.csv (path, subject, fold, true, predicted) and cv_folds.png; <log_dir>/fold_<k>/fold_result.json
+says how each fold ended. Under torchrun rank 0 writes these, except each fold's own files, which the process
+that ran the fold writes.
 An earlier run in --save_dir / --log_dir is moved to <dir>.previous-<time> (--overwrite replaces it instead,
 once the new run's first checkpoint is written; --resume continues it).
 '''
@@ -189,7 +198,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                        help='with --multitask: weight of the side cross-entropy added to the grade loss')
 
     optim = parser.add_argument_group('optimisation')
-    optim.add_argument('--batch_size', type=int, default=32, help='images per training step')
+    optim.add_argument('--batch_size', type=int, default=32,
+                       help='images per training step of each process (as torchvision and DeiT): under torchrun '
+                            'with N processes a step reads N x --batch_size images, the global batch (printed and '
+                            'logged); the learning rate is not scaled with it')
     optim.add_argument('--epochs', type=int, default=100, help='total epochs (also when resuming)')
     optim.add_argument('--learning_rate', type=float, default=1e-4, help='AdamW learning rate')
     optim.add_argument('--weight_decay', type=float, default=0.05,
@@ -234,12 +246,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help='continue from a checkpoint (e.g. <save_dir>/last.pth, which always holds a completed '
                           'epoch) at its next epoch, with optimizer and scheduler state; with the same --seed the '
                           'remaining epochs repeat those of an uninterrupted run exactly (on CPU). Resumes into '
-                          'the run\'s own folders or empty ones')
+                          'the run\'s own folders or empty ones. Under torchrun every process loads it and rank 0 '
+                          'writes')
     run.add_argument('--overwrite', action='store_true',
                      help='replace the checkpoints and logs of an earlier run in --save_dir / --log_dir; they are '
                           'set aside until the new run\'s first checkpoint is written, and come back if it fails '
                           'before that')
-    run.add_argument('--device', default='auto', help='auto (CUDA when available), cpu, cuda or cuda:N')
+    run.add_argument('--device', default='auto',
+                     help='auto (CUDA when available), cpu, cuda or cuda:N; under torchrun each process of a CUDA '
+                          'run takes cuda:LOCAL_RANK')
     run.add_argument('--amp', nargs='?', const='bf16', default='none', choices=['none', 'bf16', 'fp16'],
                      help='mixed precision on CUDA (--amp alone = bf16); ignored on CPU')
     run.add_argument('--compile', action='store_true', help='torch.compile the network (CUDA only; slow first epoch)')
@@ -256,7 +271,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                          'subjects carved from its training subjects (--val_fraction), never on the held-out fold, '
                          'which is scored once with that best checkpoint. --test_csv rows stay out of every fold '
                          'and are not scored. Writes <save_dir>/fold_<k>/, <log_dir>/fold_<k>/ and '
-                         '<log_dir>/cv_summary.json, cv_predictions.csv, cv_folds.png')
+                         '<log_dir>/cv_summary.json, cv_predictions.csv, cv_folds.png. A fold that fails is named '
+                         'and the others go on (exit status 1). Under torchrun the folds are spread over the '
+                         'processes (fold k on rank (k - 1) %% N, each alone on its device) with the numbers of a '
+                         'single process, and rank 0 writes the summary')
     cv.add_argument('--cv_folds_limit', type=int, default=None, metavar='N',
                     help='with --cv: run only the first N folds (a quick look; cv_summary.json is marked partial)')
     run.add_argument('--threads', type=int, default=0,
@@ -346,12 +364,21 @@ def prepare_run_folders(args: argparse.Namespace, model_args: dict[str, Any], ep
 # main
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    utils.seed_everything(args.seed)
-    device = training_setup.setup_device(args)
-    if args.cv is not None:
-        return run_cross_validation(args, device)
+    """Parse ``argv`` and train (one run, or --cv folds). Under torchrun (several processes) one run trains with
+    DistributedDataParallel and --cv spreads its folds over the processes; rank 0 prints and writes the shared
+    files, and its return value is the run's result (the other processes return what they ran)."""
+    with distributed.only_main_prints():
+        args = parse_args(argv)
+        utils.seed_everything(args.seed)
+        device = training_setup.setup_device(args)
+        with distributed.process_group(device):
+            if args.cv is not None:
+                return run_cross_validation(args, device)
+            return run_single(args, device)
 
+
+def run_single(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """One train / val run (``main`` without --cv): every check first, then ``train_run``."""
     # everything that can be refused is checked here, before the earlier run is touched and before any slow work
     detector = fpd.LandmarkDetector(device=device, cache_dir=args.cache_dir, progress=True)
     preprocess = run_preprocess(args, detector)
@@ -360,44 +387,64 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     utils.seed_everything(args.seed)  # the initial weights depend on the seed alone
     model = training_setup.build_model(model_args, args)  # --pretrained_path is judged here
     done = int(resume_checkpoint['epoch']) if resume_checkpoint is not None else 0
-    folders = prepare_run_folders(args, model_args, done, resume_checkpoint)
+    folders = prepare_folders_on_main(args, model_args, epochs_done=done, resume_checkpoint=resume_checkpoint)
     try:
         return train_run(args, device, detector, preprocess, model_args, model, resume_checkpoint, folders)
     finally:
         folders.restore()  # nothing to do once the run's first checkpoint is written
 
 
+def prepare_folders_on_main(args: argparse.Namespace, model_args: dict[str, Any], **kwargs: Any
+                            ) -> run_folders.RunFolders:
+    """``prepare_run_folders`` on rank 0 alone; the other processes of a torchrun run wait for it and write into
+    the folders it made free, with nothing of their own to commit or restore."""
+    folders = distributed.run_on_main(lambda: prepare_run_folders(args, model_args, **kwargs))
+    if folders is None:
+        folders = run_folders.RunFolders(Path(args.save_dir), Path(args.log_dir), settled=True)
+    return folders
+
+
 def train_run(args: argparse.Namespace, device: torch.device, detector: fpd.LandmarkDetector,
               preprocess: dict[str, Any], model_args: dict[str, Any], model: nn.Module,
               resume_checkpoint: dict | None, folders: run_folders.RunFolders) -> dict[str, Any]:
-    """The slow part of ``main``: landmarks, splits, the epochs, and the test split scored once at the end."""
+    """The slow part of ``main``: landmarks, splits, the epochs, and the test split scored once at the end.
+    Under torchrun every process trains its share of each batch, rank 0 writes and scores."""
     save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
     autocast, scaler = utils.amp_context(device, args.amp)
     class_names = annotations.grade_names(args.num_classes)
-    run_id = (resume_checkpoint or {}).get('run_id') or run_folders.new_run_id()
-    datasets = training_data.build_datasets(args, detector, preprocess)
+    run_id = distributed.broadcast_object((resume_checkpoint or {}).get('run_id') or run_folders.new_run_id())
+    writes = distributed.is_main()
+    with distributed.main_first():  # rank 0 fills the landmark cache, the others read it
+        datasets = training_data.build_datasets(args, detector, preprocess)
     training_data.check_subject_overlap(datasets)
     val_subjects = training_data.validation_subjects(datasets['val'], args.select_metric)
     split_summary = training_data.describe_splits(datasets, class_names)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    training_data.write_skipped(datasets, log_dir)
-    utils.save_args(args, log_dir / 'args.yaml')
+    if writes:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        training_data.write_skipped(datasets, log_dir)
+        utils.save_args(args, log_dir / 'args.yaml')
     baseline = None
     if args.baseline == 'symmetry':  # fitted first, so that every checkpoint carries it for evaluation
         baseline = symmetry.fit_baseline(training_data.split_landmarks(datasets['train']),
                                          training_data.split_labels(datasets['train']), args.num_classes,
                                          seed=args.seed)
-    loaders = training_data.build_loaders(datasets, args, device, seed=args.seed)  # each epoch reseeds it
+    processes = distributed.world_size()
+    loaders = training_data.build_loaders(datasets, args, device, seed=args.seed,  # each epoch reseeds it
+                                          shard=(distributed.rank(), processes))
 
     model, ctx = training_setup.make_train_context(model_args, args, datasets, loaders, device, autocast, scaler,
-                                                   model=model)
+                                                   model=model, ddp=True)
     print(f'HTNet: {Model.count_parameters(model) / 1e6:.3f}M parameters; input {model_args["image_size"]}x'
           f'{model_args["image_size"]} ({args.input_mode}; face {args.image_size}px, regions {args.region_size}px); '
           f'{len(loaders["train"])} steps per epoch; run {run_id}')
+    batch = batch_sizes(args.batch_size, processes)
+    print(f'batch: {batch["global"]} photos per optimiser step' + (
+        f' ({args.batch_size} per process x {processes} processes, DistributedDataParallel)' if processes > 1
+        else ''))
     if args.scheduler != 'cosine' and args.warmup_epochs:
         print('note: --warmup_epochs only applies to --scheduler cosine')
-    log_extras = {'warnings': training_setup.warn_size(model, len(datasets['train']), args)}
+    log_extras = {'warnings': training_setup.warn_size(model, len(datasets['train']), args), 'batch': batch}
 
     start_epoch, best, history = 1, engine.BestTracker(args.select_metric), []
     if resume_checkpoint is not None:
@@ -408,7 +455,8 @@ def train_run(args: argparse.Namespace, device: torch.device, detector: fpd.Land
         print(f'resumed run {run_id} from {args.resume}: epoch {done} done; best validation {best.name} {shown}'
               + ('; every epoch is done: completing the closing steps' if done >= args.epochs else ''))
         start_epoch = done + 1
-        carry_best_checkpoint(Path(args.resume).parent, save_dir, best.epoch, resume_checkpoint.get('run_id'))
+        if writes:
+            carry_best_checkpoint(Path(args.resume).parent, save_dir, best.epoch, resume_checkpoint.get('run_id'))
 
     state = checkpoint_maker(model, ctx, model_args, preprocess, args, best, history, baseline, run_id)
     outcome = engine.fit(ctx, loaders, args, start_epoch, best, history, state, run_id=run_id,
@@ -423,6 +471,8 @@ def train_run(args: argparse.Namespace, device: torch.device, detector: fpd.Land
     }
     if best.epoch:
         print(f'best epoch {best.epoch}: validation {best.name} {best.value:.4f} -> {save_dir / "best_model.pth"}')
+    if not writes:  # the closing steps read and write rank 0's files
+        return results
     if not outcome['interrupted'] and best.epoch:
         results['ood'] = log_extras['ood'] = training_setup.store_ood_statistics(
             save_dir / 'best_model.pth', datasets, args, device, autocast)
@@ -434,6 +484,12 @@ def train_run(args: argparse.Namespace, device: torch.device, detector: fpd.Land
         results['baseline_metrics'] = report_baseline(baseline, datasets, args, log_dir,
                                                       outcome['best_val_metrics'], results['test_metrics'])
     return results
+
+
+def batch_sizes(per_process: int, processes: int) -> dict[str, int]:
+    """--batch_size is per process (as torchvision and DeiT): a step of ``processes`` processes reads
+    ``per_process x processes`` photos, whose mean gradient DistributedDataParallel applies on every process."""
+    return {'per_process': per_process, 'processes': processes, 'global': per_process * processes}
 
 
 def carry_best_checkpoint(source_dir: Path, save_dir: Path, best_epoch: int, run_id: str | None) -> None:
@@ -579,7 +635,8 @@ def run_fold(fold: int, dataset: Dataset, train_idx: list[int], heldout_idx: lis
 def run_cross_validation(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """``--cv K`` / ``--cv loso``: detect the pool's landmarks once, train one run per fold on index subsets of
     that dataset, pool every held-out prediction and write ``cv_summary.json``, ``cv_predictions.csv`` and
-    ``cv_folds.png`` in --log_dir. Returns the summary dict."""
+    ``cv_folds.png`` in --log_dir. Returns the summary dict. Under torchrun the folds are spread over the
+    processes (``cross_validate``)."""
     if args.val_fraction is None:
         args.val_fraction = training_data.DEFAULT_VAL_FRACTION
     detector = fpd.LandmarkDetector(device=device, cache_dir=args.cache_dir, progress=True)
@@ -588,8 +645,9 @@ def run_cross_validation(args: argparse.Namespace, device: torch.device) -> dict
     if args.pretrained_path:
         training_setup.build_model(model_args, args)  # judged once, before any slow work; every fold reads it again
     folds_planned = args.cv_folds_limit or (None if args.cv == 'loso' else args.cv)
-    folders = prepare_run_folders(args, model_args, runs=folds_planned, cv=True)
-    args.pretrained_path = folders.where(args.pretrained_path)  # read by every fold, wherever it was moved
+    folders = prepare_folders_on_main(args, model_args, runs=folds_planned, cv=True)
+    # read by every fold, wherever rank 0 moved it
+    args.pretrained_path = distributed.broadcast_object(folders.where(args.pretrained_path))
     try:
         return cross_validate(args, device, detector, preprocess, model_args, folders)
     finally:
@@ -599,53 +657,139 @@ def run_cross_validation(args: argparse.Namespace, device: torch.device) -> dict
 def cross_validate(args: argparse.Namespace, device: torch.device, detector: fpd.LandmarkDetector,
                    preprocess: dict[str, Any], model_args: dict[str, Any], folders: run_folders.RunFolders
                    ) -> dict[str, Any]:
-    """The slow part of ``run_cross_validation``: the pool's landmarks, the folds, the pooled summary."""
+    """The slow part of ``run_cross_validation``: the pool's landmarks, the folds, the pooled summary.
+
+    Under torchrun fold k runs on rank (k - 1) % processes, alone on that process's device (no
+    DistributedDataParallel inside a fold), and every fold leaves ``<log_dir>/fold_<k>/fold_result.json``, from
+    which rank 0 pools the folds of the others into the files a single process writes: a fold's numbers depend
+    on the seed and the fold alone, not on the process that ran it nor on what that process ran before. A fold
+    that fails is named and the others go on; the summary lists it (and ``exit_status`` is then 1)."""
     save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
     class_names = annotations.grade_names(args.num_classes)
-    run_id = run_folders.new_run_id()
+    run_id = distributed.broadcast_object(run_folders.new_run_id())
 
-    dataset, pool = training_data.build_cv_pool(args, detector, preprocess)
+    with distributed.main_first():  # rank 0 fills the landmark cache, the others read it
+        dataset, pool = training_data.build_cv_pool(args, detector, preprocess)
     labels, subjects = training_data.split_labels(dataset), training_data.split_subjects(dataset)
     folds = training_data.assign_folds([labels[i] for i in pool], [subjects[i] for i in pool], args.cv, args.seed)
     num_folds = max(folds.values())
     to_run = min(num_folds, args.cv_folds_limit or num_folds)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    training_data.write_skipped({'pool': dataset}, log_dir)
-    utils.save_args(args, log_dir / 'args.yaml')
+    if distributed.is_main():
+        log_dir.mkdir(parents=True, exist_ok=True)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        training_data.write_skipped({'pool': dataset}, log_dir)
+        utils.save_args(args, log_dir / 'args.yaml')
     counts = Counter(labels[i] for i in pool)
     print(f'cross-validation ({"leave one subject out" if args.cv == "loso" else f"{args.cv}-fold, by subject"}): '
           f'{len(pool)} images of {len(folds)} subjects ('
           + ', '.join(f'{class_names[k]}: {counts.get(k, 0)}' for k in range(len(class_names))) + ')')
     print(f'{num_folds} folds' + (f'; running the first {to_run} (--cv_folds_limit)' if to_run < num_folds else ''))
 
-    results: list[engine.FoldResult] = []
-    interrupted, started = False, time.time()
-    for fold in range(1, to_run + 1):
+    planned = list(range(1, to_run + 1))
+    mine = distributed.my_share(planned)
+    processes = distributed.world_size()
+    if processes > 1:
+        print(f'folds spread over {processes} processes (fold k on rank (k - 1) % {processes}), each on its own '
+              f'device; this process (rank 0) runs folds {", ".join(map(str, mine))} and pools them all')
+
+    def run(fold: int) -> engine.FoldResult | None:
         heldout = [i for i in pool if folds[subjects[i]] == fold]
         training = [i for i in pool if folds[subjects[i]] != fold]
         print(f'\n=== fold {fold}/{num_folds}: {len(heldout)} held-out images of '
               f'{len({subjects[i] for i in heldout})} subjects ===')
-        result = run_fold(fold, dataset, training, heldout, args, device, model_args, preprocess,
-                          run_id=f'{run_id}-fold_{fold}', on_saved=lambda epoch: folders.commit())
+        return run_fold(fold, dataset, training, heldout, args, device, model_args, preprocess,
+                        run_id=f'{run_id}-fold_{fold}', on_saved=lambda epoch: folders.commit())
+
+    outcomes = run_folds_of_process(mine, run, log_dir, run_id, tell_others=processes > 1)
+    if not distributed.is_main():
+        return {'rank': distributed.rank(), 'folds': {k: payload['status'] for k, (payload, _) in outcomes.items()},
+                'interrupted': any(payload['status'] == 'interrupted' for payload, _ in outcomes.values())}
+    others = [fold for fold in planned if fold not in outcomes]
+    published = distributed.wait_for_published(
+        [log_dir / f'fold_{fold}' / engine.FOLD_RESULT for fold in others], what='folds',
+        accept=lambda payload: payload.get('run_id') == f'{run_id}-fold_{payload.get("fold")}')
+    for payload in sorted(published.values(), key=lambda p: p['fold']):
+        result = engine.fold_result(payload)
+        outcomes[payload['fold']] = (payload, result)
+        if result is not None:
+            print(f'fold {payload["fold"]} (rank {distributed.owner_of(payload["fold"] - 1)}) held out '
+                  f'{fold_line(result)}')
+
+    results: list[engine.FoldResult] = []
+    failed: list[dict[str, Any]] = []
+    interrupted = False
+    for fold in planned:
+        payload, result = outcomes[fold]
+        if payload['status'] == 'failed':
+            failed.append({'fold': fold, 'error': payload['error']})
+        interrupted = interrupted or payload['status'] in ('interrupted', 'not_run')
         if result is not None:
             results.append(result)
-            print(f'fold {fold} held out (best epoch {result.summary["best_epoch"]}): n {len(heldout)} | '
-                  f'{M.format_metrics(result.summary["metrics"])}{engine.side_text(result.summary["metrics"])}')
-        if result is None or result.summary['interrupted']:
-            interrupted = True
-            print(f'cross-validation stopped at fold {fold}; the completed folds are summarised')
-            break
-        if fold == 1 and to_run > 1:
-            per_fold = time.time() - started
-            left = per_fold * (to_run - 1)
-            print(f'fold 1 took {per_fold:.0f} s; the remaining {to_run - 1} folds need about '
-                  + (f'{left / 60:.1f} min' if left >= 120 else f'{left:.0f} s'))
     if not results:
+        if failed:
+            raise UserError('no fold finished: ' + '; '.join(f'fold {f["fold"]}: {f["error"]}' for f in failed))
         raise UserError('cross-validation interrupted before any fold finished; nothing to summarise')
+    folders.commit()  # a fold of another process may have written the first checkpoint
     return engine.summarise_cv(results, dataset, folds, num_folds, len(pool), interrupted, args, log_dir,
-                               class_names, losses.prediction_for(args.loss))
+                               class_names, losses.prediction_for(args.loss), failed=failed)
+
+
+def fold_line(result: engine.FoldResult) -> str:
+    """``(best epoch 3): n 12 | acc ...``: how a fold did on its held-out subjects."""
+    metrics = result.summary['metrics']
+    return (f'(best epoch {result.summary["best_epoch"]}): n {len(result.indices)} | {M.format_metrics(metrics)}'
+            f'{engine.side_text(metrics)}')
+
+
+def run_folds_of_process(folds: Sequence[int], run: Callable[[int], engine.FoldResult | None], log_dir: Path,
+                         run_id: str, tell_others: bool = False
+                         ) -> dict[int, tuple[dict[str, Any], engine.FoldResult | None]]:
+    """Run this process's ``folds`` in order with ``run(fold)`` and leave each one's ``fold_result.json``
+    (``engine.fold_outcome``). A fold that raises is named on standard error and the next one starts; Ctrl-C
+    (an interrupted fold) stops the rest, which with ``tell_others`` (under torchrun) are marked ``not_run`` so
+    that rank 0 does not wait for them. Returns fold -> (outcome payload, result or None)."""
+    outcomes: dict[int, tuple[dict[str, Any], engine.FoldResult | None]] = {}
+    started, stopped = time.time(), False
+    for index, fold in enumerate(folds):
+        fold_run_id, path = f'{run_id}-fold_{fold}', log_dir / f'fold_{fold}' / engine.FOLD_RESULT
+        if stopped:
+            if tell_others:
+                distributed.publish(path, engine.fold_outcome(fold, fold_run_id, 'not_run'))
+            continue
+        try:
+            result = run(fold)
+        except Exception as err:  # noqa: BLE001 - one fold's failure must not cost the others
+            text = str(err) if isinstance(err, UserError) else f'{type(err).__name__}: {err}'
+            if not isinstance(err, UserError):
+                traceback.print_exc(file=distributed.error_stream())
+            print(f'error: fold {fold} failed: {text}; the other folds go on', file=distributed.error_stream(),
+                  flush=True)
+            payload, result = engine.fold_outcome(fold, fold_run_id, 'failed', error=text), None
+        else:
+            stopped = result is None or bool(result.summary['interrupted'])
+            payload = engine.fold_outcome(fold, fold_run_id, 'interrupted' if stopped else 'done', result)
+            if result is not None:
+                print(f'fold {fold} held out {fold_line(result)}')
+            if stopped:
+                print(f'cross-validation stopped at fold {fold}; the completed folds are summarised')
+        distributed.publish(path, payload)
+        outcomes[fold] = (payload, result)
+        left_folds = len(folds) - index - 1
+        if index == 0 and left_folds and not stopped:
+            per_fold = time.time() - started
+            left = per_fold * left_folds
+            print(f'fold {fold} took {per_fold:.0f} s; the remaining {left_folds} folds'
+                  + (' of this process' if tell_others else '') + ' need about '
+                  + (f'{left / 60:.1f} min' if left >= 120 else f'{left:.0f} s'))
+    return outcomes
+
+
+def exit_status(results: dict[str, Any]) -> int:
+    """The command's exit status: 1 when a cross-validation fold failed, 130 when Ctrl-C stopped the run, else 0."""
+    if results.get('failed_folds'):
+        return 1
+    return 130 if results.get('interrupted') else 0
 
 
 if __name__ == '__main__':
-    utils.run_cli(lambda argv: 130 if main(argv).get('interrupted') else 0)  # 130: stopped by Ctrl-C
+    utils.run_cli(lambda argv: exit_status(main(argv)))

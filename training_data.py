@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 import annotations
 import data_augmentation as DA
+import distributed
 import facial_palsy_dataset as fpd
 import metrics as M
 import utils
@@ -267,14 +268,23 @@ def loader_dataset(dataset: Dataset, args: argparse.Namespace, train: bool) -> D
 
 
 def build_loaders(datasets: dict[str, Dataset], args: argparse.Namespace, device: torch.device,
-                  seed: int) -> dict[str, DataLoader]:
+                  seed: int, shard: tuple[int, int] | None = None) -> dict[str, DataLoader]:
     """The loaders of the splits. The training loader's workers start afresh each epoch (not persistent): they
     take their seeds from its generator, which ``engine.seed_epoch`` seeds from (seed, epoch), so a resumed run
-    replays every epoch exactly."""
+    replays every epoch exactly. ``shard`` = (rank, processes) of a torchrun training: the training loader then
+    reads this process's share of each epoch's shuffle (``distributed.EpochShuffleSampler``), --batch_size photos
+    per step, so a step of all processes reads the global batch of --batch_size x processes photos."""
     generator = torch.Generator().manual_seed(seed)
-    loaders = {'train': DataLoader(loader_dataset(datasets['train'], args, train=True), shuffle=True,
-                                   generator=generator, persistent_workers=False, batch_size=args.batch_size,
-                                   num_workers=args.num_workers, pin_memory=device.type == 'cuda')}
+    train = loader_dataset(datasets['train'], args, train=True)
+    common = dict(generator=generator, persistent_workers=False, batch_size=args.batch_size,
+                  num_workers=args.num_workers, pin_memory=device.type == 'cuda')
+    if shard is not None and shard[1] > 1:
+        rank, processes = shard
+        sampler = distributed.EpochShuffleSampler(train, generator, num_replicas=processes, rank=rank)
+        reseed = distributed.WorkerReseed(rank) if rank and args.num_workers else None
+        loaders = {'train': DataLoader(train, sampler=sampler, worker_init_fn=reseed, **common)}
+    else:
+        loaders = {'train': DataLoader(train, shuffle=True, **common)}
     for name in ('val', 'test'):
         if name in datasets:
             loaders[name] = evaluation_loader(datasets[name], args, device, persistent=args.num_workers > 0)

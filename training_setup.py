@@ -21,6 +21,7 @@ import Model
 import annotations
 import checkpoints
 import data_augmentation as DA
+import distributed
 import engine
 import losses
 import ood
@@ -131,8 +132,9 @@ def validate_cv_args(args: argparse.Namespace) -> None:
 # device, model and optimisation
 
 def setup_device(args: argparse.Namespace) -> torch.device:
-    """The ``--device`` (with ``--threads`` applied), printed once."""
-    device = utils.resolve_device(args.device)
+    """The ``--device`` (with ``--threads`` applied), printed once; under torchrun ``cuda:LOCAL_RANK`` for a CUDA
+    run (``distributed.device_for_process``)."""
+    device = distributed.device_for_process(utils.resolve_device(args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f'device: {device}' + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else
@@ -206,14 +208,19 @@ def build_criterion(args: argparse.Namespace, train_labels: Sequence[int], class
 
 def make_train_context(model_args: dict[str, Any], args: argparse.Namespace, datasets: dict[str, Dataset],
                        loaders: dict[str, DataLoader], device: torch.device, autocast: Any,
-                       scaler: torch.amp.GradScaler, model: nn.Module | None = None
+                       scaler: torch.amp.GradScaler, model: nn.Module | None = None, ddp: bool = False
                        ) -> tuple[nn.Module, engine.TrainContext]:
     """The network (``model``, or a fresh one with --pretrained_path weights), its criterion (class weights from
     this training split), optimizer, schedule and, with ``--ema``, the moving average of its weights (of the
-    uncompiled module, which the compiled one shares its parameters with). Returns the uncompiled model (what
-    checkpoints store) and the context ``engine.fit`` runs."""
+    uncompiled module, which the compiled one shares its parameters with). With ``ddp`` under torchrun the
+    training network is wrapped in DistributedDataParallel before it is compiled (the order torch.compile
+    expects). Returns the uncompiled model (what checkpoints store) and the context ``engine.fit`` runs."""
     model = (model if model is not None else build_model(model_args, args)).to(device)
-    train_model = maybe_compile(model, args.compile, device)
+    shared = ddp and distributed.active()
+    train_model = model
+    if shared:
+        train_model = distributed.wrap_ddp(model, device, 'forward_multitask' if args.multitask else 'forward')
+    train_model = maybe_compile(train_model, args.compile, device)
     criterion = build_criterion(args, training_data.split_labels(datasets['train']),
                                 annotations.grade_names(args.num_classes), device)
     optimizer, scheduler, step_per_batch = engine.build_optimizer(model, args, len(loaders['train']))
@@ -226,7 +233,9 @@ def make_train_context(model_args: dict[str, Any], args: argparse.Namespace, dat
     ctx = engine.TrainContext(model=train_model, criterion=criterion, optimizer=optimizer, device=device,
                               autocast=autocast, scaler=scaler, scheduler=scheduler, step_per_batch=step_per_batch,
                               mixup=mixup, multitask=args.multitask, prediction=losses.prediction_for(args.loss),
-                              ema=ema)
+                              ema=ema, module=model if shared else None,
+                              rank=distributed.rank() if shared else 0,
+                              world_size=distributed.world_size() if shared else 1)
     return model, ctx
 
 

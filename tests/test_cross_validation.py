@@ -164,3 +164,30 @@ def test_bad_cv_values_are_one_line_errors(synthetic_dataset, tmp_path, flags, m
     assert '\n' not in str(err.value)
 
 
+
+
+def test_a_failing_fold_is_named_the_others_run_and_the_status_says_so(synthetic_dataset, tmp_path, monkeypatch,
+                                                                      capsys):
+    real = train.run_fold
+
+    def first_fold_fails(fold, *args, **kwargs):
+        if fold == 1:
+            raise UserError('no usable photos in this fold')
+        return real(fold, *args, **kwargs)
+
+    monkeypatch.setattr(train, 'run_fold', first_fold_fails)
+    results = train.main(cv_args(synthetic_dataset, tmp_path, '--cv', '3', '--cv_folds_limit', '2'))
+    assert 'error: fold 1 failed: no usable photos in this fold; the other folds go on' in capsys.readouterr().err
+    assert results['failed_folds'] == [{'fold': 1, 'error': 'no usable photos in this fold'}]
+    assert [fold['fold'] for fold in results['folds']] == [2] and results['partial'] and 'FAILED' in results['note']
+    assert train.exit_status(results) == 1 and train.exit_status({'interrupted': True}) == 130
+    outcomes = {k: json.loads((tmp_path / 'l' / f'fold_{k}' / 'fold_result.json').read_text()) for k in (1, 2)}
+    assert outcomes[1]['status'] == 'failed' and outcomes[1]['result'] is None
+    assert outcomes[2]['status'] == 'done' and outcomes[2]['result']['indices']
+
+    def every_fold_fails(fold, *args, **kwargs):
+        raise RuntimeError('out of memory')
+
+    monkeypatch.setattr(train, 'run_fold', every_fold_fails)
+    with pytest.raises(UserError, match='no fold finished: fold 1: RuntimeError: out of memory; fold 2: '):
+        train.main(cv_args(synthetic_dataset, tmp_path / 'again', '--cv', '3', '--cv_folds_limit', '2'))

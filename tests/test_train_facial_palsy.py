@@ -302,3 +302,12 @@ def test_pretrained_micro_expression_weights_transfer(tmp_path):
     (tmp_path / 'broken.pth').write_bytes(b'not a checkpoint')
     with pytest.raises(UserError, match='broken.pth'):
         training_setup.load_pretrained_weights(target, str(tmp_path / 'broken.pth'), 'interpolate')
+
+
+def test_the_batch_is_per_process_and_the_global_batch_is_logged(two_epoch_run):
+    _results, _save_dir, log_dir = two_epoch_run
+    history = json.loads((log_dir / 'training_history.json').read_text())
+    assert history['batch'] == {'per_process': 8, 'processes': 1, 'global': 8}  # one process: the same number
+    assert train.batch_sizes(32, 4) == {'per_process': 32, 'processes': 4, 'global': 128}
+    batch_help = next(a.help for a in train.get_args_parser()._actions if a.dest == 'batch_size')
+    assert 'of each process' in batch_help and 'global batch' in batch_help
