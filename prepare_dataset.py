@@ -1,5 +1,5 @@
 """Prepare facial palsy datasets: annotation CSVs with subject-disjoint splits, CK+ conversion, 6 <-> 3 classes,
-and the built-in synthetic demo faces.
+examination clips turned into rest / apex pairs, and the built-in synthetic demo faces and clips.
 
 The annotation CSV this writes is what every other script reads (its contract: ``annotations.py``): ``image_path``
 (relative to the data root), ``grade`` (0-5 = House-Brackmann I-VI), ``side`` (the patient's affected side:
@@ -9,6 +9,9 @@ the landmark columns ``eye_l_x ... mouth_r_y``.
 Splits are subject-disjoint (no person in two splits, or a model would be graded on faces it has seen) and
 stratified by grade (each split gets its share of every grade): ``annotations.split_subjects``, the rule training
 uses for its validation subjects and cross-validation folds too.
+
+Clips (``--dataset_type video``) are listed like photos (grade folders or a CSV; subjects, sides and splits by the
+same rules) and turned into rest / apex frame pairs by ``video_dataset`` (the apex finder: ``video.py``).
 """
 from __future__ import annotations
 
@@ -25,15 +28,17 @@ import pandas as pd
 from tqdm import tqdm
 
 import synthetic_faces
+import synthetic_video
+import video_dataset
 from annotations import (BACKSLASH_NOT_FOUND, DEFAULT_SUBJECT_REGEX, GRADE_3_TO_6, GRADE_6_TO_3, HB_GRADES,
                          LANDMARK_COLUMNS, NEUTRAL_LANDMARK_COLUMNS, SIMPLIFIED_GRADES, SPLITS, backslash_note,
                          check_subjects, compile_subject_regex, find_repeated_photos, fix_backslash_paths,
                          grade_folder_photos, grade_folders, normalise_split, order_columns, parse_grades, photo_key,
                          read_table, require_columns, row_number, scan_ckplus, side_of, split_subjects,
                          subject_from_name, subjects_of_paths)
-from face_detection import ImageReadError, load_image
+from face_detection import ImageReadError, LandmarkDetector, load_image
 from utils import (UserError, add_config_args, atomic_write_text, check_writable, parse_args_with_config, run_cli,
-                   write_skipped as write_skipped_csv)
+                   same_path, write_skipped as write_skipped_csv)
 
 # columns taken over from a generator's <data_root>/annotation.csv
 MERGED_COLUMNS = ('subject', 'side', 'neutral_path', *LANDMARK_COLUMNS, *NEUTRAL_LANDMARK_COLUMNS)
@@ -74,6 +79,15 @@ examples:
   # ... or a CSV pointing at the original frames (neutral_path = first frame, image_path = peak frame)
   python prepare_dataset.py --dataset_type CK+ --data_root ./CK+ --grade_mapping ./ck_grades.csv \\
       --output_csv ./ck_annotation.csv
+
+  # examination clips (grade_N/*.mp4 or folders of frames): the rest and apex frame of each clip as a pair for
+  # --input_mode flow; the frames go to ./clips_annotation_frames (the --data_root of training)
+  python prepare_dataset.py --dataset_type video --data_root ./clips --output_csv ./clips_annotation.csv
+  # synthetic clips with a known apex frame (clips.csv), both face families
+  python prepare_dataset.py --dataset_type synthetic --video --output_root ./datasets/facial_palsy/clips
+  # CK+ with the apex picked by the same finder instead of the last frame
+  python prepare_dataset.py --dataset_type CK+ --data_root ./CK+ --grade_mapping ./ck_grades.csv \\
+      --output_csv ./ck_annotation.csv --apex auto
 
   # FNP + CK+ in one CSV (absolute paths; subjects prefixed with the CSV's name; each row keeps its split)
   python prepare_dataset.py --dataset_type merge \\
@@ -192,9 +206,11 @@ def _summary_row(label: str, part: pd.DataFrame, splits: Sequence[str]) -> list[
 
 # FNP (grade folders or a CSV)
 
-def scan_grade_folders(data_root: Path) -> pd.DataFrame:
+def scan_grade_folders(data_root: Path, clips: bool = False) -> pd.DataFrame:
     """``image_path`` (relative, posix) and ``grade`` of every photo in ``data_root/grade_0 .. grade_5``, directly
-    or in patient folders (``grade_3/P001/rest.jpg``; then ``PATIENT_COLUMN`` holds the patient)."""
+    or in patient folders (``grade_3/P001/rest.jpg``; then ``PATIENT_COLUMN`` holds the patient); with ``clips``,
+    of every clip instead (``video_dataset.grade_folder_clips``: videos and folders of frames)."""
+    what, listed = ('clips', video_dataset.grade_folder_clips) if clips else ('images', grade_folder_photos)
     if not data_root.is_dir():
         raise UserError(f'--data_root {data_root}: folder not found')
     folders = grade_folders(data_root)
@@ -203,19 +219,24 @@ def scan_grade_folders(data_root: Path) -> pd.DataFrame:
         raise UserError(f'{data_root}: folder(s) {", ".join(outside)} are outside House-Brackmann grades 0-5 '
                         f'(grade_0 = HB I .. grade_5 = HB VI); rename or move them')
     rows = [{'image_path': p.relative_to(data_root).as_posix(), 'grade': grade, PATIENT_COLUMN: patient or ''}
-            for grade, folder in folders for p, patient in grade_folder_photos(folder)]
+            for grade, folder in folders for p, patient in listed(folder)]
     if not rows:
-        raise UserError(f'{data_root}: ' + ('the grade_N folders hold no images' if folders else
+        raise UserError(f'{data_root}: ' + (f'the grade_N folders hold no {what}' if folders else
                                             'no grade_0 .. grade_5 folders inside (or give --input_csv)'))
     table = pd.DataFrame(rows)
     return table if table[PATIENT_COLUMN].ne('').any() else table.drop(columns=[PATIENT_COLUMN])
 
 
-def read_input_csv(path: Path, data_root: Path) -> pd.DataFrame:
+def read_input_csv(path: Path, data_root: Path, clips: bool = False) -> pd.DataFrame:
     """The rows of an input CSV: grades checked, backslash paths read with / where only that file exists, a row
     repeating an earlier row's photo and grade dropped with one note; a photo listed with two grades is refused
-    with its rows named (``annotations.find_repeated_photos``)."""
+    with its rows named (``annotations.find_repeated_photos``). With ``clips`` the clip column
+    (``video_dataset.clip_column``) is read into ``image_path``."""
     table = read_table(path, 'input CSV')
+    if clips:
+        column = video_dataset.clip_column(list(table.columns), path)
+        if column != 'image_path':
+            table = table.drop(columns=['image_path'], errors='ignore').rename(columns={column: 'image_path'})
     require_columns(table, ['image_path', 'grade'], path, 'input CSV')
     table['grade'] = parse_grades(table['grade'], path)
     table['image_path'] = table['image_path'].astype(str).str.strip()
@@ -259,11 +280,13 @@ def drop_repeated_rows(table: pd.DataFrame, source: Path | str, data_root: Path 
     return table.drop(index=table.index[sorted(repeats.dropped)])
 
 
-def merge_generator_annotation(table: pd.DataFrame, data_root: Path) -> pd.DataFrame:
+def merge_generator_annotation(table: pd.DataFrame, data_root: Path, name: str = 'annotation.csv',
+                               key: str = 'image_path', merged: Sequence[str] = MERGED_COLUMNS) -> pd.DataFrame:
     """Take subject, side, neutral_path, landmark and neutral (rest photo) landmark columns from
     ``<data_root>/annotation.csv`` (which the synthetic generator and the CK+ conversion write) for the photos it
-    lists; values already in ``table`` win."""
-    path = data_root / 'annotation.csv'
+    lists; values already in ``table`` win. Clips take ``video_dataset.CLIP_TABLE_COLUMNS`` from the synthetic
+    clips' table instead (``name``, matched on its ``key`` column)."""
+    path = data_root / name
     if not path.is_file():
         return table
     try:
@@ -271,12 +294,12 @@ def merge_generator_annotation(table: pd.DataFrame, data_root: Path) -> pd.DataF
     except UserError as err:  # an extra, not the input: the split can still be made without it
         print(f'warning: {err}; its columns are not merged')
         return table
-    if 'image_path' not in extra.columns:
-        print(f'note: {path} has no image_path column; not merged')
+    if key not in extra.columns:
+        print(f'note: {path} has no {key} column; not merged')
         return table
-    columns = [c for c in MERGED_COLUMNS if c in extra.columns]
-    extra = extra.assign(image_path=extra['image_path'].map(lambda p: Path(p).as_posix()))
-    extra = extra.drop_duplicates('image_path').set_index('image_path')[columns]
+    columns = [c for c in merged if c in extra.columns]
+    extra = extra.assign(**{key: extra[key].map(lambda p: Path(p).as_posix())})
+    extra = extra.drop_duplicates(key).set_index(key)[columns]
     keys = table['image_path'].map(lambda p: Path(p).as_posix())
     matched = int(keys.isin(extra.index).sum())
     for column in columns:
@@ -289,7 +312,7 @@ def merge_generator_annotation(table: pd.DataFrame, data_root: Path) -> pd.DataF
     names = [c for c in columns if c not in LANDMARK_COLUMNS and c not in NEUTRAL_LANDMARK_COLUMNS]
     names += ['landmark'] if any(c in LANDMARK_COLUMNS for c in columns) else []
     names += ['rest photo landmark'] if any(c in NEUTRAL_LANDMARK_COLUMNS for c in columns) else []
-    print(f'merged {", ".join(names) or "no"} columns from {path} ({matched} of {len(table)} photos listed there)')
+    print(f'merged {", ".join(names) or "no"} columns from {path} ({matched} of {len(table)} listed there)')
     return table
 
 
@@ -346,26 +369,27 @@ def drop_unusable(table: pd.DataFrame, data_root: Path, progress: bool = True
     return kept, skipped
 
 
-def build_fnp_table(data_root: Path | None, input_csv: Path | None, subject_regex: str, ratios: Sequence[float],
-                    seed: int, progress: bool = True, one_photo_per_subject: bool = False
-                    ) -> tuple[pd.DataFrame, list[tuple[str, str]], Path]:
-    """The annotation table of an FNP-style dataset (grade folders or an input CSV) with subject-disjoint,
-    grade-stratified splits. Returns ``(table, skipped photos, data_root)``."""
-    ratios = check_ratios(ratios)
+def labelled_table(data_root: Path | None, input_csv: Path | None, subject_regex: str,
+                   one_photo_per_subject: bool = False, clips: bool = False) -> tuple[pd.DataFrame, Path]:
+    """The photos (or, with ``clips``, the clips) of grade folders or an input CSV with grade, side and subject,
+    before any file is opened. Returns ``(table, data_root)``."""
     pattern = compile_subject_regex(subject_regex)
     if input_csv is not None:
         if data_root is None:
             data_root = input_csv.parent
-            print(f'note: image paths in {input_csv} are read relative to its folder {data_root} '
-                  f'(pass the same --data_root to training)')
+            print(f'note: {"clip" if clips else "image"} paths in {input_csv} are read relative to its folder '
+                  f'{data_root}' + ('' if clips else ' (pass the same --data_root to training)'))
         elif not data_root.is_dir():
             raise UserError(f'--data_root {data_root}: folder not found')
-        table = read_input_csv(input_csv, data_root)
+        table = read_input_csv(input_csv, data_root, clips)
     else:
         if data_root is None:
-            raise UserError('--dataset_type FNP needs --data_root (grade_0 .. grade_5 folders) or --input_csv')
-        table = scan_grade_folders(data_root)
-    table = merge_generator_annotation(table, data_root)
+            raise UserError(f'--dataset_type {"video" if clips else "FNP"} needs --data_root (grade_0 .. grade_5 '
+                            f'folders) or --input_csv')
+        table = scan_grade_folders(data_root, clips)
+    table = merge_generator_annotation(table, data_root, video_dataset.CLIP_TABLE, 'clip_path',
+                                       video_dataset.CLIP_TABLE_COLUMNS) if clips else \
+        merge_generator_annotation(table, data_root)
     if 'split' in table.columns:
         print('note: the input split column is kept as original_split; split is recomputed subject-disjointly')
         table = table.rename(columns={'split': 'original_split'})
@@ -376,6 +400,16 @@ def build_fnp_table(data_root: Path | None, input_csv: Path | None, subject_rege
     odd = sum(not recognised for _, recognised in read)
     if odd:
         print(f'note: {odd} side value(s) were not left / right / none and are written as unknown')
+    return table, data_root
+
+
+def build_fnp_table(data_root: Path | None, input_csv: Path | None, subject_regex: str, ratios: Sequence[float],
+                    seed: int, progress: bool = True, one_photo_per_subject: bool = False
+                    ) -> tuple[pd.DataFrame, list[tuple[str, str]], Path]:
+    """The annotation table of an FNP-style dataset (grade folders or an input CSV) with subject-disjoint,
+    grade-stratified splits. Returns ``(table, skipped photos, data_root)``."""
+    ratios = check_ratios(ratios)
+    table, data_root = labelled_table(data_root, input_csv, subject_regex, one_photo_per_subject)
     table, skipped = drop_unusable(table, data_root, progress)
     table['split'] = assign_splits(table, ratios, seed)
     return order_columns(table), skipped, data_root
@@ -394,6 +428,42 @@ def run_fnp(args: argparse.Namespace) -> pd.DataFrame:
     print(f'{args.output_csv}: {status} ({len(table)} images of {table["subject"].nunique()} subjects; paths '
           f'relative to {data_root}; split seed {args.seed})')
     return table
+
+
+# video clips
+
+def run_video(args: argparse.Namespace) -> pd.DataFrame:
+    """Clips (grade folders or --input_csv) -> their rest and apex frames in --frames_dir and a pairs CSV for
+    --input_mode flow (``video_dataset.extract_pairs``); a clip that cannot be used is named and left out."""
+    if args.output_csv is None:
+        raise UserError('--dataset_type video needs --output_csv (where to write the pairs CSV)')
+    frames_dir = args.frames_dir or video_dataset.default_frames_dir(args.output_csv)
+    if same_path(frames_dir, args.data_root):
+        raise UserError(f'--frames_dir {frames_dir} is the --data_root; the frames need a folder of their own')
+    check_writable(frames_dir, '--frames_dir')
+    video_dataset.check_frames_dir(frames_dir, args.overwrite)
+    ratios = check_ratios(args.split_ratio)
+    table, data_root = labelled_table(args.data_root, args.input_csv, args.subject_regex,
+                                      args.one_photo_per_subject, clips=True)
+    detector = LandmarkDetector(device=args.device, cache_dir=False, progress=False)
+    pairs, skipped = video_dataset.extract_pairs(table, data_root, frames_dir, detector, fps=args.fps,
+                                                 max_frames=args.max_frames, figures=args.motion_figures,
+                                                 progress=not args.quiet)
+    for clip, reason in skipped[:10]:
+        print(f'warning: {clip}: {reason}; left out')
+    if pairs.empty:
+        raise UserError(f'{data_root}: none of the {len(table)} clips can be used (first: {skipped[0][0]}: '
+                        f'{skipped[0][1]})')
+    pairs['split'] = assign_splits(pairs, ratios, args.seed)
+    pairs = apply_class_conversion(order_columns(pairs), args.convert_classes, args.output_csv)
+    status = write_table_safely(pairs, args.output_csv, args.overwrite)
+    write_skipped(skipped, args.output_csv)
+    print(split_summary(pairs))
+    print(f'{args.output_csv}: {status} ({len(pairs)} rest / apex pairs of {pairs["subject"].nunique()} subjects; '
+          f'frames in {frames_dir}, the --data_root of training; split seed {args.seed})')
+    print(f'next: python train_facial_palsy.py --input_mode flow --data_root {frames_dir} --train_csv '
+          f'{args.output_csv} --val_csv {args.output_csv} --test_csv {args.output_csv}')
+    return pairs
 
 
 # 6 <-> 3 classes
@@ -488,6 +558,15 @@ def run_ckplus(args: argparse.Namespace) -> pd.DataFrame:
     if data_root is None:
         raise UserError('--dataset_type CK+ needs --data_root (the CK+ folder)')
     records, skipped = ckplus_records(data_root, args.grade_mapping)
+    if args.apex == 'auto':
+        detector = LandmarkDetector(device=args.device, cache_dir=False, progress=False)
+        chosen, kept = video_dataset.ckplus_apex(records, detector, progress=not args.quiet)
+        for path, reason in kept:
+            print(f'warning: {path}: {reason}')
+        moved = sum(new.path != old.path for new, old in zip(chosen, records))
+        print(f'--apex auto: the apex finder chose another frame than the last for {moved} of {len(records)} '
+              f'sequences')
+        records = chosen
     rows = []
     for record in records:
         row = {'peak': Path(record.path), 'neutral': Path(record.neutral_path or record.path), 'grade': record.grade,
@@ -537,6 +616,11 @@ def run_ckplus(args: argparse.Namespace) -> pd.DataFrame:
 def synthetic_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings that decide whether an existing synthetic set is the one asked for (as its manifest stores
     them; ``pairs`` is False where a manifest has no entry, as generate_dataset writes it only for pairs)."""
+    if args.video:
+        return {'generator': 'synthetic_video.py', 'version': synthetic_video.GENERATOR_VERSION, 'seed': args.seed,
+                'num_subjects': args.num_subjects, 'clips_per_subject': args.images_per_subject,
+                'image_size': args.image_size, 'fps': float(args.fps or synthetic_video.DEFAULT_FPS),
+                'clip_frames': args.clip_frames, 'family': args.family}
     return {'generator': 'synthetic_faces.py', 'version': synthetic_faces.GENERATOR_VERSION, 'seed': args.seed,
             'num_subjects': args.num_subjects, 'images_per_subject': args.images_per_subject,
             'image_size': args.image_size, 'expressions': args.expressions, 'pairs': bool(args.pairs),
@@ -547,11 +631,12 @@ def synthetic_settings(args: argparse.Namespace) -> dict[str, Any]:
 _MANIFEST_DEFAULTS = {'pairs': False, 'family': 'a'}
 
 
-def _synthetic_is_current(root: Path, settings: dict[str, Any]) -> bool:
-    manifest = synthetic_faces.read_manifest(root)
+def _synthetic_is_current(root: Path, settings: dict[str, Any], video: bool = False) -> bool:
+    manifest = (synthetic_video if video else synthetic_faces).read_manifest(root)
     if manifest is None or any(manifest.get(k, _MANIFEST_DEFAULTS.get(k)) != v for k, v in settings.items()):
         return False
-    return (root / 'annotation.csv').is_file() and all((root / f).is_file() for f in manifest.get('files', []))
+    table = synthetic_video.CLIP_TABLE if video else 'annotation.csv'
+    return (root / table).is_file() and all((root / f).is_file() for f in manifest.get('files', []))
 
 
 def parse_detection_check(text: str) -> int | None:
@@ -576,34 +661,53 @@ def run_synthetic(args: argparse.Namespace) -> pd.DataFrame:
     if args.pairs and args.expressions != 'protocol':  # before anything already there is removed
         raise UserError(f'--pairs needs --expressions protocol (with {args.expressions} the expression photo of a '
                         f'pair would not move)')
+    if args.video and args.pairs:
+        raise UserError('--video and --pairs: choose one (clips become rest / apex pairs with --dataset_type video)')
+    if args.video and args.clip_frames < synthetic_video.MIN_CLIP_FRAMES:
+        raise UserError(f'--clip_frames {args.clip_frames}: a clip needs at least {synthetic_video.MIN_CLIP_FRAMES} '
+                        f'frames (rest, rise, apex, fall)')
+    generator = synthetic_video if args.video else synthetic_faces
     settings = synthetic_settings(args)
-    what = 'rest / expression pairs' if args.pairs else 'photos'
-    previous = synthetic_faces.read_manifest(root) if root.is_dir() else None
-    if previous is not None and not args.overwrite and _synthetic_is_current(root, settings):
+    what = 'clips' if args.video else 'rest / expression pairs' if args.pairs else 'photos'
+    previous = generator.read_manifest(root) if root.is_dir() else None
+    if previous is not None and not args.overwrite and _synthetic_is_current(root, settings, args.video):
         print(f'{root}: already holds this synthetic set (family {args.family}, seed {args.seed}, '
               f'{args.num_subjects} subjects x {args.images_per_subject} {what}); nothing to do (--overwrite draws '
               f'it again)')
-        table = pd.read_csv(root / 'annotation.csv')
+        table = pd.read_csv(root / (synthetic_video.CLIP_TABLE if args.video else 'annotation.csv'))
     else:
         if previous is not None:
-            removed = synthetic_faces.remove_generated_files(root)
+            removed = generator.remove_generated_files(root)
             print(f'{root}: replacing a previous synthetic set (family {previous.get("family", "a")}, seed '
-                  f'{previous.get("seed")}, {previous.get("num_subjects")} subjects; {removed} photos removed)')
+                  f'{previous.get("seed")}, {previous.get("num_subjects")} subjects; {removed} '
+                  f'{"clips" if args.video else "photos"} removed)')
         elif root.is_dir() and any(root.iterdir()):
             if not args.overwrite:
                 raise UserError(f'--output_root {root} is not empty and holds no synthetic dataset; choose an empty '
                                 f'or new folder (or pass --overwrite to write into it anyway)')
             print(f'note: writing into the non-empty folder {root} (--overwrite); files with the same names are '
                   f'replaced')
-        table = synthetic_faces.generate_dataset(root, args.num_subjects, args.images_per_subject, args.image_size,
-                                                 args.seed, progress=not args.quiet, expressions=args.expressions,
-                                                 pairs=args.pairs, family=args.family)
-        rest = f', rest photos in {synthetic_faces.REST_FOLDER}/grade_N/' if args.pairs else ''
-        print(f'{root}: {len(table)} synthetic {what} of {args.num_subjects} subjects written '
-              f'(grade_N/{rest}, annotation.csv, preview.jpg, README.md)')
-        check_synthetic_detection(root, table, args)
+        if args.video:
+            table = synthetic_video.generate_clips(root, args.num_subjects, args.images_per_subject, args.image_size,
+                                                   args.seed, args.family, settings['fps'], args.clip_frames,
+                                                   progress=not args.quiet)
+            print(f'{root}: {len(table)} synthetic clips of {args.num_subjects} subjects written (grade_N/*.mp4, '
+                  f'{synthetic_video.CLIP_TABLE} with the true apex frames, README.md)')
+        else:
+            table = synthetic_faces.generate_dataset(root, args.num_subjects, args.images_per_subject,
+                                                     args.image_size, args.seed, progress=not args.quiet,
+                                                     expressions=args.expressions, pairs=args.pairs,
+                                                     family=args.family)
+            rest = f', rest photos in {synthetic_faces.REST_FOLDER}/grade_N/' if args.pairs else ''
+            print(f'{root}: {len(table)} synthetic {what} of {args.num_subjects} subjects written '
+                  f'(grade_N/{rest}, annotation.csv, preview.jpg, README.md)')
+            check_synthetic_detection(root, table, args)
     if args.output_csv is not None:
-        run_fnp(argparse.Namespace(**{**vars(args), 'data_root': root, 'input_csv': None}))
+        (run_video if args.video else run_fnp)(argparse.Namespace(**{**vars(args), 'data_root': root,
+                                                                     'input_csv': None}))
+    elif args.video:
+        print(f'next: python prepare_dataset.py --dataset_type video --data_root {root} '
+              f'--output_csv {root.parent / f"{root.name}_pairs.csv"}')
     else:
         print(f'next: python prepare_dataset.py --dataset_type FNP --data_root {root} '
               f'--output_csv {root.parent / "fnp_annotation.csv"}')
@@ -706,12 +810,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description='Prepare facial palsy datasets: annotation CSVs with subject-disjoint, grade-stratified\n'
                     'train/val/test splits (FNP-style grade folders or a CSV), CK+ conversion, 6 <-> 3 class\n'
-                    'conversion, and the built-in synthetic demo faces.',
+                    'conversion, examination clips -> rest / apex pairs, and the built-in synthetic demo faces\n'
+                    'and clips.',
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--dataset_type', choices=['FNP', 'CK+', 'synthetic', 'merge'], default=None,
+    parser.add_argument('--dataset_type', choices=['FNP', 'CK+', 'synthetic', 'merge', 'video'], default=None,
                         help='FNP: grade_0 .. grade_5 folders under --data_root (or --input_csv) -> --output_csv. '
                              'CK+: CK+ sequences + --grade_mapping -> --output_root and/or --output_csv. '
-                             'synthetic: draw the demo faces into --output_root. '
+                             'synthetic: draw the demo faces (or, with --video, clips) into --output_root. '
+                             'video: clips in grade_0 .. grade_5 folders (or --input_csv) -> their rest and apex '
+                             'frames in --frames_dir and a pairs CSV --output_csv for --input_mode flow. '
                              'merge: several annotation CSVs (--input_csv A B, --data_root ROOT_A ROOT_B) -> one '
                              '--output_csv with absolute paths, e.g. FNP + CK+')
     io = parser.add_argument_group('inputs and outputs')
@@ -720,7 +827,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                          'the subject folders S005/ ... directly inside); merge: one per --input_csv')
     io.add_argument('--input_csv', type=Path, nargs='+', default=None,
                     help='FNP: a CSV with image_path (relative to --data_root, default its own folder) and grade '
-                         '(0-5), optional subject, side; --convert_classes: the annotation CSV to convert')
+                         '(0-5), optional subject, side; video: the same with a clip column (clip_path or clip) '
+                         'naming videos or folders of frames; --convert_classes: the annotation CSV to convert')
     io.add_argument('--output_csv', type=Path, default=None,
                     help='annotation CSV to write (image_path, grade, side, split, subject, ...)')
     io.add_argument('--output_root', type=Path, default=None,
@@ -749,6 +857,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     ck.add_argument('--grade_mapping', type=Path, default=None,
                     help='CSV mapping CK+ subjects or sequences to palsy grades: columns subject (S005) and/or '
                          'sequence (S005/001; wins over its subject), grade (0-5), optional side')
+    ck.add_argument('--apex', choices=['last', 'auto'], default='last',
+                    help='the peak frame of a CK+ sequence: last (its last frame, as CK+ is recorded) or auto (the '
+                         'apex finder of video.py, the same as for clips; a sequence it cannot read keeps its last '
+                         'frame)')
+    clips = parser.add_argument_group('video clips')
+    clips.add_argument('--frames_dir', type=Path, default=None,
+                       help='video: where the rest and apex frames are written (grade_N/<clip>.png, '
+                            'rest/grade_N/<clip>_rest.png); the --data_root of training (default: <output_csv '
+                            'without .csv>_frames beside it)')
+    clips.add_argument('--fps', type=float, default=None,
+                       help='frames per second: of folders of frames (default 30) and, when given, of every clip '
+                            'read; of the synthetic clips drawn with --video (default 30)')
+    clips.add_argument('--max_frames', type=int, default=video_dataset.DEFAULT_MAX_FRAMES,
+                       help='video: frames of a clip read at most (clips are held in memory while their apex is '
+                            'found)')
+    clips.add_argument('--motion_figures', action='store_true',
+                       help='video: also write the motion over time of each clip, rest and apex marked, to '
+                            '<frames_dir>/motion/<clip>.png')
+    clips.add_argument('--video', action='store_true',
+                       help='synthetic: draw examination clips instead of photos: grade_N/<subject>_<n>_<expression>'
+                            '.mp4 (rest -> brow raise, eye closure or smile -> rest, with head motion, blinks and '
+                            'camera noise) and clips.csv with the true apex frames; --images_per_subject clips per '
+                            'subject')
+    clips.add_argument('--clip_frames', type=int, default=synthetic_video.DEFAULT_CLIP_FRAMES,
+                       help='synthetic --video: frames per clip')
     conv = parser.add_argument_group('classes')
     conv.add_argument('--convert_classes', choices=['6to3', '3to6'], default=None,
                       help='6to3: add grade_3 (HB I -> 0 normal, II-III -> 1 mild/moderate, IV-VI -> 2 severe) '
@@ -765,7 +898,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                             '(S001 / synb0001), so sets of both can be merged (default: a)')
     synth.add_argument('--num_subjects', type=int, default=120,
                        help='synthetic subjects, spread evenly over the six grades (default: 120)')
-    synth.add_argument('--images_per_subject', type=int, default=5, help='photos per subject (default: 5)')
+    synth.add_argument('--images_per_subject', type=int, default=None,
+                       help='photos (or clips, with --video) per subject (default: 5 photos, 3 clips)')
     synth.add_argument('--image_size', type=int, default=256, help='photo size in pixels (default: 256)')
     synth.add_argument('--expressions', choices=synthetic_faces.EXPRESSION_MODES, default='protocol',
                        help='protocol: each subject\'s photos cycle through rest, brow raise, eye closure and smile '
@@ -780,7 +914,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help='run MTCNN on the new photos (all), on N of them spread over the set, or not at all (0), '
                             'and report how many faces and landmarks it finds; the landmarks go into the cache '
                             'that training reads, so this moves rather than adds detection time (default: all)')
-    synth.add_argument('--device', default='auto', help='device for the MTCNN check: auto, cpu or cuda')
+    synth.add_argument('--device', default='auto',
+                       help='device for MTCNN (the detection check, and the apex finder of video / --apex auto): '
+                            'auto, cpu or cuda')
     synth.add_argument('--cache_dir', type=Path, default=None,
                        help='landmark cache of the MTCNN check (default: the one training uses, .cache/landmarks)')
     add_config_args(parser)
@@ -791,7 +927,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parse_args_with_config(parser, argv)
     if args.dataset_type is None and args.convert_classes is None:
-        parser.error('choose --dataset_type FNP|CK+|synthetic|merge, or --convert_classes 6to3|3to6')
+        parser.error('choose --dataset_type FNP|CK+|synthetic|merge|video, or --convert_classes 6to3|3to6')
+    if args.images_per_subject is None:
+        args.images_per_subject = 3 if args.video else 5
     if args.num_subjects < 1 or args.images_per_subject < 1:
         raise UserError('--num_subjects and --images_per_subject must be at least 1')
     check_ratios(args.split_ratio)
@@ -816,6 +954,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_ckplus(args)
     elif args.dataset_type == 'synthetic':
         run_synthetic(args)
+    elif args.dataset_type == 'video':
+        if args.input_csv is not None and not args.input_csv.is_file():
+            raise UserError(f'--input_csv {args.input_csv}: file not found')
+        run_video(args)
     else:
         run_convert(args)
     return 0

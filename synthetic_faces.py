@@ -70,7 +70,7 @@ __all__ = [
     'sample_photo', 'face_geometry', 'render_face', 'generate_dataset', 'preview_sheet', 'check_detection',
     'PhotoPair', 'render_pair', 'PAIR_EXPRESSIONS', 'pair_expressions', 'NEUTRAL_LANDMARK_COLUMNS', 'REST_FOLDER',
     'rest_photo_path', 'subject_name', 'format_detection', 'is_synthetic_dataset', 'read_manifest',
-    'record_detection', 'remove_generated_files',
+    'record_detection', 'remove_generated_files', 'move_head',
 ]
 
 # 2: face families, and wide variation (skin tones, light, blur, JPEG quality, yaw / pitch, glasses, beards,
@@ -111,6 +111,17 @@ def sample_photo(rng: np.random.Generator, expression: Expression | None = None,
     """Draw the conditions of one photo of face family ``family`` (pose, lighting, camera), at rest unless an
     ``expression`` is given."""
     return family_module(family).sample_photo(rng, expression)
+
+
+def move_head(photo: Any, *, shift: tuple[float, float] = (0.0, 0.0), rotation: float = 0.0, scale: float = 1.0,
+              yaw: float = 0.0, pitch: float = 0.0) -> Any:
+    """``photo`` (of either family) with the head moved, as between the frames of a clip: ``shift`` (x, y) in
+    fractions of the photo size, ``rotation`` in degrees counter-clockwise, ``scale`` a factor, ``yaw`` / ``pitch``
+    in degrees added to the pose; only the pose changes."""
+    for module in _FAMILY_MODULES.values():
+        if isinstance(photo, module.PhotoConditions):
+            return module.move_head(photo, shift=shift, rotation=rotation, scale=scale, yaw=yaw, pitch=pitch)
+    raise TypeError(f'not the conditions of a synthetic photo: {type(photo).__name__}')
 
 
 def render_face(identity: Any, palsy: Palsy, photo: Any, image_size: int = 256,

@@ -25,7 +25,7 @@ asymmetry.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import cv2
@@ -36,7 +36,7 @@ from synthetic_photo import (DEFAULT_JPEG_QUALITY, Occluder, apply_camera, draw_
                              sample_occluder)
 
 __all__ = ['REFERENCE_SIZE', 'Identity', 'PhotoConditions', 'FaceGeometry', 'sample_identity', 'sample_photo',
-           'face_geometry', 'render_face', 'frontal_photo', 'DESCRIPTION', 'SIGNS', 'SIGN_UNITS']
+           'face_geometry', 'render_face', 'frontal_photo', 'move_head', 'DESCRIPTION', 'SIGNS', 'SIGN_UNITS']
 
 # Geometry is designed on a 256-pixel reference photo and scaled to the requested size.
 REFERENCE_SIZE = 256.0
@@ -269,6 +269,17 @@ def sample_photo(rng: np.random.Generator, expression: Expression | None = None)
 def frontal_photo(expression: Expression) -> PhotoConditions:
     """A photo without pose, lighting or camera effects (for contact sheets)."""
     return PhotoConditions(expression=expression)
+
+
+def move_head(photo: PhotoConditions, *, shift: Sequence[float] = (0.0, 0.0), rotation: float = 0.0,
+              scale: float = 1.0, yaw: float = 0.0, pitch: float = 0.0) -> PhotoConditions:
+    """``photo`` with the head moved, as between the frames of a clip: ``shift`` (x, y) in fractions of the photo
+    size, ``rotation`` in degrees counter-clockwise, ``scale`` a factor, ``yaw`` / ``pitch`` in degrees added to the
+    pose. The face, the light and the camera stay as they are."""
+    moved = (photo.shift[0] + shift[0] * REFERENCE_SIZE, photo.shift[1] + shift[1] * REFERENCE_SIZE)
+    return replace(photo, shift=moved,
+                   rotation=photo.rotation + rotation, scale=photo.scale * scale, yaw=photo.yaw + yaw,
+                   pitch=photo.pitch + pitch)
 
 
 # geometry

@@ -22,7 +22,8 @@ exposure, blur, noise and JPEG quality.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -32,7 +33,7 @@ from synthetic_photo import (DEFAULT_JPEG_QUALITY, Occluder, apply_camera, draw_
                              sample_occluder)
 
 __all__ = ['Identity', 'PhotoConditions', 'FaceGeometry', 'sample_identity', 'sample_photo', 'frontal_photo',
-           'face_geometry', 'render_face', 'DESCRIPTION', 'SIGNS', 'SIGN_UNITS']
+           'face_geometry', 'render_face', 'move_head', 'DESCRIPTION', 'SIGNS', 'SIGN_UNITS']
 
 # How far each sign moves at full severity, in head units (the head's half-width is 1). At the default framing a
 # unit is about 0.23 x the photo size, so 0.1 units are about 6 pixels of a 256-pixel photo.
@@ -236,6 +237,15 @@ def sample_photo(rng: np.random.Generator, expression: Expression | None = None)
 def frontal_photo(expression: Expression) -> PhotoConditions:
     """A frontal, evenly lit photo without camera effects (for contact sheets)."""
     return PhotoConditions(expression=expression)
+
+
+def move_head(photo: PhotoConditions, *, shift: Sequence[float] = (0.0, 0.0), rotation: float = 0.0,
+              scale: float = 1.0, yaw: float = 0.0, pitch: float = 0.0) -> PhotoConditions:
+    """``photo`` with the head moved, as between the frames of a clip: ``shift`` (x, y) in fractions of the photo
+    size, ``rotation`` in degrees counter-clockwise (roll), ``scale`` a factor, ``yaw`` / ``pitch`` in degrees added
+    to the pose. The face, the light and the camera stay as they are."""
+    return replace(photo, centre=(photo.centre[0] + shift[0], photo.centre[1] + shift[1]), roll=photo.roll + rotation,
+                   scale=photo.scale * scale, yaw=photo.yaw + yaw, pitch=photo.pitch + pitch)
 
 
 # geometry
