@@ -25,6 +25,15 @@ A checkpoint trained with ``--input_mode flow`` grades a rest / expression pair:
 ``<name>.<ext>``). The folder CSV then has ``rest_path`` and ``rest_face_detected`` columns; an expression photo
 without a rest photo gets the status ``no_rest_photo``.
 
+A clip of the examination (``--video``: a video file or a folder of frames, rest -> expression -> rest) is read,
+its rest frame and apex found (``video.find_apex``) and graded (``video_inference.grade_clip``): a flow checkpoint
+grades the rest -> apex pair, a checkpoint of single photos the peak frames around the apex (their probabilities
+averaged) or the apex frame alone (``--grade_frames apex``). It writes a table with one row per frame (motion, rest
+/ apex / peak marks, the probabilities of the frames graded on their own for the curve over time), a JSON summary
+of the clip's grade and a figure of motion and grade over time. ``--video_dir`` grades every clip of a folder into
+``--output_dir`` with one row per clip in a summary CSV; a clip that cannot be graded gets its status there and the
+run goes on.
+
 Usage::
 
     python demo_inference.py --model_path ./checkpoints/fnp/best_model.pth --image_path ./test_image.jpg
@@ -32,6 +41,9 @@ Usage::
         --output_csv ./predictions.csv
     python demo_inference.py --model_path ./checkpoints/fnp_flow/best_model.pth --image_path ./smile.jpg \\
         --rest ./rest.jpg
+    python demo_inference.py --model_path ./checkpoints/fnp_flow/best_model.pth --video ./smile.mp4
+    python demo_inference.py --model_path ./checkpoints/fnp_flow/best_model.pth --video_dir ./clips/ \\
+        --output_dir ./clip_predictions
 
 This is a research tool, not a clinical diagnosis.
 """
@@ -54,18 +66,26 @@ from inference import (PAIR_STATUSES, PAIRING_RULE, STATUSES, SYMMETRY_COLUMNS, 
                        symmetry_line, symmetry_row)
 from losses import subject_grades_from_photos
 from utils import check_writable, csv_header, guard_outputs, png_made_here
+from video import VIDEO_SUFFIXES
+from video_dataset import DEFAULT_MAX_FRAMES
+from video_inference import (CURVE_POINTS, GRADE_FRAMES, OUTPUT_SUFFIXES, clip_outputs, clip_stem, clip_stems,
+                             format_clip, format_counts, grade_clip, grade_clips, guard_clip_outputs, list_clips,
+                             load_clip, summary_columns, summary_csv_made_here, write_clip_outputs)
 
 __all__ = ['FacialPalsyPredictor', 'get_args_parser', 'main']
 
 OVERLAY_SUFFIX = '_prediction.png'
+DEFAULT_OUTPUT_CSV = './predictions.csv'
+DEFAULT_CLIP_OUTPUT_DIR = './clip_predictions'
 
 
 # command line
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description='Grade facial palsy (House-Brackmann) on one photo or a folder of photos with a trained HTNet '
-                    'checkpoint. A research tool, not a clinical diagnosis.',
+        description='Grade facial palsy (House-Brackmann) on one photo or a folder of photos, or on a clip of the '
+                    'examination or a folder of clips, with a trained HTNet checkpoint. A research tool, not a '
+                    'clinical diagnosis.',
         formatter_class=utils.HelpFormatter)
     parser.add_argument('--model_path', required=True, nargs='+',
                         help=MODEL_PATHS_HELP + ' grade as an ensemble (their probabilities averaged); one '
@@ -82,6 +102,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help='a folder: every file in it (not sub-folders) gets one row in --output_csv; files '
                              'that are not readable images get status "unreadable". For a flow checkpoint, every '
                              'expression photo with its rest photo (see --pairs_csv)')
+    source.add_argument('--video', default=None, metavar='CLIP',
+                        help='one clip of the examination (a video: ' + ' '.join(VIDEO_SUFFIXES) + '; or a folder of '
+                             'frame images): its rest frame and apex are found and the clip graded (a flow '
+                             'checkpoint: the rest -> apex pair; a checkpoint of single photos: see --grade_frames). '
+                             'Writes --output_csv (one row per frame), --output_json (the clip\'s grade) and the '
+                             '--output_path figure; a clip that cannot be read, or shows no face, is a one-line error')
+    source.add_argument('--video_dir', default=None, metavar='DIR',
+                        help='every clip directly in a folder (videos and folders of frames): each one\'s frame '
+                             f'table, summary and figure go to --output_dir (<clip name>{OUTPUT_SUFFIXES["frames_csv"]}, '
+                             f'{OUTPUT_SUFFIXES["json"]}, {OUTPUT_SUFFIXES["figure"]}), one row per clip to '
+                             '--output_csv; a clip that cannot be graded gets its status (unreadable, no_face) and the '
+                             'reason there, and the run goes on')
     parser.add_argument('--rest', default=None, metavar='REST',
                         help='with --image_path and a checkpoint trained with --input_mode flow: the rest photo of '
                              'the same sitting; --image_path is then the expression photo and the pair is graded '
@@ -92,10 +124,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                              'rest photo; files listed as neutral_path are not graded themselves. Without it, '
                              f'{PAIRING_RULE}')
     parser.add_argument('--output_path', default=None,
-                        help=f'overlay PNG for --image_path (default: <photo name>{OVERLAY_SUFFIX} beside the '
-                             f'photo); never the photo itself')
-    parser.add_argument('--output_csv', default='./predictions.csv',
-                        help='CSV for --image_dir: path, status, grade_index, grade, confidence, one p_<grade> '
+                        help=f'overlay PNG for --image_path, never the photo itself; for --video the figure of the '
+                             f'clip: motion over time with the rest and apex frames marked, the expected grade of the '
+                             f'frames graded alone (see --grade_every), thumbnails of the rest and apex frames, the '
+                             f'clip\'s probabilities (default: <photo or clip name>{OVERLAY_SUFFIX} beside it)')
+    parser.add_argument('--output_csv', default=None,
+                        help=f'(default: {DEFAULT_OUTPUT_CSV} for --image_dir, <output_dir>/clips.csv for '
+                             f'--video_dir, <clip name>{OUTPUT_SUFFIXES["frames_csv"]} beside the clip for --video) '
+                             f'For --video the per-frame table: frame, time_s, motion, is_rest, is_apex, is_peak, '
+                             f'grades_clip, then for the frames graded on their own status, grade, expected_grade, '
+                             f'p_<grade> and ood_score (empty for the others). For --video_dir one row per clip: '
+                             f'clip_path, status, grade, probabilities, rest and apex frames, error. For --image_dir: '
+                             'path, status, grade_index, grade, confidence, one p_<grade> '
                              'column per class, face_detected, error, then the sym_<measurement> symmetry columns, '
                              'ood_score and ood_flag, for a checkpoint with a side head predicted_side, '
                              'side_confidence and side_p_<left|right|none>, then tta and models (the checkpoints, '
@@ -104,13 +144,38 @@ def get_args_parser() -> argparse.ArgumentParser:
                              'file names name patients (the part before the first "_", e.g. P001_smile.jpg) and a '
                              'patient has several photos, <name>_subjects.csv '
                              'beside it grades each patient from the mean of their photo probabilities')
+    clips = parser.add_argument_group('clips (--video, --video_dir)')
+    clips.add_argument('--output_json', default=None,
+                       help=f'--video: the clip\'s grade as JSON (default: <clip name>{OUTPUT_SUFFIXES["json"]} beside '
+                            'the clip): grade, confidence (the predicted grade\'s probability), probabilities, '
+                            'graded_on, graded_frames, rest_frame, apex_frame, rest_time_s, apex_time_s, peak_frames, '
+                            'fps, num_frames, ood_score and ood_flag (null without OOD statistics), tta, models, notes')
+    clips.add_argument('--output_dir', default=None,
+                       help=f'--video_dir: where each clip\'s table, summary and figure go (default: '
+                            f'{DEFAULT_CLIP_OUTPUT_DIR})')
+    clips.add_argument('--grade_frames', default=GRADE_FRAMES[0], choices=list(GRADE_FRAMES),
+                       help='which frames grade a clip for a checkpoint of single photos: peak (the frames around the '
+                            'apex that move at least 90%% as much, their probabilities averaged and read with the '
+                            'checkpoint\'s rule, as a patient\'s photos are) or apex (the apex frame alone). A flow '
+                            'checkpoint always grades the rest -> apex pair')
+    clips.add_argument('--grade_every', type=int, default=None, metavar='K',
+                       help=f'frames graded on their own for the grade over time (the table and the figure): every '
+                            f'K-th frame (1: all; 0: none but those that grade the clip). Without it at most '
+                            f'{CURVE_POINTS} frames evenly over the clip, the first and last included. A photo '
+                            f'checkpoint grades the frame, a flow checkpoint the pair rest frame -> frame')
+    clips.add_argument('--fps', type=float, default=None,
+                       help='frames per second of a folder of frames (default 30) and, when given, of every clip')
+    clips.add_argument('--max_frames', type=int, default=DEFAULT_MAX_FRAMES,
+                       help='frames of a clip read at most (a clip is held in memory while it is graded)')
     parser.add_argument('--overlay_dir', default=None,
                         help=f'with --image_dir, also write an overlay PNG per readable photo here '
                              f'(<photo name>{OVERLAY_SUFFIX})')
-    parser.add_argument('--no_overlay', action='store_true', help='with --image_path, only print the result')
+    parser.add_argument('--no_overlay', action='store_true',
+                        help='with --image_path, only print the result; with --video / --video_dir, no figure')
     parser.add_argument('--overwrite', action='store_true',
-                        help='replace an existing --output_csv / --output_path that this script did not write (its '
-                             'own earlier predictions and overlays are refreshed without it)')
+                        help='replace an existing --output_csv / --output_path / --output_json (or a clip\'s output '
+                             'in --output_dir) that this script did not write (its own earlier outputs are refreshed '
+                             'without it)')
     parser.add_argument('--batch_size', type=int, default=32,
                         help='photos read, detected and classified together')
     parser.add_argument('--device', default='auto', help='auto (CUDA when available), cpu, cuda or cuda:N')
@@ -247,7 +312,7 @@ def predict_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) ->
     image_dir = Path(args.image_dir)
     if not image_dir.is_dir():
         raise utils.UserError(f'--image_dir {image_dir}: not a folder')
-    output_csv = Path(args.output_csv)
+    output_csv = Path(args.output_csv or DEFAULT_OUTPUT_CSV)
     if output_csv.is_dir():
         raise utils.UserError(f'--output_csv {output_csv} is a folder; give a file name')
     files, overlays = list_folder(image_dir, exclude=[output_csv])
@@ -378,12 +443,96 @@ def write_folder_overlay(predictor: FacialPalsyPredictor, path: Path, result: di
         result['error'] = f'overlay not written: {err}'
 
 
+# clips
+
+def check_clip_flags(args: argparse.Namespace) -> None:
+    """The flags of clips, in one line each when misplaced: ``--output_json`` goes with ``--video``,
+    ``--output_dir`` with ``--video_dir`` (whose figures go there, not to ``--output_path``)."""
+    misplaced = [('--output_json', args.output_json, args.video, '--video'),
+                 ('--output_dir', args.output_dir, args.video_dir, '--video_dir'),
+                 ('--output_path', args.output_path, not args.video_dir, '--image_path or --video'),
+                 ('--overlay_dir', args.overlay_dir, not (args.video or args.video_dir), '--image_dir')]
+    for flag, value, fits, where in misplaced:
+        if value is not None and not fits:
+            raise utils.UserError(f'{flag} goes with {where}')
+    if (args.video or args.video_dir) and args.max_frames < 2:
+        raise utils.UserError(f'--max_frames {args.max_frames}: a clip needs at least two frames (rest and apex)')
+
+
+def predict_clip(predictor: FacialPalsyPredictor, args: argparse.Namespace) -> dict[str, Any]:
+    """``--video``: grade one clip, print it, and write its per-frame table, its summary JSON and its figure."""
+    clip_path = Path(args.video)
+    if not clip_path.exists():
+        raise utils.UserError(f'--video {clip_path}: file not found')
+    defaults = clip_outputs(clip_path.parent, clip_stem(clip_path), figure=not args.no_overlay)
+    given = {'frames_csv': args.output_csv, 'json': args.output_json, 'figure': args.output_path}
+    outputs = {kind: None if default is None else Path(given[kind] or default) for kind, default in defaults.items()}
+    replaced = guard_clip_outputs(outputs, args.overwrite, clip_path)
+    for folder in {path.parent for path in outputs.values() if path is not None}:
+        check_writable(folder, 'output folder')
+    graded = grade_clip(predictor, *load_clip(clip_path, predictor.detector, args.fps, args.max_frames),
+                        args.grade_frames, args.grade_every, progress=True)
+    if replaced:
+        print(f'note: replacing {", ".join(map(str, replaced))} (earlier outputs of this script)')
+    summary = write_clip_outputs(graded, outputs)
+    print(f'graded by {predictor.describe()}')
+    print(format_clip(graded))
+    print('written: ' + ', '.join(str(path) for path in summary['outputs'].values() if path))
+    return {'results': [graded.result], 'clip': summary, 'outputs': summary['outputs'], **run_settings(predictor),
+            'skipped_models': predictor.skipped_models}
+
+
+def predict_clip_folder(predictor: FacialPalsyPredictor, args: argparse.Namespace) -> dict[str, Any]:
+    """``--video_dir``: every clip of a folder graded into ``--output_dir``, one summary row per clip (a clip that
+    cannot be graded too, with its status and reason), a progress bar, and a count per status at the end."""
+    video_dir, output_dir = Path(args.video_dir), Path(args.output_dir or DEFAULT_CLIP_OUTPUT_DIR)
+    if not video_dir.is_dir():
+        raise utils.UserError(f'--video_dir {video_dir}: not a folder')
+    summary_csv = Path(args.output_csv) if args.output_csv else output_dir / 'clips.csv'
+    clips, others = list_clips(video_dir, exclude=[output_dir])
+    if others:
+        print(f'note: {len(others)} entries of {video_dir} are neither videos nor folders of frames and are not '
+              f'graded: {", ".join(p.name for p in others[:5])}{", ..." if len(others) > 5 else ""}')
+    if not clips:
+        raise utils.UserError(f'--video_dir {video_dir}: no clips (videos {" ".join(VIDEO_SUFFIXES)} or folders of '
+                              f'frame images)')
+    stems = clip_stems(clips)
+    outputs = {clip: clip_outputs(output_dir, stems[clip], figure=not args.no_overlay) for clip in clips}
+    subjects_csv = subjects_csv_path(summary_csv)
+    replaced = guard_outputs([summary_csv], summary_csv_made_here, args.overwrite, '--output_csv')
+    guard_outputs([subjects_csv], lambda path: csv_header(path)[:2] == ['subject', 'n_photos'], args.overwrite,
+                  'per-patient CSV')
+    for clip in clips:
+        replaced += guard_clip_outputs(outputs[clip], args.overwrite)
+    check_writable(output_dir, '--output_dir')
+    check_writable(summary_csv.parent, '--output_csv folder')
+    if replaced:
+        print(f'note: replacing {len(replaced)} earlier output(s) of this script')
+
+    rows, results = grade_clips(predictor, clips, outputs, stems, fps=args.fps, max_frames=args.max_frames,
+                                grade_frames=args.grade_frames, grade_every=args.grade_every)
+    utils.atomic_write_csv(summary_csv, summary_columns(predictor.grades), rows)
+    print(f'graded by {predictor.describe()}')
+    print(f'{len(rows)} clips -> {summary_csv} ({format_counts(rows)}); each graded clip\'s table, summary and '
+          f'figure in {output_dir}')
+    print(ood_count_line(results, predictor))
+    subjects = write_subject_table(predictor, results, subjects_csv)
+    return {'results': results, 'rows': rows, 'csv': str(summary_csv), 'output_dir': str(output_dir),
+            'counts': dict(Counter(row['status'] for row in rows)), 'subjects': subjects, **run_settings(predictor),
+            'skipped_models': predictor.skipped_models}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = utils.parse_args_with_config(get_args_parser(), argv)
     if args.batch_size < 1:
         raise utils.UserError(f'--batch_size {args.batch_size}: must be at least 1')
     check_pair_flags(args.image_path, args.image_dir, args.rest, args.pairs_csv)
+    check_clip_flags(args)
     predictor = FacialPalsyPredictor(args.model_path, device=args.device, batch_size=args.batch_size, tta=args.tta)
+    if args.video:
+        return predict_clip(predictor, args)
+    if args.video_dir:
+        return predict_clip_folder(predictor, args)
     if args.image_path:
         return predict_one(predictor, args)
     return predict_folder(predictor, args)

@@ -41,6 +41,11 @@ the rest photo is drawn beside it with the regions as they were cut::
 
     python visualize_attention.py --model_path ./checkpoints/fnp_flow/best_model.pth --image_path ./smile.jpg \\
         --rest ./rest.jpg --visualize_regions
+
+A clip (``--video``: a video or a folder of frames) is read and its rest and apex frames found as
+``demo_inference.py --video`` finds them (``video_inference.load_clip``); the maps are those of the apex (a flow
+checkpoint: the rest -> apex pair; a photo checkpoint: the apex frame), and ``<clip name>_motion.png`` adds the
+motion over time with both frames marked.
 """
 from __future__ import annotations
 
@@ -69,6 +74,9 @@ from ensemble import DEFAULT_TTA, MODEL_PATHS_HELP, TTA_MODES, finite_or_none
 from inference import (PAIRING_RULE, FacialPalsyPredictor, ImageInput, box_corners, check_pair_flags,
                        display_grade, draw_probabilities, face_of, missing_face_line, ood_line, rest_to_expression)
 from Model import AttentionRecorder, HTNet
+from video import save_motion_figure
+from video_dataset import DEFAULT_MAX_FRAMES
+from video_inference import clip_stem, load_clip
 
 __all__ = ['AttentionVisualizer', 'StageLayout', 'attention_to_mosaic', 'stage_layouts', 'record_attention',
            'gradient_saliency', 'mosaic_to_photo', 'quadrant_means', 'level_figure', 'summary_figure',
@@ -85,7 +93,7 @@ SALIENCY_CMAP = 'inferno'
 MIN_ATTENTION_SPREAD = 0.25
 # photos are drawn at most this many pixels long: a 24-megapixel overlay looks the same and costs seconds
 DISPLAY_MAX_SIDE = 1024
-OUTPUT_NAME = re.compile(r'_(?:summary|regions|level\d+)\.png$|_attention\.npz$')
+OUTPUT_NAME = re.compile(r'_(?:summary|regions|motion|level\d+)\.png$|_attention\.npz$')
 RUN_FILES = ('skipped.csv', 'attention_summary.csv', 'args.yaml')
 DISCLAIMER = 'research tool, not a diagnosis'
 
@@ -454,14 +462,18 @@ class AttentionVisualizer:
                 raise utils.UserError(f'{photo}: its outputs would replace the photo itself; choose another '
                                       f'--output_dir')
         analysis = self.analyse(image_path) if rest_path is None else self.analyse_pair(rest_path, image_path)
-        name = image_path.name
+        return self.write_outputs(analysis, paths, image_path.name), analysis
+
+    def write_outputs(self, analysis: Mapping[str, Any], paths: Mapping[str, Path], name: str) -> list[Path]:
+        """Draw an analysis into the files of ``output_paths`` (a figure per level, the summary, the regions
+        figure when it has a path, the raw maps); ``name`` titles the figures. Returns the paths written."""
         for level in range(self.num_levels):
             save_figure(level_figure(analysis, level, name), paths[f'level{level}'], self.dpi)
         save_figure(summary_figure(analysis, name), paths['summary'], self.dpi)
-        if visualize_regions:
+        if 'regions' in paths:
             save_figure(regions_figure(analysis, name), paths['regions'], self.dpi)
         save_npz(attention_arrays(analysis), paths['attention'])
-        return list(paths.values()), analysis
+        return list(paths.values())
 
 
 # writing
@@ -818,6 +830,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                              'of the original view')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--image_path', default=None, help='one photo (with --rest: the expression photo of a pair)')
+    source.add_argument('--video', default=None, metavar='CLIP',
+                        help='one clip (a video or a folder of frames): its rest and apex frames are found '
+                             '(video.find_apex) and the attention of the apex drawn: a flow checkpoint\'s on the '
+                             'rest -> apex pair, a photo checkpoint\'s on the apex frame. The files are named after '
+                             'the clip, and <clip name>_motion.png adds the motion over time with both frames marked')
     source.add_argument('--image_dir', default=None,
                         help='a folder: every file directly in it is drawn (for a flow checkpoint, every '
                              'expression photo with its rest photo, see --pairs_csv); files that cannot be read, and '
@@ -842,6 +859,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help='also write <stem>_regions.png: the landmarks, the four crop boxes and the mosaic '
                              'layout drawn on the face')
     parser.add_argument('--dpi', type=int, default=110, help='resolution of the PNG figures')
+    parser.add_argument('--fps', type=float, default=None,
+                        help='--video: frames per second of a folder of frames (default 30) and, when given, of a '
+                             'video')
+    parser.add_argument('--max_frames', type=int, default=DEFAULT_MAX_FRAMES,
+                        help='--video: frames of the clip read at most')
     parser.add_argument('--device', default='auto', help='auto (CUDA when available), cpu, cuda or cuda:N')
     utils.add_config_args(parser)
     return parser
@@ -948,6 +970,28 @@ def visualize_one(visualizer: AttentionVisualizer, args: argparse.Namespace) -> 
     return {'outputs': {str(image_path): paths}, 'skipped': [], 'analyses': {str(image_path): analysis}}
 
 
+def visualize_clip(visualizer: AttentionVisualizer, args: argparse.Namespace) -> dict[str, Any]:
+    """``--video``: the figures and maps of the clip's apex (``video_inference.load_clip`` finds it), and its
+    motion over time; a clip that cannot be read, or shows no face, is a one-line error."""
+    clip_path, output_dir = Path(args.video), Path(args.output_dir)
+    stem = clip_stem(clip_path)
+    paths = visualizer.output_paths(stem, output_dir, args.visualize_regions)
+    motion_path = output_dir / f'{stem}_motion.png'
+    guard_outputs([*paths.values(), motion_path], args)
+    clip, apex = load_clip(clip_path, visualizer.predictor.detector, args.fps, args.max_frames)
+    rest, top = clip.frames[apex.rest_frame], clip.frames[apex.apex_frame]
+    analysis = visualizer.analyse_pair(rest, top) if visualizer.reads_pairs else visualizer.analyse(top)
+    analysis.update(path=f'{clip_path} frame {apex.apex_frame}',
+                    **({'rest_path': f'{clip_path} frame {apex.rest_frame}'} if visualizer.reads_pairs else {}))
+    written = visualizer.write_outputs(analysis, paths, f'{clip_path.name} (apex frame {apex.apex_frame})')
+    written.append(save_motion_figure(apex, motion_path))
+    utils.save_args(args, output_dir / 'args.yaml')
+    print(format_analysis(Path(analysis['path']), analysis))
+    print(f'{len(written)} files written to {output_dir}')
+    return {'outputs': {str(clip_path): written}, 'skipped': [], 'analyses': {str(clip_path): analysis},
+            'apex': apex}
+
+
 def folder_pairs(visualizer: AttentionVisualizer, files: list[Path], args: argparse.Namespace
                  ) -> tuple[list[Path], dict[Path, Path], list[tuple[str, str]]]:
     """The files to draw, the rest photo of each (a flow checkpoint's expression photos; empty for a checkpoint of
@@ -1021,6 +1065,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     check_output_dir(Path(args.output_dir))
     check_pair_flags(args.image_path, args.image_dir, args.rest, args.pairs_csv)
     visualizer = AttentionVisualizer(args.model_path, device=args.device, dpi=args.dpi, tta=args.tta)
+    if args.video:
+        return visualize_clip(visualizer, args)
     if args.image_path:
         return visualize_one(visualizer, args)
     return visualize_folder(visualizer, args)
