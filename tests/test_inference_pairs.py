@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import annotations
+import attention_figures as af
 import checkpoints
 import demo_inference as demo
 import evaluate_facial_palsy
@@ -313,7 +314,7 @@ def test_attention_of_a_pair_is_drawn_on_the_flow_mosaic_and_the_expression_phot
     with np.load(output_dir / f'{stem}_attention.npz', allow_pickle=False) as arrays:
         assert arrays['rest_to_photo'].shape == (2, 3) and arrays['rest_landmarks'].shape == (5, 2)
     # the last level's map lands on the expression photo, inside the crops carried over from the rest photo
-    photo_map = va._photo_heat(analysis, analysis['stage_means'][-1], analysis['image'], 1.0, smooth=False)
+    photo_map = af._photo_heat(analysis, analysis['stage_means'][-1], analysis['image'], 1.0, smooth=False)
     assert photo_map.shape == analysis['image'].shape[:2] and np.isfinite(photo_map).any()
     assert 'rest photo' in capsys.readouterr().out
 

@@ -12,6 +12,7 @@ import synthetic_faces
 import annotations
 import checkpoints
 import utils
+import attention_figures as af
 import visualize_attention as va
 from inference import FacialPalsyPredictor
 from facial_palsy_dataset import REGION_NAMES, FaceLandmarks, default_preprocess
@@ -118,10 +119,10 @@ def test_maps_that_do_not_tile_the_token_grid_are_refused():
 
 def test_each_quadrant_lands_in_its_crop_box_on_the_photo():
     heat = np.zeros((56, 56), dtype=np.float32)
-    for value, (row, col) in enumerate(va.MOSAIC_QUADRANTS, start=1):
+    for value, (row, col) in enumerate(af.MOSAIC_QUADRANTS, start=1):
         heat[row * 28:(row + 1) * 28, col * 28:(col + 1) * 28] = value
     boxes = np.array([[10, 10, 40, 40], [12, 60, 42, 90], [60, 10, 90, 40], [62, 60, 92, 90]], dtype=np.float32)
-    photo = va.mosaic_to_photo(heat, boxes, (100, 120, 3))
+    photo = af.mosaic_to_photo(heat, boxes, (100, 120, 3))
     assert photo.shape == (100, 120)
     for value, (x0, y0, x1, y1) in enumerate(boxes.astype(int), start=1):
         np.testing.assert_array_equal(photo[y0:y1, x0:x1], value)
@@ -134,7 +135,7 @@ def test_each_quadrant_lands_in_its_crop_box_on_the_photo():
 def test_face_mode_turns_the_map_back_by_the_eye_angle():
     heat = np.zeros((56, 56), dtype=np.float32)
     heat[:, 28:] = 1.0  # the image-right half of the levelled face
-    photo = va.mosaic_to_photo(heat, np.array([[20, 20, 80, 80]]), (100, 100), input_mode='face', angle=180.0)
+    photo = af.mosaic_to_photo(heat, np.array([[20, 20, 80, 80]]), (100, 100), input_mode='face', angle=180.0)
     assert np.nanmean(photo[30:70, 22:45]) == pytest.approx(1.0)  # upside down: right half now on the left
     assert np.nanmean(photo[30:70, 55:78]) == pytest.approx(0.0)
     assert np.isnan(photo[:15]).all()
@@ -194,7 +195,7 @@ def test_face_input_mode_maps_onto_the_face_square(files, tmp_path):
     analysis = visualizer.analyse(files['face'])
     assert analysis['input_mode'] == 'face' and tuple(analysis['region_attention']) == va.FACE_QUADRANT_NAMES
     (x0, y0, x1, y1), = np.round(analysis['region_boxes']).astype(int)
-    photo_heat = va.mosaic_to_photo(analysis['stage_means'][-1], analysis['region_boxes'], files['face'].shape,
+    photo_heat = af.mosaic_to_photo(analysis['stage_means'][-1], analysis['region_boxes'], files['face'].shape,
                                     'face', analysis['rotation'])
     seen = np.argwhere(np.isfinite(photo_heat))
     assert seen[:, 0].min() >= max(y0, 0) and seen[:, 0].max() < y1
