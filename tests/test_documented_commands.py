@@ -3,7 +3,12 @@
 The ``python ...`` lines of the ```bash blocks of every documentation page run in a scratch folder laid out as after
 ``bash quick_start.sh``: synthetic faces in ./datasets/facial_palsy/FNP, the annotation CSV, a checkpoint in
 ./checkpoints/fnp, ./test_image.jpg, ./test_images/, micro-expression data in the original layout under ./datasets
-and its weights in ./ourmodel_threedatasets_weights. The pages are README.md, README_zh-CN.md,
+and its weights in ./ourmodel_threedatasets_weights. For the pages on rest / expression pairs and clips also: a flow
+checkpoint of synthetic photo pairs in ./checkpoints/fnp_flow (where ``quick_start.sh --profile flow_pairs`` puts
+it), a rest photo beside every test photo (./test_image_rest.jpg, ./test_images/<name>_rest.jpg) with ./pairs.csv
+naming the same pairs, and the reader's own films: the clips of one sitting in ./examination/
+(``P001_brow_raise.mp4``, ``P001_eye_closure.mp4``, ``P001_smile.mp4``; synthetic, 24 frames), whose smile is also
+./smile.mp4. The pages are README.md, README_zh-CN.md,
 README_FACIAL_PALSY.md, README_CN.md, MIGRATION_SUMMARY.md (which carries the original usage examples verbatim) and
 every page under docs/ (English first, in reading order, then Chinese); a command shown twice runs once, where it
 first appears, so a page may use what an earlier page's command made (the ensemble of ./checkpoints/fnp_seed1 after
@@ -13,6 +18,8 @@ epoch, a few photos) by flags appended after it, which argparse lets win. A bloc
 """
 from __future__ import annotations
 
+import csv as csv_module
+import filecmp
 import importlib
 import py_compile
 import re
@@ -98,6 +105,49 @@ def documented_commands() -> list[tuple[str, str]]:
 COMMANDS = documented_commands()
 
 
+def add_photo_pairs(faces: str, csv: str) -> None:
+    """A tiny flow checkpoint in ./checkpoints/fnp_flow, trained on synthetic rest / expression pairs drawn into
+    ``faces`` (``csv``: their annotation CSV), and a rest photo beside every test photo, named by the file-name rule
+    of inference (``<name>_rest.<ext>``: ./test_image_rest.jpg, ./test_images/<name>_rest.jpg), as the quick start of
+    pairs lays them out; ./pairs.csv names the same pairs (``image_path``, ``neutral_path``, relative to its folder).
+    The rest photos are those of the pairs set's test split, so they show other people than the photos beside them;
+    that changes the grades, not how the commands read a pair."""
+    import prepare_dataset
+    import train_facial_palsy
+
+    prepare_dataset.main(['--dataset_type', 'synthetic', '--pairs', '--output_root', faces, *SYNTHETIC_SHRINK])
+    prepare_dataset.main(['--dataset_type', 'FNP', '--data_root', faces, '--output_csv', csv, '--quiet'])
+    train_facial_palsy.main(['--input_mode', 'flow', '--data_root', faces, '--train_csv', csv, '--val_csv', csv,
+                             '--save_dir', './checkpoints/fnp_flow', '--log_dir', './logs/fnp_flow',
+                             *SHRINK['train_facial_palsy.py']])
+    with open(csv, newline='') as handle:
+        rests = [Path(faces) / row['neutral_path'] for row in csv_module.DictReader(handle) if row['split'] == 'test']
+    photos = sorted(Path('test_images').iterdir())
+    listed = ['image_path,neutral_path']
+    for photo, rest in zip(photos, rests):
+        paired = photo.with_name(f'{photo.stem}_rest{rest.suffix}')
+        shutil.copy(rest, paired)
+        listed.append(f'{photo.as_posix()},{paired.as_posix()}')
+        if filecmp.cmp(photo, 'test_image.jpg', shallow=False):
+            shutil.copy(rest, 'test_image_rest.jpg')
+    Path('pairs.csv').write_text('\n'.join(listed) + '\n')
+    assert Path('test_image_rest.jpg').is_file()
+
+
+def add_examination_clips(scratch: Path) -> None:
+    """./examination/: one synthetic patient's three clips (brow raise, eye closure, smile; 128 pixels, 24 frames)
+    named ``P001_<movement>.mp4``, and its smile as ./smile.mp4. Drawn in ``scratch``, as a reader films them."""
+    import synthetic_video
+
+    table = synthetic_video.generate_clips(scratch, num_subjects=1, clips_per_subject=3, image_size=128, seed=3,
+                                           num_frames=24, progress=False)
+    folder = Path('examination')
+    folder.mkdir()
+    for clip, movement in zip(table['clip_path'], table['expression']):
+        shutil.copy(scratch / clip, folder / f'P001_{movement}.mp4')
+    shutil.copy(folder / 'P001_smile.mp4', 'smile.mp4')
+
+
 def _load_script(relative: str):
     folder = str((ROOT / relative).parent)
     if folder not in sys.path:
@@ -130,6 +180,8 @@ def workdir(tmp_path_factory):
         for relative in test_rows[:3]:
             shutil.copy(Path(faces) / relative, Path('test_images') / Path(relative).name)
         shutil.copy(Path(faces) / test_rows[0], 'test_image.jpg')
+        add_photo_pairs('./datasets/facial_palsy/FNP_pairs', './datasets/facial_palsy/fnp_pairs_annotation.csv')
+        add_examination_clips(tmp_path_factory.mktemp('filmed'))
         yield work
     finally:
         monkey.undo()
@@ -139,6 +191,9 @@ def test_the_docs_show_commands():
     sources = {source for source, _ in COMMANDS}
     assert {'MIGRATION_SUMMARY.md', 'docs/en/get_started.md', 'docs/en/own_data.md', 'docs/en/train.md'} <= sources
     assert any('train_facial_palsy.py' in command for _, command in COMMANDS)
+    # rest / expression pairs and clips at inference are shown, and so run
+    shown = {token for _, command in COMMANDS for token in shlex.split(command)}
+    assert {'--rest', '--pairs_csv', '--video', '--video_dir'} <= shown
     # every page under docs/ (both languages) is read, however deep
     assert {ROOT / 'docs' / 'en' / 'own_data.md', ROOT / 'docs' / 'zh_CN' / 'own_data.md'} <= set(DOCS)
 
