@@ -394,12 +394,12 @@ def subjects_csv_path(output_csv: Path) -> Path:
     return output_csv.with_name(output_csv.stem + '_subjects.csv')
 
 
-def write_subject_table(predictor: FacialPalsyPredictor, results: Sequence[dict[str, Any]], path: Path
-                        ) -> list[dict[str, Any]] | None:
+def write_subject_table(predictor: FacialPalsyPredictor, results: Sequence[dict[str, Any]], path: Path,
+                        unit: str = 'photos') -> list[dict[str, Any]] | None:
     """A grade per patient when the file names name patients (the part before the first ``_``, as
     ``prepare_dataset.py`` reads them) and some patient has several graded photos: the mean of their photo
     probabilities, read with the checkpoint's rule, printed and written to ``path``. None (and nothing written)
-    otherwise."""
+    otherwise. ``unit`` names what was graded in the printout (photos, clips); the column stays ``n_photos``."""
     graded = [r for r in results if r['probabilities'] is not None]
     subjects = [subject_from_name(r['path']) or Path(r['path']).stem for r in graded]
     if not graded or len(set(subjects)) == len(subjects):
@@ -413,10 +413,10 @@ def write_subject_table(predictor: FacialPalsyPredictor, results: Sequence[dict[
         row.update({probability_column(g): round(float(p), 6) for g, p in zip(predictor.grades, probs)})
         rows.append(row)
     utils.atomic_write_csv(path, list(rows[0]), rows)
-    print(f'per patient ({len(rows)} subjects from the file names; the mean of each one\'s photos) -> {path}:')
+    print(f'per patient ({len(rows)} subjects from the file names; the mean of each one\'s {unit}) -> {path}:')
     for row in rows:
         print(f'  {row["subject"]}: {display_grade(row["grade"])} ({row["confidence"]:.3f}, '
-              f'{row["n_photos"]} photos)')
+              f'{row["n_photos"]} {unit})')
     return rows
 
 
@@ -516,7 +516,7 @@ def predict_clip_folder(predictor: FacialPalsyPredictor, args: argparse.Namespac
     print(f'{len(rows)} clips -> {summary_csv} ({format_counts(rows)}); each graded clip\'s table, summary and '
           f'figure in {output_dir}')
     print(ood_count_line(results, predictor))
-    subjects = write_subject_table(predictor, results, subjects_csv)
+    subjects = write_subject_table(predictor, results, subjects_csv, unit='clips')
     return {'results': results, 'rows': rows, 'csv': str(summary_csv), 'output_dir': str(output_dir),
             'counts': dict(Counter(row['status'] for row in rows)), 'subjects': subjects, **run_settings(predictor),
             'skipped_models': predictor.skipped_models}
