@@ -1,6 +1,7 @@
 """quick_start.sh --profile NAME: for every profile of config_examples.yaml it either plans a run whose commands fit
-that profile (a --cv run is graded as the ensemble of its folds, a flow profile reads rest / expression pairs) or
-refuses in one line before any slow work. Checked with --dry_run, which prints the plan and runs nothing, in a scratch
+that profile (a --cv run is graded as the ensemble of its folds, a flow profile reads rest / expression pairs, and one
+whose data_root is the frames folder of its CSV makes those pairs from examination clips) or refuses in one line
+before any slow work. Checked with --dry_run, which prints the plan and runs nothing, in a scratch
 copy of the script and the YAML (no .venv there, so nothing could be installed or trained)."""
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+import demo_inference
 import evaluate_facial_palsy
 import prepare_dataset
 import train_facial_palsy
+import visualize_attention
 from utils import parse_args_with_config
+from video_dataset import default_frames_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / 'config_examples.yaml').read_text())
@@ -64,6 +68,13 @@ def is_micro_expression(profile: str) -> bool:
     return not set(settings(profile)) - {'description'} <= TRAIN_KEYS
 
 
+def reads_clips(profile: str) -> bool:
+    """A flow profile whose data_root is where prepare_dataset.py --dataset_type video writes the frames of its CSV."""
+    wanted = settings(profile)
+    return (wanted.get('input_mode') == 'flow'
+            and Path(wanted['data_root']) == default_frames_dir(wanted['train_csv']))
+
+
 @pytest.mark.parametrize('profile', PROFILES)
 def test_every_profile_is_planned_or_refused_in_one_line(profile, scratch, monkeypatch):
     result = quick_start(scratch, '--profile', profile, '--dry_run')
@@ -77,8 +88,9 @@ def test_every_profile_is_planned_or_refused_in_one_line(profile, scratch, monke
         return
 
     assert result.returncode == 0, result.stderr
+    assert 'skipped' not in result.stdout  # every profile that runs grades its own kind of test data
     commands = planned_commands(result.stdout)
-    flow, cv = wanted.get('input_mode') == 'flow', wanted.get('cv') is not None
+    flow, cv, clips = wanted.get('input_mode') == 'flow', wanted.get('cv') is not None, reads_clips(profile)
     synthetic, prepare = commands['prepare_dataset.py']
     train, = commands['train_facial_palsy.py']
     evaluate, = commands['evaluate_facial_palsy.py']
@@ -91,18 +103,35 @@ def test_every_profile_is_planned_or_refused_in_one_line(profile, scratch, monke
     model_path = save_dir if cv else f'{save_dir}/best_model.pth'
     assert flag(evaluate, '--model_path') == [model_path]
 
-    # a flow profile reads rest / expression pairs: drawn with --pairs into its own data folder, and no single-photo step
+    # a flow profile reads rest / expression pairs in its own data folder: drawn with --pairs, or made of clips (drawn
+    # with --video into a folder of their own, their rest and apex frames written into the profile's data_root)
     data_root = flag(train, '--data_root')[0]
-    assert flag(synthetic, '--output_root') == [data_root] == flag(prepare, '--data_root')
-    assert ('--pairs' in synthetic) == flow
+    assert flag(synthetic, '--output_root') == flag(prepare, '--data_root')
+    assert ('--pairs' in synthetic) == (flow and not clips) and ('--video' in synthetic) == clips
+    assert flag(prepare, '--dataset_type') == ['video' if clips else 'FNP']
+    assert flag(prepare, '--output_csv') == flag(train, '--train_csv') == flag(evaluate, '--test_csv')
+    if clips:
+        assert flag(prepare, '--frames_dir') == [data_root] and flag(synthetic, '--output_root') != [data_root]
+    else:
+        assert flag(synthetic, '--output_root') == [data_root]
     if flow:
         assert data_root == wanted['data_root'] and flag(train, '--train_csv') == [wanted['train_csv']]
-        assert 'demo_inference.py' not in commands and 'visualize_attention.py' not in commands
-        assert result.stdout.count('skipped:') == 2
     else:
         assert data_root == './datasets/facial_palsy/FNP'
-        for script in ('demo_inference.py', 'visualize_attention.py'):
-            assert all(flag(argv, '--model_path') == [model_path] for argv in commands[script])
+
+    # the test data are graded with the checkpoint the evaluation read: a folder, then one of them alone, then the
+    # attention maps of that one (a pair: the expression photo and its rest photo; a clip: its rest and apex frames)
+    grade_folder, grade_one = commands['demo_inference.py']
+    attention, = commands['visualize_attention.py']
+    assert all(flag(argv, '--model_path') == [model_path] for argv in (grade_folder, grade_one, attention))
+    if clips:
+        assert flag(grade_folder, '--video_dir') == ['./test_clips/']
+        assert flag(grade_one, '--video') == flag(attention, '--video') == ['./test_clip.mp4']
+    else:
+        assert flag(grade_folder, '--image_dir') == ['./test_images/']
+        assert flag(grade_one, '--image_path') == flag(attention, '--image_path') == ['./test_image.jpg']
+        rest = ['./test_image_rest.jpg'] if flow else None
+        assert all((flag(argv, '--rest') if '--rest' in argv else None) == rest for argv in (grade_one, attention))
 
     # every planned command parses with its script as written, the profile resolving through the scratch YAML
     monkeypatch.chdir(scratch)
@@ -110,6 +139,22 @@ def test_every_profile_is_planned_or_refused_in_one_line(profile, scratch, monke
     evaluate_facial_palsy.get_args_parser().parse_args(evaluate)
     prepare_dataset.get_args_parser().parse_args(synthetic)
     prepare_dataset.get_args_parser().parse_args(prepare)
+    for argv in (grade_folder, grade_one):
+        demo_inference.get_args_parser().parse_args(argv)
+    visualize_attention.get_args_parser().parse_args(attention)
+
+
+def test_flow_profiles_grade_pairs_and_clips_in_their_plans(scratch):
+    """flow_video is read as a clip profile by prepare_dataset.py's own frames-folder rule, flow_pairs is not; the
+    plans grade pairs by name in ./test_images/ and the test clips in ./test_clips/."""
+    assert reads_clips('flow_video') and not reads_clips('flow_pairs')
+    pairs = quick_start(scratch, '--profile', 'flow_pairs', '--dry_run')
+    video = quick_start(scratch, '--profile', 'flow_video', '--dry_run')
+    assert pairs.returncode == video.returncode == 0, pairs.stderr + video.stderr
+    assert 'grade the test pairs' in pairs.stdout and '<name>_rest.<ext>' in pairs.stdout
+    assert 'grade the test clips' in video.stdout and './test_clips/' in video.stdout
+    synthetic, _ = planned_commands(video.stdout)['prepare_dataset.py']
+    assert flag(synthetic, '--output_root') == ['./datasets/facial_palsy/FNP_clips']
 
 
 def test_transfer_learning_runs_once_its_weights_exist(scratch):
