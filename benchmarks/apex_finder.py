@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.provenance import commit  # noqa: E402
 
 FAMILIES = ('a', 'b')
 FAMILY_SEEDS = {'a': 3001, 'b': 3002}
@@ -56,17 +57,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--results_dir', type=Path, default=ROOT / 'benchmarks' / 'results',
                         help='where apex_finder.json / .png go')
     return parser
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return head + ('+uncommitted' if dirty else '')
-    except (OSError, subprocess.CalledProcessError):
-        return 'unknown'
 
 
 def draw_clips(family: str, args: argparse.Namespace) -> tuple[Path, pd.DataFrame]:

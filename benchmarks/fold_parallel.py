@@ -2,7 +2,7 @@
 folds spread over 2 processes by torchrun (1 thread each), against 1 process with 1 thread and 1 process with 2
 threads.
 
-    python benchmarks/fold_parallel.py                         # about 15 minutes on 2 cores
+    python benchmarks/fold_parallel.py                         # about 6 minutes on 2 idle cores
     python benchmarks/fold_parallel.py --repeats 1 --epochs 2  # a quick look
 
 A synthetic face set is made once (benchmarks/runs/fold_parallel/, landmarks cached), then the three

@@ -37,6 +37,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.provenance import commit  # noqa: E402
+
 FAMILIES = ('a', 'b')
 FAMILY_SEEDS = {'a': 1001, 'b': 2002}   # face seeds: other subjects than the quick start's set (seed 42)
 SPLIT_SEED = 7
@@ -254,17 +256,6 @@ def markdown(rows: list[dict], name: str) -> str:
             cell(row, k) for k in ('photo_qwk', 'photo_macro_f1', 'photo_mae', 'patient_qwk', 'patient_macro_f1',
                                    'patient_mae', 'ood_flagged', 'real_flagged')) + ' |')
     return '\n'.join(lines)
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return head + ('+uncommitted' if dirty else '')
-    except (OSError, subprocess.CalledProcessError):
-        return 'unknown'
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -38,6 +38,9 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.provenance import commit  # noqa: E402
 
 MODELS = {'flow': ['--input_mode', 'flow'], 'photo': ['--input_mode', 'regions']}
 MODEL_LABELS = {'flow': 'flow (rest -> apex pair)', 'photo': 'photo (apex frame)'}
@@ -78,17 +81,6 @@ def run(command: list[str], log: Path) -> None:
     if done.returncode:
         tail = ''.join(log.read_text().splitlines(keepends=True)[-15:])
         raise RuntimeError(f'failed ({done.returncode}): {shlex.join(command)}\n{tail}')
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return head + ('+uncommitted' if dirty else '')
-    except (OSError, subprocess.CalledProcessError):
-        return 'unknown'
 
 
 # data
