@@ -88,7 +88,7 @@ def default_frames_dir(output_csv: str | os.PathLike) -> Path:
 
 
 def check_frames_dir(frames_dir: Path, overwrite: bool) -> dict[str, Any] | None:
-    """Refuse, before any slow work, a frames folder that holds files of someone else (without ``overwrite``).
+    """Refuse, before any slow work, a frames folder that holds files this preparation did not write (without ``overwrite``).
     Returns the manifest of an earlier preparation into it (its frames are this tool's to replace), or None."""
     if frames_dir.exists() and not frames_dir.is_dir():
         raise UserError(f'--frames_dir {frames_dir}: is a file, not a folder')

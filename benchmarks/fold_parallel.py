@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(), 'python': platform.python_version(),
                     'torch': __import__('torch').__version__, 'load_at_start': start_load,
                     'busiest_load_1min': busiest,
-                    # the benchmark keeps both cores busy (a load of about 2); more than that is other people's work
+                    # the benchmark keeps both cores busy (a load of about 2); more than that is other work on the machine
                     'shared': busiest > SHARED_LOAD,
                     'note': ('the machine was shared while measuring: other work pushed the 1-minute load above the '
                              'benchmark\'s own; the figures are what this machine gave then'
