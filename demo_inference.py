@@ -61,7 +61,7 @@ import utils
 from annotations import subject_from_name
 from ensemble import DEFAULT_TTA, MODEL_PATHS_HELP, TTA_MODES, finite_or_none
 from facial_palsy_dataset import ImageReadError
-from inference import (PAIR_STATUSES, PAIRING_RULE, STATUSES, SYMMETRY_COLUMNS, FacialPalsyPredictor,
+from inference import (PAIR_STATUSES, PAIRS_CSV_HELP, STATUSES, SYMMETRY_COLUMNS, FacialPalsyPredictor,
                        check_pair_flags, display_grade, missing_face_line, ood_line, probability_column,
                        symmetry_line, symmetry_row)
 from losses import subject_grades_from_photos
@@ -119,10 +119,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              'the same sitting; --image_path is then the expression photo and the pair is graded '
                              'on the optical flow between them. A checkpoint of single photos does not use it')
     parser.add_argument('--pairs_csv', default=None, metavar='CSV',
-                        help='with --image_dir and a flow checkpoint: a CSV with image_path and neutral_path columns '
-                             '(paths absolute or relative to the CSV\'s folder) giving each expression photo its '
-                             'rest photo; files listed as neutral_path are not graded themselves. Without it, '
-                             f'{PAIRING_RULE}')
+                        help=PAIRS_CSV_HELP.format(verb='graded'))
     parser.add_argument('--output_path', default=None,
                         help=f'overlay PNG for --image_path, never the photo itself; for --video the figure of the '
                              f'clip: motion over time with the rest and apex frames marked, the expected grade of the '

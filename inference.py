@@ -46,8 +46,8 @@ from facial_palsy_dataset import (REGION_NAMES, FaceLandmarks, ImageReadError, L
 from symmetry import MEASUREMENT_NAMES, draw_measurements, symmetry_measurements
 
 __all__ = ['FacialPalsyPredictor', 'ImageInput', 'STATUSES', 'PAIR_STATUSES', 'SYMMETRY_COLUMNS', 'DEFAULT_TTA',
-           'REST_SUFFIX', 'PAIRING_RULE', 'PhotoPair', 'FolderPairs', 'pair_folder', 'pair_by_name', 'pair_by_csv',
-           'check_pair_flags',
+           'REST_SUFFIX', 'PAIRING_RULE', 'PAIRS_CSV_HELP', 'PhotoPair', 'FolderPairs', 'pair_folder', 'pair_by_name',
+           'pair_by_csv', 'check_pair_flags',
            'read_pairs_csv', 'grade_labels', 'probability_column', 'to_rgb_array', 'face_symmetry', 'symmetry_row',
            'symmetry_line', 'ood_line', 'missing_face_line', 'face_of', 'rest_to_expression', 'box_corners',
            'display_grade', 'draw_probabilities', 'overlay_figure']
@@ -64,6 +64,10 @@ PAIRING_RULE = (f'the rest photo of <name>.<ext> is <name>{REST_SUFFIX}.<ext> in
                 f'*{REST_SUFFIX}.<ext> are rest photos and are not graded themselves. The synthetic pairs of '
                 f'prepare_dataset.py --pairs are named this way (grade_N/<subject>_<n>.jpg and '
                 f'rest/grade_N/<subject>_<n>{REST_SUFFIX}.jpg): copy both into one folder')
+# --pairs_csv of the scripts that read a folder of pairs (demo_inference.py grades, visualize_attention.py draws)
+PAIRS_CSV_HELP = ('with --image_dir and a flow checkpoint: a CSV with image_path and neutral_path columns (paths '
+                  'absolute or relative to the CSV\'s folder) giving each expression photo its rest photo; files '
+                  f'listed as neutral_path are not {{verb}} themselves. Without it, {PAIRING_RULE}')
 # what a pair's result holds beside a photo's: the rest photo and where its face was found
 REST_KEYS = ('rest_path', 'rest_landmarks', 'rest_face_box', 'rest_face_detected', 'rest_landmark_source')
 

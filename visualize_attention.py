@@ -69,7 +69,7 @@ from attention_figures import (MOSAIC_QUADRANTS, StageLayout, level_figure, regi
                                summary_figure)
 from facial_palsy_dataset import REGION_NAMES, LandmarkDetector, region_boxes, to_image
 from ensemble import DEFAULT_TTA, MODEL_PATHS_HELP, TTA_MODES, finite_or_none
-from inference import (PAIRING_RULE, FacialPalsyPredictor, ImageInput, check_pair_flags, display_grade, face_of,
+from inference import (PAIRS_CSV_HELP, FacialPalsyPredictor, ImageInput, check_pair_flags, display_grade, face_of,
                        missing_face_line, ood_line, rest_to_expression)
 from Model import AttentionRecorder, HTNet
 from video import save_motion_figure
@@ -458,10 +458,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              'mosaic and are carried onto the expression photo, the rest photo drawn beside it. A '
                              'checkpoint of single photos does not use it')
     parser.add_argument('--pairs_csv', default=None, metavar='CSV',
-                        help='with --image_dir and a flow checkpoint: a CSV with image_path and neutral_path columns '
-                             '(paths absolute or relative to the CSV\'s folder) giving each expression photo its '
-                             'rest photo; files listed as neutral_path are not drawn themselves. Without it, '
-                             f'{PAIRING_RULE}')
+                        help=PAIRS_CSV_HELP.format(verb='drawn'))
     parser.add_argument('--output_dir', default='./attention_visualizations',
                         help='where <stem>_level<i>.png, <stem>_summary.png, <stem>_attention.npz (raw maps) and '
                              'args.yaml go; files of an earlier run with the same names are replaced')

@@ -37,7 +37,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.provenance import commit  # noqa: E402
+from benchmarks.provenance import commit, write_results  # noqa: E402
 
 FAMILIES = ('a', 'b')
 FAMILY_SEEDS = {'a': 1001, 'b': 2002}   # face seeds: other subjects than the quick start's set (seed 42)
@@ -279,15 +279,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = summarise(results)
     table = markdown(rows, args.name)
     command = shlex.join(['python', 'benchmarks/generalisation.py', *(argv if argv is not None else sys.argv[1:])])
-    args.results_dir.mkdir(parents=True, exist_ok=True)
     record = {'name': args.name, 'recipe': args.recipe, 'train_flags': args.train_flags,
               'checkpoints_from': args.checkpoints_from,
               'eval_flags': args.eval_flags, 'command': command, 'commit': commit(), 'subjects_per_family':
               args.subjects, 'photos_per_subject': args.photos, 'family_seeds': FAMILY_SEEDS, 'faces': args.generator,
               'work_dir': str(args.work_dir), 'rows': rows}
-    (args.results_dir / f'generalisation_{args.name}.json').write_text(json.dumps(record, indent=2) + '\n')
-    (args.results_dir / f'generalisation_{args.name}.md').write_text(f'{table}\n\n`{command}` at {record["commit"]}\n')
-    print(table)
+    write_results(args.results_dir, f'generalisation_{args.name}', record, table)
     print(f'({time.time() - started:.0f} s; {command})')
     return rows
 

@@ -40,7 +40,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.provenance import commit  # noqa: E402
+from benchmarks.provenance import commit, write_results  # noqa: E402
 
 MODELS = {'flow': ['--input_mode', 'flow'], 'photo': ['--input_mode', 'regions']}
 MODEL_LABELS = {'flow': 'flow (rest -> apex pair)', 'photo': 'photo (apex frame)'}
@@ -199,10 +199,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
               'clip_frames': args.clip_frames, 'clip_seed': CLIP_SEED, 'split_seed': SPLIT_SEED,
               'apex_finder': finder, 'seconds': round(time.time() - started), 'work_dir': str(args.work_dir),
               'rows': rows}
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / f'{name}.json').write_text(json.dumps(record, indent=2) + '\n')
-    (args.results_dir / f'{name}.md').write_text(f'{table}\n\n`{command}` at {record["commit"]}\n')
-    print(table)
+    write_results(args.results_dir, name, record, table)
     print(f'({time.time() - started:.0f} s; {command})')
     return rows
 

@@ -1,11 +1,12 @@
 """What the tests of both synthetic face families measure: a set's files, a mid-range palsy of a grade, and the
-left-right difference of the crops the network reads."""
+left-right difference of the crops the network reads; and the small rest / expression pairs set of the flow tests."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
+import prepare_dataset
 import synthetic_faces as sf
 
 
@@ -33,3 +34,16 @@ def crop_asymmetry(image: np.ndarray, landmarks: np.ndarray) -> float:
 
     pairs = ((0, 1), (3, 4))  # eyes, mouth corners: image left vs mirrored image right
     return float(np.mean([np.abs(crop(landmarks[a]) - crop(landmarks[b])[:, ::-1]).mean() for a, b in pairs]))
+
+
+def make_pairs_set(base: Path) -> tuple[Path, Path, Path]:
+    """12 synthetic subjects (two per grade) x 1 rest / expression pair at 128 px under ``base``, their annotation
+    CSV (split 0.5 / 0.25 / 0.25) and a landmark cache holding both photos of every pair (MTCNN runs on all 24
+    while preparing). Returns ``(root, csv, cache_dir)``."""
+    root, csv_path, cache_dir = base / 'FNP_pairs', base / 'pairs.csv', base / 'landmark_cache'
+    prepare_dataset.main(['--dataset_type', 'synthetic', '--pairs', '--output_root', str(root), '--num_subjects',
+                          '12', '--images_per_subject', '1', '--image_size', '128', '--seed', '3',
+                          '--detection_check', 'all', '--cache_dir', str(cache_dir), '--device', 'cpu', '--quiet'])
+    prepare_dataset.main(['--dataset_type', 'FNP', '--data_root', str(root), '--output_csv', str(csv_path),
+                          '--split_ratio', '0.5', '0.25', '0.25', '--seed', '0', '--quiet'])
+    return root, csv_path, cache_dir

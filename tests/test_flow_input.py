@@ -16,10 +16,10 @@ import torch
 
 import facial_palsy_dataset as fpd
 import optical_flow as of
-import prepare_dataset
 import synthetic_faces as sf
 import train_facial_palsy
 from _data_images import FLOW_POINTS as POINTS, palsy_pair, textured_photo
+from _synthetic_checks import make_pairs_set
 from utils import UserError
 
 TINY_MODEL_FLAGS = ('--dim', '16', '--heads', '1', '--block_repeats', '1', '1', '1')
@@ -155,12 +155,7 @@ def pairs(tmp_path_factory) -> PairData:
     """12 synthetic subjects (two per grade) x 1 rest / expression pair at 128 px; MTCNN runs on both photos of
     every pair while preparing, so the landmark cache holds all 24."""
     base = tmp_path_factory.mktemp('flow_pairs')
-    root, csv_path, cache_dir = base / 'FNP_pairs', base / 'pairs.csv', base / 'landmark_cache'
-    prepare_dataset.main(['--dataset_type', 'synthetic', '--pairs', '--output_root', str(root), '--num_subjects',
-                          '12', '--images_per_subject', '1', '--image_size', '128', '--seed', '3',
-                          '--detection_check', 'all', '--cache_dir', str(cache_dir), '--device', 'cpu', '--quiet'])
-    prepare_dataset.main(['--dataset_type', 'FNP', '--data_root', str(root), '--output_csv', str(csv_path),
-                          '--split_ratio', '0.5', '0.25', '0.25', '--seed', '0', '--quiet'])
+    root, csv_path, cache_dir = make_pairs_set(base)
     return PairData(root=root, csv=csv_path, cache_dir=cache_dir)
 
 

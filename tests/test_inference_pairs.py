@@ -20,10 +20,10 @@ import demo_inference as demo
 import evaluate_facial_palsy
 import Model
 import ood
-import prepare_dataset
 import train_facial_palsy
 import utils
 import visualize_attention as va
+from _synthetic_checks import make_pairs_set
 from facial_palsy_dataset import default_preprocess, load_image
 from inference import (PAIR_STATUSES, FacialPalsyPredictor, PhotoPair, pair_by_name, pair_folder,
                        rest_to_expression)
@@ -50,12 +50,7 @@ class FlowRun:
 def flow(tmp_path_factory) -> FlowRun:
     """12 synthetic subjects x 1 rest / expression pair at 128 px and a tiny flow checkpoint trained on them."""
     base = tmp_path_factory.mktemp('flow_inference')
-    root, csv_path, cache_dir = base / 'FNP_pairs', base / 'pairs.csv', base / 'landmark_cache'
-    prepare_dataset.main(['--dataset_type', 'synthetic', '--pairs', '--output_root', str(root), '--num_subjects',
-                          '12', '--images_per_subject', '1', '--image_size', '128', '--seed', '3',
-                          '--detection_check', 'all', '--cache_dir', str(cache_dir), '--device', 'cpu', '--quiet'])
-    prepare_dataset.main(['--dataset_type', 'FNP', '--data_root', str(root), '--output_csv', str(csv_path),
-                          '--split_ratio', '0.5', '0.25', '0.25', '--seed', '0', '--quiet'])
+    root, csv_path, cache_dir = make_pairs_set(base)
     save_dir = base / 'checkpoints'
     train_facial_palsy.main([
         '--input_mode', 'flow', '--data_root', str(root), '--train_csv', str(csv_path), '--val_csv', str(csv_path),
