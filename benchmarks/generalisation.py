@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +35,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.provenance import commit, write_results  # noqa: E402
+from benchmarks.provenance import commit, run, write_results  # noqa: E402
 
 FAMILIES = ('a', 'b')
 FAMILY_SEEDS = {'a': 1001, 'b': 2002}   # face seeds: other subjects than the quick start's set (seed 42)
@@ -89,25 +87,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 # data
-
-def run(command: list[str], log: Path | None = None, threads: int | None = None) -> None:
-    """Run a command; its output goes to ``log`` when given. Fails with the log's tail."""
-    env = dict(os.environ, MPLBACKEND='Agg')
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    if log is None:
-        print('$', shlex.join(command), flush=True)
-        subprocess.run(command, check=True, env=env, cwd=ROOT)
-        return
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, 'a') as handle:
-        handle.write('$ ' + shlex.join(command) + '\n')
-        handle.flush()
-        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    if done.returncode:
-        tail = ''.join(log.read_text().splitlines(keepends=True)[-15:])
-        raise RuntimeError(f'failed ({done.returncode}): {shlex.join(command)}\n{tail}')
-
 
 def prepare_data(args: argparse.Namespace) -> dict[str, Path]:
     """Both families drawn and split (subject-disjoint 70/15/15); CSVs whose paths are relative to ``data``:

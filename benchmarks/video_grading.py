@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +38,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.provenance import commit, write_results  # noqa: E402
+from benchmarks.provenance import commit, run, write_results  # noqa: E402
 
 MODELS = {'flow': ['--input_mode', 'flow'], 'photo': ['--input_mode', 'regions']}
 MODEL_LABELS = {'flow': 'flow (rest -> apex pair)', 'photo': 'photo (apex frame)'}
@@ -70,19 +68,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(command: list[str], log: Path) -> None:
-    """Run a script of the toolkit on one thread, its output appended to ``log``; fails with the log's tail."""
-    env = dict(os.environ, MPLBACKEND='Agg', OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, 'a') as handle:
-        handle.write('$ ' + shlex.join(command) + '\n')
-        handle.flush()
-        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    if done.returncode:
-        tail = ''.join(log.read_text().splitlines(keepends=True)[-15:])
-        raise RuntimeError(f'failed ({done.returncode}): {shlex.join(command)}\n{tail}')
-
-
 # data
 
 def prepare_data(args: argparse.Namespace) -> tuple[Path, Path, dict]:
@@ -95,10 +80,11 @@ def prepare_data(args: argparse.Namespace) -> tuple[Path, Path, dict]:
         run([sys.executable, 'prepare_dataset.py', '--dataset_type', 'synthetic', '--video', '--family', 'a',
              '--output_root', str(clips), '--num_subjects', str(args.subjects), '--images_per_subject',
              str(args.clips), '--image_size', str(args.image_size), '--clip_frames', str(args.clip_frames),
-             '--seed', str(CLIP_SEED), '--overwrite', '--quiet'], log=data / 'prepare.log')
+             '--seed', str(CLIP_SEED), '--overwrite', '--quiet'], log=data / 'prepare.log', threads=1)
         run([sys.executable, 'prepare_dataset.py', '--dataset_type', 'video', '--data_root', str(clips),
              '--output_csv', str(pairs), '--frames_dir', str(frames), '--split_ratio', '0.7', '0.15', '0.15',
-             '--seed', str(SPLIT_SEED), '--device', 'cpu', '--overwrite', '--quiet'], log=data / 'prepare.log')
+             '--seed', str(SPLIT_SEED), '--device', 'cpu', '--overwrite', '--quiet'],
+            log=data / 'prepare.log', threads=1)
     table = pd.read_csv(pairs)
     truth = pd.read_csv(clips / 'clips.csv').set_index('clip_path')['apex_frame']
     error = (table['apex_frame'] - table['clip_path'].map(truth)).abs()
@@ -124,10 +110,10 @@ def one_run(model: str, seed: int, args: argparse.Namespace, frames: Path, pairs
              '--train_csv', str(pairs), '--val_csv', str(pairs), '--test_csv', str(pairs), '--epochs', str(args.epochs),
              '--seed', str(seed),
              '--save_dir', str(folder / 'checkpoints'), '--log_dir', str(folder / 'logs'), '--cache_dir', str(cache),
-             '--threads', '1', '--save_interval', '0', '--device', 'cpu', '--overwrite'], log=log)
+             '--threads', '1', '--save_interval', '0', '--device', 'cpu', '--overwrite'], log=log, threads=1)
     run([sys.executable, 'evaluate_facial_palsy.py', '--model_path', str(checkpoint), '--data_root', str(frames),
          '--test_csv', str(pairs), '--split', 'test', '--output_dir', str(folder / 'eval'), '--cache_dir', str(cache),
-         '--device', 'cpu', '--overwrite'], log=log)
+         '--device', 'cpu', '--overwrite'], log=log, threads=1)
     return json.loads(metrics.read_text())
 
 
