@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from datetime import timedelta
 from pathlib import Path
@@ -216,6 +217,16 @@ def only_main_prints() -> Iterator[None]:
 def error_stream() -> TextIO:
     """Standard error of this process, also inside ``only_main_prints`` on a process other than rank 0."""
     return _real_stderr[-1] if _real_stderr else sys.stderr
+
+
+def report_failure(what: str, err: Exception, others: str) -> str:
+    """Say on ``error_stream()`` that ``what`` (e.g. ``fold 3``) failed and ``others`` go on, with the traceback
+    unless it is a ``UserError`` (a message for the user, not a bug); returns the error as one line."""
+    text = str(err) if isinstance(err, UserError) else f'{type(err).__name__}: {err}'
+    if not isinstance(err, UserError):
+        traceback.print_exc(file=error_stream())
+    print(f'error: {what} failed: {text}; the other {others} go on', file=error_stream(), flush=True)
+    return text
 
 
 # data parallel training

@@ -841,8 +841,10 @@ def run_subject(run: Run, subject: str, train_fold: Fold, test_fold: Fold,
     return result
 
 
-def run_folds(run: Run) -> tuple[list[SubjectResult], float | None]:
-    """Every subject in turn, one progress bar over subjects x epochs. Returns the results and samples/s. Under
+def run_folds(run: Run) -> tuple[list[SubjectResult], float | None, dict[str, str]]:
+    """Every subject in turn, one progress bar over subjects x epochs. Returns the results, samples/s and the
+    subjects that failed with their errors (a Python error in one subject is printed with its traceback and the
+    others go on). Under
     torchrun each process runs its share of the subjects (``distributed.my_share``) and leaves each one's outcome
     in ``<weights_dir>/.subject_results/``; rank 0 reads them (``gather_subjects``) and the others return
     nothing."""
@@ -859,8 +861,13 @@ def run_folds(run: Run) -> tuple[list[SubjectResult], float | None]:
         skips_before = len(run.skips.added)
         folds = load_folds(run, subject)
         tick = time.perf_counter()
-        result = run_subject(run, subject, *folds, progress) if folds else None
+        result, error = None, None
+        try:
+            result = run_subject(run, subject, *folds, progress) if folds else None
+        except Exception as err:  # noqa: BLE001 - one subject's failure must not cost the others
+            error = distributed.report_failure(f'subject {subject}', err, 'subjects')
         outcome = {'subject': subject, 'token': token, 'result': None if result is None else vars(result),
+                   'error': error,
                    'trained_samples': len(folds[0].names) * run.args.epochs if result and run.args.train else 0,
                    'train_seconds': time.perf_counter() - tick if result and run.args.train else 0.0,
                    'skips': run.skips.added[skips_before:]}
@@ -875,13 +882,14 @@ def run_folds(run: Run) -> tuple[list[SubjectResult], float | None]:
     progress.close()
     if parallel:
         if not distributed.is_main():
-            return [], None
+            return [], None, {}
         outcomes = gather_subjects(run, outcomes, exchange, token, before_folds)
+    failed = {o['subject']: o['error'] for o in outcomes.values() if o.get('error')}
     results = [SubjectResult(**o['result']) for o in outcomes.values() if o['result'] is not None]
     if not results:
         raise UserError(f'no subject could be {"trained" if run.args.train else "evaluated"}; see the messages above')
     seconds = sum(o['train_seconds'] for o in outcomes.values())
-    return results, (sum(o['trained_samples'] for o in outcomes.values()) / seconds if seconds > 0 else None)
+    return results, (sum(o['trained_samples'] for o in outcomes.values()) / seconds if seconds > 0 else None), failed
 
 
 def report_subject(outcome: dict[str, Any], so_far: dict[str, dict[str, Any]]) -> None:
@@ -952,7 +960,7 @@ def run_protocol(args: argparse.Namespace, device: torch.device) -> int:
     """Every subject's fold, then (rank 0) the pooled UF1 / UAR, the full model and the results files."""
     start = time.perf_counter()
     run = set_up(args, device)
-    results, speed = run_folds(run)
+    results, speed, failed = run_folds(run)
     if not distributed.is_main():
         return 0
 
@@ -967,6 +975,7 @@ def run_protocol(args: argparse.Namespace, device: torch.device) -> int:
         'metrics': summary,
         'subjects': {r.subject: r.as_json() for r in results},
         'skipped': run.skips.entries,
+        'failed_subjects': failed,
         'landmarks': run.landmark_stats,
         'model_args': run.model_args,
         'parameters': run.parameters,
@@ -979,6 +988,10 @@ def run_protocol(args: argparse.Namespace, device: torch.device) -> int:
                                                 run.weights_dir / 'best_model.pth', run.skips)
     report['elapsed_seconds'] = time.perf_counter() - start
     write_outputs(run, results, sections, report)
+    if failed:
+        print(f'error: {len(failed)} subject(s) failed and are left out of the metrics: {", ".join(failed)} '
+              f'(their errors are under "failed_subjects" in {run.results_path})', file=distributed.error_stream())
+        return 1
     return 0
 
 

@@ -17,7 +17,6 @@ import copy
 import json
 import shutil
 import time
-import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -759,11 +758,7 @@ def run_folds_of_process(folds: Sequence[int], run: Callable[[int], engine.FoldR
         try:
             result = run(fold)
         except Exception as err:  # noqa: BLE001 - one fold's failure must not cost the others
-            text = str(err) if isinstance(err, UserError) else f'{type(err).__name__}: {err}'
-            if not isinstance(err, UserError):
-                traceback.print_exc(file=distributed.error_stream())
-            print(f'error: fold {fold} failed: {text}; the other folds go on', file=distributed.error_stream(),
-                  flush=True)
+            text = distributed.report_failure(f'fold {fold}', err, 'folds')
             payload, result = engine.fold_outcome(fold, fold_run_id, 'failed', error=text), None
         else:
             stopped = result is None or bool(result.summary['interrupted'])

@@ -334,6 +334,32 @@ def test_missing_u_train_and_image_missing_from_csv_are_skipped_and_listed(tmp_p
     assert list(results['subjects']) == ['s01'] and results['subjects']['s01']['test_samples'] == 2
 
 
+def test_a_subject_that_fails_is_named_and_the_others_finish(tmp_path, monkeypatch, capsys):
+    """An error inside one subject's training (here a stand-in for running out of memory) costs that subject only:
+    its traceback and one line naming it on standard error, the others trained and scored, the failure written to
+    results.json and exit status 1."""
+    fixture = make_micro_expression_fixture(tmp_path)
+    train_subject = me.train_subject
+
+    def failing(subject, *args, **kwargs):
+        if subject == 'sub01':
+            raise RuntimeError('out of memory')
+        return train_subject(subject, *args, **kwargs)
+
+    monkeypatch.setattr(me, 'train_subject', failing)
+    status = me.main(['--train', 'True', '--epochs', '1', '--subjects', 'sub01', 's01', '--no_plots',
+                      '--data_dir', str(fixture.data_dir), '--csv', str(fixture.csv),
+                      '--weights_dir', str(tmp_path / 'weights'), *TINY])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert 'error: subject sub01 failed: RuntimeError: out of memory; the other subjects go on' in captured.err
+    assert 'Traceback' in captured.err and '1 subject(s) failed' in captured.err
+    results = json.loads((tmp_path / 'weights' / 'results.json').read_text())
+    assert results['failed_subjects'] == {'sub01': 'RuntimeError: out of memory'}
+    assert list(results['subjects']) == ['s01']
+    assert (tmp_path / 'weights' / 's01.pth').is_file() and not (tmp_path / 'weights' / 'sub01.pth').exists()
+
+
 def test_missing_folders_and_malformed_csv_are_one_line_errors(tmp_path, capsys):
     fixture = make_micro_expression_fixture(tmp_path)
     base = ['--data_dir', str(fixture.data_dir), '--csv', str(fixture.csv), *TINY]
