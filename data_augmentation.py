@@ -21,7 +21,8 @@ Where each class acts:
   more than the other (a lighting gradient); the asymmetry-preserving one changes the whole face alike and rotates
   only a little, because the roll of the eye line is itself a palsy sign.
 * ``RobustAugmentation`` (``robust``) prepares a model for faces unlike the training faces (another face
-  generator, another camera, another landmark detector): the asymmetry-preserving geometry, then each landmark
+  generator, another camera, another landmark detector): the asymmetry-preserving geometry and a stretch of the whole
+  face along each image axis (faces differ in proportions, signs in size), then each landmark
   jittered on its own (the image stays, so the regions are cut a little off-centre, as a detector places its points
   on an unfamiliar face), wider brightness / contrast / gamma / saturation / hue / white-balance changes, and camera
   effects (blur or resolution loss, sensor noise, JPEG re-compression, now and then grayscale). All of it acts on the
@@ -389,6 +390,11 @@ class RobustParams(PhotoParams):
     noise: float = 0.0          # sensor-noise sigma, fraction of the 0-255 range
     noise_offset: tuple[float, float] = (0.0, 0.0)  # where the noise window lies in the fixed noise field (0-1)
     jpeg_quality: int = 100     # 100 = not re-compressed
+    aspect: tuple[float, float] = (1.0, 1.0)  # horizontal and vertical stretch of the face about its centre
+
+    @property
+    def is_geometric_identity(self) -> bool:
+        return super().is_geometric_identity and self.aspect == (1.0, 1.0)
 
 
 # RGB weights of luma (ITU-R BT.601, those of cv2.COLOR_RGB2GRAY): the colour changes keep grey grey and keep the
@@ -398,6 +404,9 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 MIN_JPEG_QUALITY = 5
 MIN_DOWNSCALE = 0.1
 MAX_ROBUST_STRENGTH = 4.0
+# The robust pipeline's stretch along each image axis (a log factor; see RobustAugmentation), and its largest.
+ROBUST_ASPECT = 0.15
+MAX_ASPECT = 0.5
 _NOISE_FIELD_SEED = 1729
 _NOISE_FIELD_MIN_SIDE = 512
 
@@ -457,7 +466,10 @@ class RobustAugmentation(AsymmetryPreservingAugmentation):
     """Augmentation for faces unlike the training faces (another face generator, another camera, another landmark
     detector), still leaving the left-right signal as it is: every change acts on the whole face alike.
 
-    * geometry: the asymmetry-preserving similarity transform (small rotation, isotropic scale, shift);
+    * geometry: the asymmetry-preserving similarity transform (small rotation, isotropic scale, shift), then a
+      stretch about the face centre by up to ``exp(+-aspect)`` along each image axis: faces differ in proportions
+      and the same sign is larger or smaller in pixels from one person, family of faces or camera to the next. Both
+      sides are stretched alike, so what one side does against the other stays as it was;
     * landmark jitter: each of the five points moved on its own by up to ``landmark_jitter`` inter-ocular
       distances, the image left where it is, so the regions are cut a little off-centre, as a detector places its
       points on a face unlike those it was trained on;
@@ -490,13 +502,15 @@ class RobustAugmentation(AsymmetryPreservingAugmentation):
         noise: largest sensor-noise sigma, as a fraction of the 0-255 range; with probability ``p_noise``.
         jpeg_quality: range ``(min, max)`` of the JPEG quality; with probability ``p_jpeg``.
         p_grayscale: probability of a grayscale photo.
+        aspect: largest log stretch along each image axis (0.15: by 0.86-1.16).
         mosaic_transform: optional callable applied by the dataset to the network input tensor.
         rng, seed: source of randomness (default: numpy's global state).
     """
 
     _REPR_FIELDS = ('strength', 'max_rotation', 'scale', 'max_shift', 'landmark_jitter', 'brightness', 'contrast',
                     'gamma', 'saturation', 'hue', 'white_balance', 'blur', 'p_blur', 'min_downscale', 'p_downscale',
-                    'noise', 'p_noise', 'jpeg_quality', 'p_jpeg', 'p_grayscale', 'mosaic_transform')
+                    'noise', 'p_noise', 'jpeg_quality', 'p_jpeg', 'p_grayscale', 'aspect',
+                    'mosaic_transform')
 
     def __init__(self, *, strength: float = 1.0, max_rotation: float = 3.0, scale: Sequence[float] = (0.95, 1.05),
                  max_shift: float = 0.03, landmark_jitter: float = 0.03, brightness: float = 0.15,
@@ -504,7 +518,7 @@ class RobustAugmentation(AsymmetryPreservingAugmentation):
                  white_balance: float = 0.15, blur: float = 0.03, p_blur: float = 0.25, min_downscale: float = 0.5,
                  p_downscale: float = 0.25, noise: float = 0.02, p_noise: float = 0.3,
                  jpeg_quality: Sequence[float] = (30, 90), p_jpeg: float = 0.5, p_grayscale: float = 0.05,
-                 mosaic_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 aspect: float = ROBUST_ASPECT, mosaic_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  rng: RandomGenerator | None = None, seed: int | None = None):
         strength = _check_range('strength', strength, 0.0, MAX_ROBUST_STRENGTH)
 
@@ -536,13 +550,14 @@ class RobustAugmentation(AsymmetryPreservingAugmentation):
                                   for q in _check_interval('jpeg_quality', jpeg_quality, MIN_JPEG_QUALITY, 100))
         self.p_jpeg = _check_probability('p_jpeg', p_jpeg)
         self.p_grayscale = min(_check_probability('p_grayscale', p_grayscale) * strength, 1.0)
+        self.aspect = scaled('aspect', aspect, MAX_ASPECT)
 
     # drawing
 
     def sample_params(self) -> RobustParams:
         """Draw one set of parameters; every call draws the same number of values (see the base class)."""
         gen = self._random.get()
-        u = gen.uniform(-1.0, 1.0, size=11)
+        u = gen.uniform(-1.0, 1.0, size=13)
         v = gen.uniform(0.0, 1.0, size=19)  # landmark jitter (10), then the coins and magnitudes of the camera
         radius = self.landmark_jitter * np.sqrt(v[:5])  # uniform over the disc, not crowded at its centre
         direction = 2.0 * math.pi * v[5:10]
@@ -563,9 +578,21 @@ class RobustAugmentation(AsymmetryPreservingAugmentation):
             noise_offset=(float(v[14]), float(v[15])),
             jpeg_quality=int(round(q_lo + v[17] * (q_hi - q_lo))) if v[16] < self.p_jpeg else 100,
             grayscale=bool(v[18] < self.p_grayscale),
+            aspect=(float(math.exp(u[11] * self.aspect)), float(math.exp(u[12] * self.aspect))),
         )
 
     # applying
+
+    def affine_matrix(self, params: PhotoParams, centre: np.ndarray, face_size: float) -> np.ndarray:
+        """The similarity of the base class, then the face stretched about its centre by ``params.aspect``."""
+        matrix = super().affine_matrix(params, centre, face_size)
+        aspect = np.asarray(getattr(params, 'aspect', (1.0, 1.0)), dtype=np.float64)
+        if (aspect == 1.0).all():
+            return matrix
+        moved_centre = matrix[:, :2] @ np.asarray(centre, dtype=np.float64) + matrix[:, 2]
+        stretched = matrix * aspect[:, None]
+        stretched[:, 2] += moved_centre * (1.0 - aspect)
+        return stretched
 
     def apply(self, image: np.ndarray, landmarks: Any, box: Any = None,
               params: PhotoParams | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
