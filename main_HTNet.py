@@ -844,10 +844,9 @@ def run_subject(run: Run, subject: str, train_fold: Fold, test_fold: Fold,
 def run_folds(run: Run) -> tuple[list[SubjectResult], float | None, dict[str, str]]:
     """Every subject in turn, one progress bar over subjects x epochs. Returns the results, samples/s and the
     subjects that failed with their errors (a Python error in one subject is printed with its traceback and the
-    others go on). Under
-    torchrun each process runs its share of the subjects (``distributed.my_share``) and leaves each one's outcome
-    in ``<weights_dir>/.subject_results/``; rank 0 reads them (``gather_subjects``) and the others return
-    nothing."""
+    others go on). Under torchrun each process runs its share of the subjects (``distributed.my_share``) and leaves
+    each one's outcome in ``<weights_dir>/.subject_results/``; rank 0 reads them (``gather_subjects``) and the
+    others return nothing."""
     mine = distributed.my_share(run.subjects)
     parallel = distributed.world_size() > 1
     exchange = run.weights_dir / '.subject_results'
