@@ -1,6 +1,6 @@
 """Where a benchmark's numbers come from: the commit they were measured at, recorded in every results file, and
 the results files themselves (the raw record as JSON, the table with its command and commit as Markdown),
-and the runner of the toolkit's scripts that writes each command into its log."""
+the runner of the toolkit's scripts that writes each command into its log, and the metrics the benchmarks report."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the test metrics every benchmark reads from an evaluation's metrics.json
+METRICS = ('qwk', 'macro_f1', 'mae', 'accuracy')
 
 
 def commit() -> str:

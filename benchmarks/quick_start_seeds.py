@@ -22,9 +22,9 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'benchmarks'))
+sys.path.insert(0, str(ROOT))
 
-from generalisation import METRICS, commit, run  # noqa: E402  (the benchmark's runner and provenance)
+from benchmarks.provenance import METRICS, commit, run  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

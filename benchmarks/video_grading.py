@@ -38,11 +38,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.provenance import commit, run, write_results  # noqa: E402
+from benchmarks.provenance import METRICS, commit, run, write_results  # noqa: E402
 
 MODELS = {'flow': ['--input_mode', 'flow'], 'photo': ['--input_mode', 'regions']}
 MODEL_LABELS = {'flow': 'flow (rest -> apex pair)', 'photo': 'photo (apex frame)'}
-METRICS = ('qwk', 'macro_f1', 'mae', 'accuracy')
 CLIP_SEED = 4004   # other subjects than the other benchmarks' sets
 SPLIT_SEED = 7
 RECIPE = ['--config', str(ROOT / 'config_examples.yaml'), '--profile', 'cpu_quickstart']
